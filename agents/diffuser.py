@@ -1,0 +1,359 @@
+"""Diffuser (Janner et al., 2022): plan a whole trajectory by denoising it, then execute the plan.
+
+The model denoises a horizon-H trajectory ``x = [a_t, s_t]_{t=0..H-1}`` of shape (B, H, A + O) (actions
+first, as in Diffuser). Planning is conditioning by inpainting: the current state is written into step 0
+and, for goal-reaching tasks (Diffuser's maze2d setting), the goal state (goal position, zero velocity)
+into step H-1 before every denoising step. The plan is then executed in the environment:
+
+* ``tracking="pd"``: a PD controller on the next planned state (Diffuser's maze2d execution;
+  needs observations laid out as ``[position (A), velocity (A), ...]``),
+* ``tracking="action"``: the planned action itself (open-loop within the plan).
+
+After the plan is used up (or, with ``park_radius > 0``, once the plan has reached the goal) the policy
+drives to the goal with the same PD law and holds there. A new plan is made every ``replan_every`` steps
+(0: once per episode, Diffuser's open-loop maze2d execution; ``replan_every == horizon`` is equivalent).
+
+Tianshou integration: :class:`DiffuserPolicy` is a ``Policy`` whose per-env memory (the cached plan and a
+step counter) lives in Tianshou's ``state`` as a ``Batch``; the Collector zeroes a row when its env resets,
+and a zero counter means "plan now". All envs that need a plan at a step are planned in one batched call.
+:class:`DiffuserAlgorithm` is an ``OfflineAlgorithm`` whose update is the denoising loss on trajectory
+windows; the EMA copy of the denoiser is what plans.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from tianshou.algorithm.algorithm_base import OfflineAlgorithm, Policy, TrainingStats
+from tianshou.algorithm.optim import AdamOptimizerFactory
+from tianshou.data import Batch
+
+from diffplan.agent import (
+    EMA,
+    Agent,
+    LatencyTracker,
+    NormalizerModule,
+    WindowSampler,
+    observation_arrays,
+    split_observation_space,
+)
+from diffplan.config import ConfigError, RunConfig
+from diffplan.data import Episodes, SequenceDataset
+from diffplan.diffusion import Inpaint, denoising_loss, loss_weights, make_scheduler, sample
+from diffplan.nets import TemporalUnet1d
+
+TRACKING_MODES = ("pd", "action")
+
+
+@dataclass
+class DiffuserConfig(RunConfig):
+    """Diffuser planner. Defaults are the maze2d settings of the paper scaled to a 2-core CPU."""
+
+    agent: str = "diffuser"
+    horizon: int = 128
+    """Planning horizon H (env steps per plan); must be divisible by 2**(len(dim_mults)-1)."""
+    diffusion_steps: int = 100
+    """Training diffusion steps T."""
+    beta_schedule: str = "cosine"
+    """Noise schedule: cosine | linear."""
+    predict_epsilon: bool = False
+    """Model predicts the noise (True) or the clean trajectory x0 (False, Diffuser's maze2d choice)."""
+    action_weight: float = 1.0
+    """Loss weight of the first action (Diffuser uses 10 for locomotion, 1 for mazes)."""
+    loss_discount: float = 1.0
+    """Per-step loss weight discount**t over the horizon."""
+    dim: int = 32
+    """Base channel width of the temporal U-Net."""
+    dim_mults: list[int] = field(default_factory=lambda: [1, 2, 4])
+    """Channel multipliers per U-Net level (Diffuser maze2d: 1,4,8)."""
+    normalizer: str = "limits"
+    """Per-dimension normalizer of states and actions: limits (to [-1, 1]) | gaussian."""
+    use_padding: bool = True
+    """Let training windows run past an episode's end (the last state repeated, actions zero)."""
+    goal_conditioned: bool = True
+    """Inpaint the goal state at the last plan step (needs a Dict observation with desired_goal)."""
+    ema_decay: float = 0.995
+    """EMA decay of the planning weights."""
+    ema_every: int = 10
+    """Update the EMA every this many gradient steps."""
+    ema_start: int = 1000
+    """Before this step the EMA copies the model."""
+    grad_clip: float = 0.0
+    """Clip the gradient norm to this value (0: off)."""
+    sampler: str = "ddim"
+    """Sampler at planning time: ddim (deterministic, eta=0) | ddpm (all T steps)."""
+    sampling_steps: int = 20
+    """Denoising steps per plan with ddim."""
+    replan_every: int = 0
+    """Make a new plan every this many env steps; 0: once per episode (open loop, as in the paper)."""
+    tracking: str = "pd"
+    """How a plan is executed: pd (PD control toward the next planned state) | action (planned actions)."""
+    kp: float = 1.0
+    """PD position gain (Diffuser's maze2d controller uses 1)."""
+    kd: float = 1.0
+    """PD velocity gain."""
+    park_radius: float = 0.2
+    """Cut a plan where it first comes within this distance of the goal, then hold at the goal (0: off)."""
+    n_candidates: int = 1
+    """Plans sampled per decision; the one reaching the goal earliest is executed (goal tasks)."""
+
+    def validate(self) -> None:
+        if self.tracking not in TRACKING_MODES:
+            raise ConfigError(f"tracking={self.tracking!r}; valid: {TRACKING_MODES}")
+        divisor = 2 ** (len(self.dim_mults) - 1)
+        if self.horizon % divisor:
+            raise ConfigError(
+                f"horizon={self.horizon} must be divisible by {divisor} (2**(len(dim_mults)-1) with "
+                f"dim_mults={list(self.dim_mults)})"
+            )
+        if self.n_candidates < 1 or self.sampling_steps < 1 or self.horizon < 2:
+            raise ConfigError("n_candidates, sampling_steps must be >= 1 and horizon >= 2")
+
+
+class DiffuserPolicy(Policy):
+    """Plans with the EMA denoiser and tracks the plan; per-env plans travel in Tianshou's ``state``."""
+
+    def __init__(
+        self,
+        *,
+        model: torch.nn.Module,
+        cfg: DiffuserConfig,
+        obs_norm: NormalizerModule,
+        act_norm: NormalizerModule,
+        observation_space: gym.Space,
+        action_space: gym.spaces.Box,
+        goal_dim: int,
+    ) -> None:
+        super().__init__(action_space=action_space, observation_space=observation_space)
+        self.cfg = cfg
+        self.model = model
+        self.ema = EMA(model, cfg.ema_decay, cfg.ema_every, cfg.ema_start)
+        self.obs_norm, self.act_norm = obs_norm, act_norm
+        self.act_dim = int(action_space.shape[0])
+        self.obs_dim, self.goal_dim = split_observation_space(observation_space)
+        self.goal_dim = goal_dim
+        self.sampling_scheduler = make_scheduler(
+            cfg.sampler,
+            cfg.diffusion_steps,
+            beta_schedule=cfg.beta_schedule,
+            prediction_type="epsilon" if cfg.predict_epsilon else "sample",
+        )
+        self.sampling_scheduler.set_timesteps(cfg.sampling_steps if cfg.sampler == "ddim" else None)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.latency = LatencyTracker()
+        self.record_plans = 0
+        """How many of the next plans to keep in ``recorded_plans`` (for drawing)."""
+        self.recorded_plans: list[dict[str, np.ndarray]] = []
+
+    # ----------------------------------------------------------------------------------------------------- plan
+    def reseed(self, seed: int) -> None:
+        """Restart the planning noise stream, so evaluations are repeatable."""
+        self.generator.manual_seed(seed)
+
+    def goal_state(self, goal: np.ndarray) -> np.ndarray:
+        """(M, G) goal positions -> (M, O) goal states: the position with every other entry (velocity) 0."""
+        state = np.zeros((len(goal), self.obs_dim), dtype=np.float32)
+        state[:, : self.goal_dim] = goal
+        return state
+
+    @torch.inference_mode()
+    def plan(self, obs: np.ndarray, goal: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Sample plans for M envs in one batched call.
+
+        Args:
+            obs: (M, O) current states; goal: (M, G) goal positions or None.
+        Returns:
+            plan_obs (M, H, O), plan_act (M, H, A) in env units, and lengths (M,): how many plan steps are
+            used before holding at the goal (H unless the plan reached the goal earlier, see park_radius).
+        """
+        cfg, A, K = self.cfg, self.act_dim, self.cfg.n_candidates
+        M, H = len(obs), cfg.horizon
+        device = next(self.model.parameters()).device
+        with self.latency.time(M):
+            values = torch.zeros(M * K, H, A + self.obs_dim, device=device)
+            mask = torch.zeros_like(values, dtype=torch.bool)
+            start = self.obs_norm.normalize(torch.as_tensor(obs, device=device)).repeat_interleave(K, 0)
+            values[:, 0, A:], mask[:, 0, A:] = start, True
+            goal_cond = goal is not None and cfg.goal_conditioned
+            if goal_cond:
+                target = torch.as_tensor(self.goal_state(goal), device=device)
+                values[:, -1, A:] = self.obs_norm.normalize(target).repeat_interleave(K, 0)
+                mask[:, -1, A:] = True
+            x = sample(
+                self.ema.model,
+                self.sampling_scheduler,
+                values.shape,
+                inpaint=Inpaint(mask, values),
+                generator=self.generator,
+                device=device,
+            )
+            plan_act = self.act_norm.unnormalize(x[..., :A]).cpu().numpy()
+            plan_obs = self.obs_norm.unnormalize(x[..., A:]).cpu().numpy()
+            lengths = np.full(M * K, H, dtype=np.int64)
+            if goal_cond and cfg.park_radius > 0:
+                goals = np.repeat(goal, K, axis=0)
+                dist = np.linalg.norm(plan_obs[..., : self.goal_dim] - goals[:, None], axis=-1)  # (M*K, H)
+                arrived = dist < cfg.park_radius
+                lengths = np.where(arrived.any(1), arrived.argmax(1) + 1, H)
+            # Best of K: the plan that reaches the goal earliest (ties: the first sampled).
+            best = lengths.reshape(M, K).argmin(1) + np.arange(M) * K
+            plan_obs, plan_act, lengths = plan_obs[best], plan_act[best], lengths[best]
+        if self.record_plans > 0:
+            for i in range(min(M, self.record_plans)):
+                self.recorded_plans.append(
+                    {"plan": plan_obs[i], "length": lengths[i], "goal": None if goal is None else goal[i]}
+                )
+            self.record_plans -= min(M, self.record_plans)
+        return plan_obs.astype(np.float32), plan_act.astype(np.float32), lengths
+
+    # ---------------------------------------------------------------------------------------------------- track
+    def _pd(self, obs: np.ndarray, target: np.ndarray) -> np.ndarray:
+        """PD law toward target states; obs/target (N, O) laid out [position (A), velocity (A), ...]."""
+        A = self.act_dim
+        return self.cfg.kp * (target[:, :A] - obs[:, :A]) + self.cfg.kd * (target[:, A : 2 * A] - obs[:, A : 2 * A])
+
+    def track(self, obs: np.ndarray, goal: np.ndarray | None, state: Batch) -> np.ndarray:
+        """Actions (N, A) executing each env's cached plan at its step counter ``state.t``."""
+        N, H = len(obs), self.cfg.horizon
+        step = np.asarray(state.t)
+        lengths = np.asarray(state.plan_len)
+        rows = np.arange(N)
+        following = step + 1 < lengths
+        nxt = np.minimum(step + 1, H - 1)
+        if goal is not None and self.cfg.goal_conditioned:
+            hold = self.goal_state(goal)
+        else:  # no goal: hold the plan's last state
+            hold = state.plan_obs[rows, np.minimum(lengths - 1, H - 1)].copy()
+            hold[:, self.act_dim : 2 * self.act_dim] = 0.0
+        target = np.where(following[:, None], state.plan_obs[rows, nxt], hold)
+        act = self._pd(obs, target)
+        if self.cfg.tracking == "action":
+            planned = state.plan_act[rows, np.minimum(step, H - 1)]
+            act = np.where((step < lengths)[:, None], planned, act)
+        return np.clip(act, self.action_space.low, self.action_space.high).astype(np.float32)
+
+    def initial_state(self, n: int) -> Batch:
+        H, A, O = self.cfg.horizon, self.act_dim, self.obs_dim
+        return Batch(
+            t=np.zeros(n, dtype=np.int64),
+            plan_len=np.zeros(n, dtype=np.int64),
+            plan_obs=np.zeros((n, H, O), dtype=np.float32),
+            plan_act=np.zeros((n, H, A), dtype=np.float32),
+        )
+
+    def forward(self, batch: Batch, state: Batch | None = None, **kwargs: Any) -> Batch:
+        """One action per env. ``batch.obs``: Batch with observation (N, O) [and desired_goal (N, G)]."""
+        obs, goal = observation_arrays(batch.obs)
+        n = len(obs)
+        state = self.initial_state(n) if state is None or len(state) == 0 else Batch(
+            t=np.array(state.t), plan_len=np.array(state.plan_len),
+            plan_obs=np.array(state.plan_obs), plan_act=np.array(state.plan_act),
+        )  # fresh arrays: the Collector keeps references to earlier states in its buffer
+        k = self.cfg.replan_every
+        need = (state.t == 0) | ((k > 0) & (state.t >= k))
+        if need.any():
+            idx = np.flatnonzero(need)
+            plan_obs, plan_act, lengths = self.plan(obs[idx], None if goal is None else goal[idx])
+            state.plan_obs[idx], state.plan_act[idx], state.plan_len[idx] = plan_obs, plan_act, lengths
+            state.t[idx] = 0
+        act = self.track(obs, goal, state)
+        state.t = state.t + 1
+        return Batch(act=act, state=state)
+
+
+@dataclass(kw_only=True)
+class DiffuserTrainingStats(TrainingStats):
+    loss: float
+    a0_loss: float = 0.0
+
+
+class DiffuserAlgorithm(OfflineAlgorithm[DiffuserPolicy]):
+    """Denoising-loss training of the trajectory model on windows served by a :class:`WindowSampler`."""
+
+    def __init__(self, *, policy: DiffuserPolicy, cfg: DiffuserConfig, generator: torch.Generator) -> None:
+        super().__init__(policy=policy)
+        self.cfg = cfg
+        self.generator = generator
+        self.scheduler = make_scheduler(
+            "ddpm",
+            cfg.diffusion_steps,
+            beta_schedule=cfg.beta_schedule,
+            prediction_type="epsilon" if cfg.predict_epsilon else "sample",
+        )
+        A, O = policy.act_dim, policy.obs_dim
+        self.register_buffer(
+            "weights", loss_weights(cfg.horizon, A + O, A, cfg.action_weight, cfg.loss_discount).float()
+        )
+        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+        self.optim = self._create_optimizer(
+            policy.model, AdamOptimizerFactory(lr=cfg.lr), max_grad_norm=cfg.grad_clip or None
+        )
+
+    def _update_with_batch(self, batch: Batch) -> DiffuserTrainingStats:
+        policy, A = self.policy, self.policy.act_dim
+        x0 = torch.as_tensor(batch.traj)
+        mask = torch.zeros_like(x0, dtype=torch.bool)
+        mask[:, 0, A:] = True
+        if policy.goal_dim and self.cfg.goal_conditioned:
+            mask[:, -1, A:] = True
+        loss, info = denoising_loss(
+            policy.model,
+            self.scheduler,
+            x0,
+            inpaint=Inpaint(mask, x0),
+            weights=self.weights,
+            mask=torch.as_tensor(batch.mask) if "mask" in batch else None,
+            generator=self.generator,
+        )
+        self.optim.step(loss)
+        self.num_updates += 1
+        policy.ema.update(policy.model, int(self.num_updates))
+        return DiffuserTrainingStats(loss=float(loss.detach()), a0_loss=float(info.get("a0_loss", 0.0)))
+
+
+CONFIG = DiffuserConfig
+
+
+def build(
+    cfg: DiffuserConfig,
+    observation_space: gym.Space,
+    action_space: gym.spaces.Box,
+    episodes: Episodes | None = None,
+) -> Agent:
+    """Build the Diffuser policy and algorithm; ``episodes=None`` builds an empty shell to load weights into."""
+    torch.manual_seed(cfg.seed)
+    obs_dim, goal_dim = split_observation_space(observation_space)
+    act_dim = int(action_space.shape[0])
+    if episodes is not None:
+        episodes.check_spaces(observation_space, action_space)
+    if cfg.tracking == "pd" and obs_dim < 2 * act_dim:
+        raise ConfigError(
+            f"tracking='pd' needs observations [position ({act_dim}), velocity ({act_dim}), ...] but the "
+            f"observation has {obs_dim} dims; use tracking=action"
+        )
+    obs_norm = NormalizerModule(cfg.normalizer, None if episodes is None else episodes.obs, dim=obs_dim)
+    act_norm = NormalizerModule(cfg.normalizer, None if episodes is None else episodes.act, dim=act_dim)
+    model = TemporalUnet1d(act_dim + obs_dim, dim=cfg.dim, dim_mults=tuple(cfg.dim_mults)).to(cfg.device)
+    policy = DiffuserPolicy(
+        model=model,
+        cfg=cfg,
+        obs_norm=obs_norm,
+        act_norm=act_norm,
+        observation_space=observation_space,
+        action_space=action_space,
+        goal_dim=goal_dim if cfg.goal_conditioned else 0,
+    ).to(cfg.device)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    algorithm = DiffuserAlgorithm(policy=policy, cfg=cfg, generator=generator)
+    source = None
+    if episodes is not None:
+        dataset = SequenceDataset(
+            episodes, cfg.horizon, obs_norm.normalizer, act_norm.normalizer,
+            use_padding=cfg.use_padding, device=cfg.device,
+        )
+        source = WindowSampler(dataset, generator)
+    return Agent(policy=policy, algorithm=algorithm, batch_source=source)

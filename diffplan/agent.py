@@ -1,0 +1,177 @@
+"""What every agent shares: the build contract, the training-batch source, EMA and normalizer modules.
+
+An agent module in ``diffplan.agents`` defines
+
+* ``CONFIG``: its config dataclass (a :class:`diffplan.config.RunConfig` subclass), and
+* ``build(cfg, observation_space, action_space, episodes) -> Agent``,
+
+so the runner, CLI, checkpoints and robot bridge never need to know which algorithm they hold.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import gymnasium as gym
+import numpy as np
+import torch
+from tianshou.algorithm.algorithm_base import Algorithm, Policy
+from tianshou.data import Batch
+from torch import nn
+
+from diffplan.data.normalizer import NORMALIZERS, Normalizer
+
+
+class BatchSource(Protocol):
+    """What Tianshou's ``Algorithm.update(buffer, sample_size)`` needs from a buffer: ``sample``."""
+
+    def sample(self, batch_size: int) -> tuple[Batch, np.ndarray]: ...
+
+
+@dataclass
+class Agent:
+    """A built agent: the acting policy, the learning algorithm and (offline) its training-batch source."""
+
+    policy: Policy
+    algorithm: Algorithm
+    batch_source: BatchSource | None = None
+
+
+class WindowSampler:
+    """Serves trajectory windows of a :class:`~diffplan.data.SequenceDataset` to ``Algorithm.update``.
+
+    Tianshou's offline update samples ``buffer.sample(n)``; a ``ReplayBuffer`` would have to rebuild H-step
+    windows with H python-level ``buffer.next`` calls per batch, while the SequenceDataset gathers them in one
+    vectorized index. All randomness comes from ``generator`` so a resumed run draws the same batches.
+    """
+
+    def __init__(self, dataset: Any, generator: torch.Generator) -> None:
+        self.dataset = dataset
+        self.generator = generator
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def sample(self, batch_size: int) -> tuple[Batch, np.ndarray]:
+        data = self.dataset.sample(batch_size, self.generator)
+        indices = data.pop("indices")
+        return Batch(**data), np.asarray(indices)
+
+
+class NormalizerModule(nn.Module):
+    """Holds a fitted :class:`Normalizer` inside a policy so it is saved and restored with the weights.
+
+    The statistics travel through ``get_extra_state`` as a dict of tensors, so a checkpoint still loads with
+    ``torch.load(weights_only=True)``.
+    """
+
+    def __init__(self, kind: str, data: np.ndarray | None = None, dim: int | None = None) -> None:
+        super().__init__()
+        if kind not in NORMALIZERS:
+            raise ValueError(f"unknown normalizer {kind!r}; valid: {sorted(NORMALIZERS)}")
+        self.kind = kind
+        self.normalizer: Normalizer = NORMALIZERS[kind]()
+        if data is not None:
+            self.normalizer.fit(np.asarray(data, dtype=np.float32))
+        elif dim is not None:  # placeholder statistics, replaced when a checkpoint is loaded
+            self.normalizer.fit(np.stack([-np.ones(dim, np.float32), np.ones(dim, np.float32)]))
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return self.normalizer.normalize(x)
+
+    def unnormalize(self, x: torch.Tensor) -> torch.Tensor:
+        return self.normalizer.unnormalize(x)
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"kind": self.kind, **self.normalizer.state_dict()}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        kind = state.pop("kind")
+        if kind != self.kind:
+            raise ValueError(f"checkpoint normalizer is {kind!r}, the config asks for {self.kind!r}")
+        self.normalizer.load_state_dict(state)
+
+
+class EMA(nn.Module):
+    """Exponential moving average of a model's weights, as Diffuser keeps it (start after a warm-up, every k).
+
+    Before ``start_step`` the average simply copies the model, so early evaluations are not dominated by the
+    random initialisation.
+    """
+
+    def __init__(self, model: nn.Module, decay: float = 0.995, every: int = 10, start_step: int = 1000) -> None:
+        super().__init__()
+        self.model = copy.deepcopy(model).requires_grad_(False)
+        self.decay, self.every, self.start_step = decay, every, start_step
+
+    @torch.no_grad()
+    def update(self, source: nn.Module, step: int) -> None:
+        if step % self.every != 0:
+            return
+        if step < self.start_step:
+            self.model.load_state_dict(source.state_dict())
+            return
+        for ema_p, p in zip(self.model.parameters(), source.parameters(), strict=True):
+            ema_p.lerp_(p.detach(), 1.0 - self.decay)
+        for ema_b, b in zip(self.model.buffers(), source.buffers(), strict=True):
+            ema_b.copy_(b)
+
+
+class LatencyTracker:
+    """Wall-clock latency of recent planning calls (ms), with the batch size of each call."""
+
+    def __init__(self, maxlen: int = 10_000) -> None:
+        self.records: deque[tuple[float, int]] = deque(maxlen=maxlen)
+
+    def time(self, batch_size: int) -> _Timer:
+        return _Timer(self, batch_size)
+
+    def clear(self) -> None:
+        self.records.clear()
+
+    def summary(self) -> dict[str, float]:
+        if not self.records:
+            return {}
+        ms = np.array([r[0] for r in self.records])
+        sizes = np.array([r[1] for r in self.records])
+        return {
+            "plan_ms_median": float(np.median(ms)),
+            "plan_ms_p90": float(np.percentile(ms, 90)),
+            "plan_batch_mean": float(sizes.mean()),
+            "plans": float(sizes.sum()),
+        }
+
+
+class _Timer:
+    def __init__(self, tracker: LatencyTracker, batch_size: int) -> None:
+        self.tracker, self.batch_size = tracker, batch_size
+
+    def __enter__(self) -> _Timer:
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.tracker.records.append(((time.perf_counter() - self.start) * 1000.0, self.batch_size))
+
+
+def split_observation_space(space: gym.Space) -> tuple[int, int]:
+    """``(obs_dim, goal_dim)`` of an env observation space: Dict goal envs -> (observation, desired_goal)."""
+    if isinstance(space, gym.spaces.Dict):
+        obs = space["observation"]
+        goal = space.spaces.get("desired_goal")
+        return int(np.prod(obs.shape)), int(np.prod(goal.shape)) if goal is not None else 0
+    return int(np.prod(space.shape)), 0
+
+
+def observation_arrays(obs: Any) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(obs (N,O), goal (N,G) | None)`` from a Tianshou observation batch (Batch of a Dict space or array)."""
+    if isinstance(obs, Batch) or isinstance(obs, dict):
+        observation = np.asarray(obs["observation"], dtype=np.float32)
+        goal = obs["desired_goal"] if "desired_goal" in obs else None
+        return observation, (None if goal is None else np.asarray(goal, dtype=np.float32))
+    return np.asarray(obs, dtype=np.float32), None

@@ -1,0 +1,157 @@
+"""Checkpoints: one directory per save, written atomically, loaded without unpickling arbitrary objects.
+
+Layout of ``<run_dir>/checkpoints/step_<N>/``::
+
+    state.pt      torch.save of a nested dict of tensors / numbers / strings (loaded with weights_only=True)
+    config.yaml   the resolved experiment config
+    meta.json     step, sha256 of state.pt, diffplan version
+
+``<run_dir>/checkpoints/latest`` holds the name of the newest complete checkpoint. A checkpoint directory is
+built under a temporary name and renamed into place, so a crash mid-save never leaves a half-written
+checkpoint under a real name; the checksum catches files damaged afterwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from diffplan import __version__
+
+STATE_FILE = "state.pt"
+META_FILE = "meta.json"
+CONFIG_FILE = "config.yaml"
+LATEST_FILE = "latest"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, corrupt, truncated or incompatible."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def rng_state() -> dict[str, Any]:
+    """Global RNG states (python, numpy, torch) as weights_only-loadable values."""
+    np_state = np.random.get_state()
+    return {
+        "python": list(random.getstate()[1]),
+        "python_version": random.getstate()[0],
+        "numpy_keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+        "numpy_pos": int(np_state[2]),
+        "torch": torch.get_rng_state(),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore the global RNG states saved by :func:`rng_state`."""
+    random.setstate((state["python_version"], tuple(state["python"]), None))
+    keys = state["numpy_keys"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", keys, state["numpy_pos"], 0, 0.0))
+    torch.set_rng_state(state["torch"])
+
+
+def save_checkpoint(
+    run_dir: str | os.PathLike, step: int, state: dict[str, Any], config_yaml: str, keep: int = 3
+) -> Path:
+    """Atomically write checkpoint ``step`` under ``run_dir/checkpoints`` and point ``latest`` at it.
+
+    Args:
+        state: nested dict of tensors and plain values (anything ``torch.load(weights_only=True)`` accepts).
+        config_yaml: the resolved config as YAML text.
+        keep: how many most recent checkpoints to keep (older ones are deleted); 0 keeps all.
+    """
+    root = Path(run_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"step_{step:08d}"
+    final = root / name
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp-{name}-"))
+    try:
+        state_path = tmp / STATE_FILE
+        with open(state_path, "wb") as fh:
+            torch.save(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        (tmp / CONFIG_FILE).write_text(config_yaml)
+        meta = {"step": step, "sha256": _sha256(state_path), "diffplan_version": __version__}
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _write_text_atomic(root / LATEST_FILE, name)
+    if keep > 0:
+        saved = sorted(p for p in root.glob("step_*") if p.is_dir())
+        for old in saved[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """Map a run directory, a ``checkpoints`` directory or a checkpoint directory to a checkpoint directory."""
+    path = Path(path)
+    if (path / STATE_FILE).exists() or (path / META_FILE).exists():
+        return path
+    for root in (path / "checkpoints", path):
+        latest = root / LATEST_FILE
+        if latest.exists():
+            ckpt = root / latest.read_text().strip()
+            if not ckpt.is_dir():
+                raise CheckpointError(f"{latest} points to {ckpt.name}, which does not exist")
+            return ckpt
+    raise CheckpointError(f"no checkpoint found at {path} (expected a run directory or a step_* directory)")
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[dict, str]:
+    """Load ``(state, config_yaml)`` from a checkpoint, run directory or checkpoint directory.
+
+    Raises CheckpointError with the file name for a missing, corrupt or truncated checkpoint. Loading uses
+    ``weights_only=True``: no arbitrary object is ever unpickled.
+    """
+    ckpt = resolve_checkpoint(path)
+    state_path, meta_path, config_path = ckpt / STATE_FILE, ckpt / META_FILE, ckpt / CONFIG_FILE
+    for required in (state_path, meta_path, config_path):
+        if not required.exists():
+            raise CheckpointError(f"checkpoint {ckpt} is incomplete: {required.name} is missing")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"checkpoint {ckpt}: {META_FILE} is corrupt ({exc})") from exc
+    expected = meta.get("sha256")
+    if expected and _sha256(state_path) != expected:
+        raise CheckpointError(
+            f"checkpoint {ckpt}: {STATE_FILE} is corrupt or truncated (checksum mismatch, "
+            f"{state_path.stat().st_size} bytes)"
+        )
+    try:
+        state = torch.load(state_path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises several types for bad zips and forbidden globals
+        raise CheckpointError(f"checkpoint {ckpt}: cannot load {STATE_FILE}: {exc}") from exc
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {ckpt}: {STATE_FILE} does not hold a state dict")
+    return state, config_path.read_text()

@@ -1,0 +1,215 @@
+"""The ``diffplan`` command: data, train, eval, quickstart, bench.
+
+Examples::
+
+    diffplan quickstart
+    diffplan data make pointmaze-umaze --steps 200000
+    diffplan data info minari:diffplan/pointmaze-umaze-v0
+    diffplan train configs/diffuser/pointmaze-umaze.yaml train_steps=20000 seed=1
+    diffplan train --resume runs/diffuser-pointmaze-umaze-s0-...
+    diffplan eval runs/diffuser-pointmaze-umaze-s0-... --episodes 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+QUICKSTART: dict[str, Any] = {
+    # A small planner on a 200k-step UMaze dataset, sized to finish in under 10 minutes on 2 CPU cores.
+    "agent": "diffuser",
+    "task": "pointmaze-umaze",
+    "dataset_steps": 200_000,
+    "horizon": 128,
+    "dim": 32,
+    "dim_mults": [1, 2, 4],
+    "train_steps": 4_000,
+    "batch_size": 32,
+    "eval_every": 2_000,
+    "eval_episodes": 10,
+    "final_eval_episodes": 50,
+    "checkpoint_every": 2_000,
+    "sampling_steps": 10,
+}
+
+
+def _print_json(data: dict[str, Any]) -> None:
+    print(json.dumps(data, indent=2, default=float))
+
+
+def cmd_data_make(args: argparse.Namespace) -> int:
+    from diffplan.data.recipes.pointmaze import generate_pointmaze_dataset
+
+    dataset_id = generate_pointmaze_dataset(
+        args.name, num_steps=args.steps, seed=args.seed, noisy=args.noisy, dataset_id=args.id, progress=True
+    )
+    print(f"wrote minari:{dataset_id}")
+    return 0
+
+
+def dataset_info(source: str) -> dict[str, Any]:
+    """Summary of a dataset source: size, episodes, returns, reference scores."""
+    import numpy as np
+
+    from diffplan.data import load_episodes
+
+    episodes = load_episodes(source)
+    returns = episodes.returns()
+    meta = episodes.metadata
+    return {
+        "source": source,
+        "steps": int(episodes.num_steps),
+        "episodes": int(episodes.num_episodes),
+        "obs_dim": int(episodes.obs_dim),
+        "act_dim": int(episodes.act_dim),
+        "goal_dim": int(episodes.goal_dim) if episodes.goal is not None else 0,
+        "episode_length_mean": float(np.mean(episodes.lengths)),
+        "return_mean": float(np.mean(returns)),
+        "return_min": float(np.min(returns)),
+        "return_max": float(np.max(returns)),
+        "ref_min_score": meta.get("ref_min_score"),
+        "ref_max_score": meta.get("ref_max_score"),
+        **{k: meta[k] for k in ("recipe", "maze", "task", "seed", "noisy") if k in meta},
+    }
+
+
+def cmd_data_info(args: argparse.Namespace) -> int:
+    _print_json(dataset_info(args.source))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import yaml
+
+    from diffplan.config import load_config
+    from diffplan.run import train
+
+    if args.config is not None and "=" in args.config and not args.config.endswith((".yaml", ".yml")):
+        args.overrides.insert(0, args.config)  # `train --resume DIR key=value`: no config file given
+        args.config = None
+    if args.resume:
+        saved = yaml.safe_load((Path(args.resume) / "config.yaml").read_text())
+        cfg = load_config(args.config, args.overrides, base=saved)
+        cfg.run_dir = str(args.resume)
+    else:
+        if args.config is None:
+            print("diffplan train: give a config file (or --resume RUN_DIR)", file=sys.stderr)
+            return 2
+        cfg = load_config(args.config, args.overrides)
+    results = train(cfg, resume=args.resume, progress=not args.no_progress)
+    _print_final(results)
+    return 0
+
+
+def _print_final(results: dict[str, Any]) -> None:
+    final = results["final"]
+    line = f"final ({final['episodes']} episodes): success {final['success_rate']:.2f}"
+    if "normalized_score" in final:
+        line += f", normalized score {final['normalized_score']:.1f} ± {final['normalized_score_se']:.1f}"
+    if "plan_ms_median" in final:
+        line += f", plan {final['plan_ms_median']:.0f} ms"
+    print(line)
+    run_dir = results["run_dir"]
+    print(f"run directory: {run_dir}  (results.json, checkpoints/, plans/*.png)")
+    print(f"TensorBoard:   tensorboard --logdir {run_dir}/tb")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from diffplan.run import eval_run
+
+    _print_json(eval_run(args.path, episodes=args.episodes, overrides=args.overrides))
+    return 0
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    from diffplan.config import load_config
+    from diffplan.run import train
+
+    overrides = list(args.overrides)
+    cfg = load_config(None, overrides, base={**QUICKSTART, "run_dir": args.out})
+    print(
+        f"diffplan quickstart: Diffuser planner on {cfg.task}, {cfg.dataset_steps} dataset steps, "
+        f"{cfg.train_steps} gradient steps -> {cfg.run_dir}"
+    )
+    results = train(cfg, progress=not args.no_progress)
+    _print_final(results)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from diffplan.bench import BENCHMARKS
+
+    result = BENCHMARKS[args.what](args)
+    _print_json(result)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="diffplan", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="make or inspect datasets").add_subparsers(dest="data_command", required=True)
+    make = data.add_parser("make", help="generate a local Minari dataset (D4RL maze2d recipe)")
+    make.add_argument("name", choices=["pointmaze-umaze", "pointmaze-medium", "pointmaze-large"])
+    make.add_argument("--steps", type=int, default=1_000_000, help="dataset size in env steps")
+    make.add_argument("--seed", type=int, default=0)
+    make.add_argument("--noisy", action="store_true", help="Gaussian action noise 0.5, as D4RL's noisy variant")
+    make.add_argument("--id", default=None, help="Minari dataset id (default diffplan/<name>[-noisy][-<N>k]-v0)")
+    make.set_defaults(func=cmd_data_make)
+    info = data.add_parser("info", help="print size, episodes, returns and reference scores")
+    info.add_argument("source", help="minari:<id> | d4rl:<file.hdf5> | <path>")
+    info.set_defaults(func=cmd_data_info)
+
+    train = sub.add_parser("train", help="train from a YAML config")
+    train.add_argument("config", nargs="?", help="configs/<agent>/<task>.yaml")
+    train.add_argument("overrides", nargs="*", help="key=value overrides")
+    train.add_argument("--resume", default=None, help="run directory to continue exactly where it stopped")
+    train.add_argument("--no-progress", action="store_true")
+    train.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("eval", help="evaluate a run directory or checkpoint")
+    ev.add_argument("path")
+    ev.add_argument("overrides", nargs="*", help="key=value overrides of execution settings")
+    ev.add_argument("--episodes", type=int, default=50)
+    ev.set_defaults(func=cmd_eval)
+
+    qs = sub.add_parser("quickstart", help="make a small maze dataset, train a planner, evaluate it")
+    qs.add_argument("overrides", nargs="*", help="key=value overrides of the embedded config")
+    qs.add_argument("--out", default="runs/quickstart")
+    qs.add_argument("--no-progress", action="store_true")
+    qs.set_defaults(func=cmd_quickstart)
+
+    bench = sub.add_parser("bench", help="benchmarks that write JSON results")
+    bench.add_argument("what", choices=["plan", "train", "maze"])
+    bench.add_argument("path", nargs="?", help="run directory (plan, maze) or config (train)")
+    bench.add_argument("overrides", nargs="*")
+    bench.add_argument("--episodes", type=int, default=50)
+    bench.add_argument("--repeats", type=int, default=50)
+    bench.add_argument("--out", default=None, help="JSON file to write")
+    bench.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from diffplan.checkpoint import CheckpointError
+    from diffplan.config import ConfigError
+    from diffplan.data import DatasetError
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, DatasetError, CheckpointError) as exc:
+        print(f"diffplan: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""Evaluation through a Tianshou test Collector: returns, normalized score, success rate, plan latency."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from tianshou.data import Collector, CollectStats, VectorReplayBuffer
+from tianshou.env import BaseVectorEnv
+
+from diffplan.agent import LatencyTracker
+
+
+def normalized_score(returns: np.ndarray, ref_min: float | None, ref_max: float | None) -> np.ndarray | None:
+    """D4RL normalization: 100 * (return - ref_min) / (ref_max - ref_min); None without reference scores."""
+    if ref_min is None or ref_max is None or ref_max == ref_min:
+        return None
+    return 100.0 * (np.asarray(returns, dtype=np.float64) - ref_min) / (ref_max - ref_min)
+
+
+def mean_and_stderr(x: np.ndarray) -> tuple[float, float]:
+    x = np.asarray(x, dtype=np.float64)
+    if x.size == 0:
+        return float("nan"), float("nan")
+    se = float(x.std(ddof=1) / np.sqrt(x.size)) if x.size > 1 else 0.0
+    return float(x.mean()), se
+
+
+@dataclass(kw_only=True)
+class SuccessStats(CollectStats):
+    """CollectStats plus whether each episode ever reached its goal (``info["success"]`` at any step).
+
+    ``success_rate`` is a scalar so Tianshou's loggers keep it (they drop arrays).
+    """
+
+    successes: list[bool] = field(default_factory=list)
+    success_rate: float = 0.0
+
+    def update_at_episode_done(self, episode_batch: Any, episode_return: float, **kwargs: Any) -> None:
+        super().update_at_episode_done(episode_batch, episode_return, **kwargs)
+        info = episode_batch.info
+        success = bool(np.any(info["success"])) if "success" in info else False
+        self.successes.append(success)
+        self.success_rate = float(np.mean(self.successes))
+
+
+@dataclass
+class EvalResult:
+    """Outcome of one evaluation; ``to_dict`` is what results.json and TensorBoard get."""
+
+    returns: np.ndarray
+    lengths: np.ndarray
+    successes: np.ndarray
+    normalized: np.ndarray | None
+    latency: dict[str, float]
+    wall_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        ret_mean, ret_se = mean_and_stderr(self.returns)
+        out: dict[str, Any] = {
+            "episodes": int(len(self.returns)),
+            "return_mean": ret_mean,
+            "return_se": ret_se,
+            "success_rate": float(np.mean(self.successes)) if len(self.successes) else float("nan"),
+            "length_mean": float(np.mean(self.lengths)) if len(self.lengths) else float("nan"),
+            "wall_s": self.wall_s,
+            **self.latency,
+        }
+        if self.normalized is not None:
+            out["normalized_score"], out["normalized_score_se"] = mean_and_stderr(self.normalized)
+        return out
+
+
+def evaluate(
+    policy: Any,
+    make_venv: Callable[[int, int], BaseVectorEnv],
+    n_episodes: int,
+    *,
+    n_envs: int = 5,
+    seed: int = 0,
+    ref_min: float | None = None,
+    ref_max: float | None = None,
+) -> EvalResult:
+    """Run ``n_episodes`` through a Tianshou Collector over ``make_venv(n_envs, seed)``.
+
+    A fresh vector env with the same seed gives every evaluation the same start/goal pairs, and the policy's
+    planning noise is reseeded, so two evaluations of the same weights agree exactly.
+    """
+    n_envs = max(1, min(n_envs, n_episodes))
+    venv = make_venv(n_envs, seed)
+    try:
+        if hasattr(policy, "reseed"):
+            policy.reseed(seed)
+        latency: LatencyTracker | None = getattr(policy, "latency", None)
+        if latency is not None:
+            latency.clear()
+        # The buffer only has to exist; a planner's state is copied into it every step, so keep it small.
+        buffer = VectorReplayBuffer(64 * n_envs, n_envs)
+        collector = Collector(policy, venv, buffer, collect_stats_class=SuccessStats)
+        start = time.perf_counter()
+        collector.reset()
+        policy.eval()
+        stats = collector.collect(n_episode=n_episodes)
+        wall = time.perf_counter() - start
+    finally:
+        venv.close()
+    returns = np.asarray(stats.returns, dtype=np.float64)
+    return EvalResult(
+        returns=returns,
+        lengths=np.asarray(stats.lens),
+        successes=np.asarray(stats.successes, dtype=bool),
+        normalized=normalized_score(returns, ref_min, ref_max),
+        latency=latency.summary() if latency is not None else {},
+        wall_s=wall,
+    )

@@ -1,0 +1,273 @@
+"""Experiment runner: dataset -> build -> train (periodic evaluation, TensorBoard, checkpoints) -> results.json.
+
+Why our own loop rather than Tianshou's ``OfflineTrainer``: every gradient step still goes through Tianshou's
+``Algorithm.update`` (and evaluation through its ``Collector``), but exact resume needs the training-batch
+generator, the step counter and the global RNGs restored mid-run, which the trainer's epoch/log-based resume
+does not cover.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from tianshou.utils.torch_utils import policy_within_training_step
+from torch.utils.tensorboard import SummaryWriter
+from tqdm.auto import tqdm
+
+from diffplan.agent import Agent
+from diffplan.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from diffplan.config import RunConfig, config_to_dict, load_config
+from diffplan.data import Episodes, load_episodes
+from diffplan.evaluation import EvalResult, evaluate
+from diffplan.envs import is_maze_task, make_env, make_vector_env
+
+log = logging.getLogger("diffplan")
+
+EVAL_SEED = 12_345
+"""Seed of the evaluation environments: every evaluation of every run sees the same start/goal pairs."""
+
+_RECIPE_ID = re.compile(r"^diffplan/(?P<task>pointmaze-(?:umaze|medium|large))(?P<noisy>-noisy)?(?:-(?P<k>\d+)k)?-v0$")
+
+
+def default_dataset(cfg: RunConfig) -> str:
+    """The generated dataset of a task: ``minari:diffplan/<task>[-<N>k]-v0`` (N = dataset_steps/1000)."""
+    size = "" if cfg.dataset_steps == 1_000_000 else f"-{cfg.dataset_steps // 1000}k"
+    return f"minari:diffplan/{cfg.task}{size}-v0"
+
+
+def resolve_episodes(cfg: RunConfig, progress: bool = True) -> Episodes:
+    """Load the config's dataset, generating it first when it is one of ours and not on disk yet."""
+    source = cfg.dataset or default_dataset(cfg)
+    if source.startswith("minari:"):
+        match = _RECIPE_ID.match(source[len("minari:"):])
+        if match:
+            from diffplan.data.recipes.pointmaze import ensure_dataset
+
+            steps = int(match["k"]) * 1000 if match["k"] else 1_000_000
+            ensure_dataset(
+                match["task"], num_steps=steps, seed=0, noisy=bool(match["noisy"]),
+                dataset_id=source[len("minari:"):], progress=progress,
+            )
+    return load_episodes(source)
+
+
+def _reference_scores(episodes: Episodes) -> tuple[float | None, float | None]:
+    meta = episodes.metadata
+    lo, hi = meta.get("ref_min_score"), meta.get("ref_max_score")
+    return (None if lo is None else float(lo)), (None if hi is None else float(hi))
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, indent=2, default=float)
+    os.replace(tmp, path)
+
+
+def _run_dir(cfg: RunConfig) -> Path:
+    if cfg.run_dir:
+        return Path(cfg.run_dir)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{cfg.agent}-{cfg.task}-s{cfg.seed}-{stamp}"
+
+
+@dataclass
+class Experiment:
+    """Everything a run holds: config, agent, data, where it writes."""
+
+    cfg: RunConfig
+    agent: Agent
+    episodes: Episodes | None
+    run_dir: Path
+    ref_min: float | None
+    ref_max: float | None
+
+    def make_venv(self, n: int, seed: int) -> Any:
+        return make_vector_env(self.cfg.task, n, seed)
+
+    def evaluate(self, n_episodes: int, record_plans: int = 0) -> EvalResult:
+        policy = self.agent.policy
+        if record_plans and hasattr(policy, "record_plans"):
+            policy.recorded_plans = []
+            policy.record_plans = record_plans
+        return evaluate(
+            policy, self.make_venv, n_episodes, n_envs=self.cfg.eval_envs, seed=EVAL_SEED,
+            ref_min=self.ref_min, ref_max=self.ref_max,
+        )
+
+    def plan_figure(self) -> Any | None:
+        """Recorded plans drawn over the maze (maze tasks only)."""
+        plans = getattr(self.agent.policy, "recorded_plans", [])
+        if not plans or not is_maze_task(self.cfg.task):
+            return None
+        from diffplan.envs.maze import plot_plans
+
+        xy = np.stack([p["plan"][:, :2] for p in plans])
+        goals = np.stack([p["goal"] for p in plans]) if plans[0]["goal"] is not None else None
+        titles = [f"plan {i} (reaches goal at step {int(p['length'])})" for i, p in enumerate(plans)]
+        return plot_plans(self.cfg.task, xy, starts=xy[:, 0], goals=goals, titles=titles)
+
+
+def setup(cfg: RunConfig, *, with_data: bool = True, progress: bool = True) -> Experiment:
+    """Seed, load data, build the agent."""
+    from diffplan.agents import AGENTS
+
+    torch.set_num_threads(max(1, cfg.torch_threads))
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    episodes = resolve_episodes(cfg, progress=progress) if with_data else None
+    env = make_env(cfg.task, seed=cfg.seed)
+    try:
+        agent = AGENTS[cfg.agent].build(cfg, env.observation_space, env.action_space, episodes)
+    finally:
+        env.close()
+    ref_min, ref_max = _reference_scores(episodes) if episodes is not None else (None, None)
+    return Experiment(cfg, agent, episodes, _run_dir(cfg), ref_min, ref_max)
+
+
+def _log_eval(writer: SummaryWriter, exp: Experiment, result: EvalResult, step: int) -> dict[str, Any]:
+    summary = result.to_dict()
+    for key in ("return_mean", "normalized_score", "success_rate", "plan_ms_median", "length_mean"):
+        if key in summary and np.isfinite(summary[key]):
+            writer.add_scalar(f"eval/{key}", summary[key], step)
+    fig = exp.plan_figure()
+    if fig is not None:
+        from diffplan.envs.maze import figure_to_array
+
+        image = figure_to_array(fig)
+        writer.add_image("eval/plans", image, step, dataformats="HWC")
+        plot_dir = exp.run_dir / "plans"
+        plot_dir.mkdir(exist_ok=True)
+        fig.savefig(plot_dir / f"step_{step:08d}.png", dpi=80)
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+    return summary
+
+
+def _checkpoint_state(exp: Experiment, step: int, history: list[dict], train_time: float) -> dict[str, Any]:
+    algorithm = exp.agent.algorithm
+    return {
+        "algorithm": algorithm.state_dict(),
+        "generator": algorithm.generator.get_state(),
+        "rng": rng_state(),
+        "step": step,
+        "train_time": train_time,
+        "history": json.dumps(history),
+        "ref_min_score": exp.ref_min,
+        "ref_max_score": exp.ref_max,
+    }
+
+
+def train(
+    cfg: RunConfig, *, resume: str | os.PathLike | None = None, progress: bool = True
+) -> dict[str, Any]:
+    """Train ``cfg`` (or continue the run in ``resume``) and return the results written to results.json."""
+    exp = setup(cfg, progress=progress)
+    run_dir = exp.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_yaml = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+    (run_dir / "config.yaml").write_text(config_yaml)
+    algorithm, policy, source = exp.agent.algorithm, exp.agent.policy, exp.agent.batch_source
+    if source is None:
+        raise ValueError(f"agent {cfg.agent!r} has no offline batch source to train from")
+
+    step, history, train_time = 0, [], 0.0
+    if resume is not None:
+        state, _ = load_checkpoint(resume, map_location=cfg.device)
+        algorithm.load_state_dict(state["algorithm"])
+        algorithm.generator.set_state(state["generator"])
+        set_rng_state(state["rng"])
+        step, train_time = int(state["step"]), float(state["train_time"])
+        history = json.loads(state["history"])
+        log.info("resumed %s at step %d", resume, step)
+
+    writer = SummaryWriter(str(run_dir / "tb"))
+    bar = tqdm(total=cfg.train_steps, initial=step, desc=f"train {cfg.agent}", disable=not progress, unit="step")
+    stats = None
+    try:
+        while step < cfg.train_steps:
+            t0 = time.perf_counter()
+            with policy_within_training_step(policy):
+                stats = algorithm.update(buffer=source, sample_size=cfg.batch_size)
+            train_time += time.perf_counter() - t0
+            step += 1
+            bar.update(1)
+            if step % cfg.log_every == 0:
+                losses = stats.get_loss_stats_dict()
+                for key, value in losses.items():
+                    writer.add_scalar(f"train/{key}", value, step)
+                writer.add_scalar("train/steps_per_s", step / max(train_time, 1e-9), step)
+                bar.set_postfix(loss=f"{losses.get('loss', float('nan')):.4f}")
+            if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.train_steps:
+                summary = _log_eval(writer, exp, exp.evaluate(cfg.eval_episodes, cfg.plot_plans), step)
+                history.append({"step": step, "train_time_s": train_time, **summary})
+                bar.write(_eval_line(step, summary))
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.train_steps:
+                save_checkpoint(run_dir, step, _checkpoint_state(exp, step, history, train_time), config_yaml)
+        save_checkpoint(run_dir, step, _checkpoint_state(exp, step, history, train_time), config_yaml)
+    finally:
+        bar.close()
+
+    final = exp.evaluate(cfg.final_eval_episodes, cfg.plot_plans)
+    summary = _log_eval(writer, exp, final, step)
+    history.append({"step": step, "train_time_s": train_time, **summary})
+    writer.flush()
+    writer.close()
+    results = {
+        "agent": cfg.agent,
+        "task": cfg.task,
+        "dataset": cfg.dataset or default_dataset(cfg),
+        "seed": cfg.seed,
+        "gradient_steps": step,
+        "train_time_s": train_time,
+        "steps_per_s": step / max(train_time, 1e-9),
+        "ref_min_score": exp.ref_min,
+        "ref_max_score": exp.ref_max,
+        "eval_seed": EVAL_SEED,
+        "final": summary,
+        "history": history,
+        "run_dir": str(run_dir),
+    }
+    _write_json_atomic(run_dir / "results.json", results)
+    return results
+
+
+def _eval_line(step: int, summary: dict[str, Any]) -> str:
+    parts = [f"step {step}"]
+    if "normalized_score" in summary:
+        parts.append(f"score {summary['normalized_score']:.1f} ± {summary['normalized_score_se']:.1f}")
+    parts.append(f"return {summary['return_mean']:.1f}")
+    parts.append(f"success {summary['success_rate']:.2f}")
+    if "plan_ms_median" in summary:
+        parts.append(f"plan {summary['plan_ms_median']:.0f} ms")
+    return " | ".join(parts)
+
+
+def load_trained(path: str | os.PathLike, overrides: list[str] | None = None) -> Experiment:
+    """Rebuild a trained agent from a run directory or checkpoint (no dataset needed: normalizers are saved)."""
+    state, config_yaml = load_checkpoint(path)
+    cfg = load_config(None, overrides, base=yaml.safe_load(config_yaml))
+    exp = setup(cfg, with_data=False, progress=False)
+    exp.agent.algorithm.load_state_dict(state["algorithm"])
+    exp.ref_min, exp.ref_max = state.get("ref_min_score"), state.get("ref_max_score")
+    src = Path(path)
+    exp.run_dir = src if (src / "checkpoints").is_dir() else exp.run_dir
+    return exp
+
+
+def eval_run(path: str | os.PathLike, episodes: int = 50, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Evaluate a trained run or checkpoint; returns the evaluation summary."""
+    exp = load_trained(path, overrides)
+    return exp.evaluate(episodes).to_dict()
