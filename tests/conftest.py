@@ -20,3 +20,50 @@ def _isolated_minari_root(tmp_path_factory, monkeypatch):
     root = tmp_path_factory.mktemp("minari")
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(root))
     yield root
+
+
+@pytest.fixture(scope="session")
+def tiny_maze_dataset(tmp_path_factory) -> str:
+    """A 4000-step pointmaze-umaze dataset made by the real recipe, as a plain path (shared by the session).
+
+    Reference scores use 4 episodes each instead of 100 to keep the suite fast.
+    """
+    from diffplan.data.recipes.pointmaze import generate_pointmaze_dataset
+
+    root = tmp_path_factory.mktemp("session-minari")
+    old = os.environ.get("MINARI_DATASETS_PATH")
+    os.environ["MINARI_DATASETS_PATH"] = str(root)
+    try:
+        dataset_id = generate_pointmaze_dataset(
+            "pointmaze-umaze", num_steps=4000, seed=0, dataset_id="diffplan/pointmaze-umaze-tiny-v0",
+            progress=False, ref_episodes=4,
+        )
+    finally:
+        if old is None:
+            del os.environ["MINARI_DATASETS_PATH"]
+        else:
+            os.environ["MINARI_DATASETS_PATH"] = old
+    return str(root / dataset_id)
+
+
+TINY_DIFFUSER = [
+    "agent=diffuser",
+    "task=pointmaze-umaze",
+    "horizon=16",
+    "dim=8",
+    "dim_mults=[1,2]",
+    "diffusion_steps=10",
+    "sampling_steps=3",
+    "batch_size=8",
+    "train_steps=6",
+    "eval_every=0",
+    "checkpoint_every=0",
+    "log_every=2",
+    "eval_episodes=2",
+    "eval_envs=2",
+    "final_eval_episodes=2",
+    "ema_start=2",
+    "ema_every=1",
+    "plot_plans=2",
+]
+"""Overrides that make the Diffuser agent tiny enough for unit tests."""

@@ -1,0 +1,31 @@
+"""Data layer: load any source into validated Episodes, normalize, and serve H-step windows."""
+
+from diffplan.data.d4rl_refs import D4RL_REF_SCORES, d4rl_ref_scores
+from diffplan.data.episodes import DatasetError, Episodes
+from diffplan.data.normalizer import (
+    NORMALIZERS,
+    GaussianNormalizer,
+    LimitsNormalizer,
+    Normalizer,
+    make_normalizer,
+)
+from diffplan.data.sequences import SequenceDataset, discounted_returns_to_go
+from diffplan.data.sources import load_d4rl, load_episodes, load_minari, minari_root
+
+__all__ = [
+    "D4RL_REF_SCORES",
+    "NORMALIZERS",
+    "DatasetError",
+    "Episodes",
+    "GaussianNormalizer",
+    "LimitsNormalizer",
+    "Normalizer",
+    "SequenceDataset",
+    "d4rl_ref_scores",
+    "discounted_returns_to_go",
+    "load_d4rl",
+    "load_episodes",
+    "load_minari",
+    "make_normalizer",
+    "minari_root",
+]

@@ -1,0 +1,44 @@
+"""Algorithm-agnostic diffusion core: noise schedules, DDPM/DDIM schedulers, the sampling loop, guidance, losses."""
+
+from diffplan.diffusion.guidance import Guide, ValueGuide, classifier_free
+from diffplan.diffusion.losses import denoising_loss, loss_weights
+from diffplan.diffusion.sampling import Denoiser, Inpaint, sample
+from diffplan.diffusion.schedulers import (
+    SCHEDULERS,
+    DDIMScheduler,
+    DDPMScheduler,
+    NoiseScheduler,
+    PredictionType,
+    log_prob,
+    make_scheduler,
+    randn_tensor,
+)
+from diffplan.diffusion.schedules import (
+    BETA_SCHEDULES,
+    cosine_beta_schedule,
+    linear_beta_schedule,
+    make_betas,
+)
+
+__all__ = [
+    "BETA_SCHEDULES",
+    "SCHEDULERS",
+    "DDIMScheduler",
+    "DDPMScheduler",
+    "Denoiser",
+    "Guide",
+    "Inpaint",
+    "NoiseScheduler",
+    "PredictionType",
+    "ValueGuide",
+    "classifier_free",
+    "cosine_beta_schedule",
+    "denoising_loss",
+    "linear_beta_schedule",
+    "log_prob",
+    "loss_weights",
+    "make_betas",
+    "make_scheduler",
+    "randn_tensor",
+    "sample",
+]

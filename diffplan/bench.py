@@ -1,0 +1,164 @@
+"""Benchmarks behind ``diffplan bench``; each writes a JSON result (never run by the tests).
+
+* ``plan <run>``: planning latency at batch 1 (median ms per replan) on evaluation states.
+* ``train <config> [k=v]``: gradient steps per second of a config on this machine.
+* ``maze <run>``: the maze evaluation protocol over ``--episodes`` episodes, beside the planner-free
+  go-to-goal PD baseline on the same start/goal pairs, and the score on the "hard" episodes that baseline fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tianshou.algorithm.algorithm_base import Policy
+from tianshou.data import Batch
+
+from diffplan.agent import observation_arrays
+
+
+def _machine() -> dict[str, Any]:
+    import os
+
+    return {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()} {os.cpu_count()}-core CPU, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} torch thread(s)",
+    }
+
+
+def _write(result: dict[str, Any], out: str | None) -> dict[str, Any]:
+    if out:
+        path = Path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2, default=float))
+    return result
+
+
+class GoToGoalPolicy(Policy):
+    """Planner-free baseline: PD control straight at the goal (slides along walls, no path planning)."""
+
+    def __init__(self, action_space: Any, kp: float = 10.0, kd: float = 1.0) -> None:
+        super().__init__(action_space=action_space)
+        self.kp, self.kd = kp, kd
+
+    def forward(self, batch: Batch, state: Any = None, **kwargs: Any) -> Batch:
+        obs, goal = observation_arrays(batch.obs)
+        act = self.kp * (goal - obs[:, :2]) - self.kd * obs[:, 2:4]
+        return Batch(act=np.clip(act, -1.0, 1.0).astype(np.float32), state=state)
+
+
+def bench_plan(args: argparse.Namespace) -> dict[str, Any]:
+    from diffplan.envs import make_env
+    from diffplan.run import load_trained
+
+    exp = load_trained(args.path, args.overrides)
+    policy = exp.agent.policy
+    env = make_env(exp.cfg.task, seed=0)
+    times = []
+    policy.reseed(0)
+    for i in range(args.repeats + 3):
+        obs, _ = env.reset(seed=i)
+        observation = np.asarray(obs["observation"], np.float32)[None]
+        goal = np.asarray(obs["desired_goal"], np.float32)[None] if "desired_goal" in obs else None
+        t0 = time.perf_counter()
+        policy.plan(observation, goal)
+        if i >= 3:  # warm-up calls excluded
+            times.append((time.perf_counter() - t0) * 1000)
+    env.close()
+    cfg = exp.cfg
+    result = {
+        "benchmark": "plan",
+        "run": str(args.path),
+        "horizon": getattr(cfg, "horizon", None),
+        "sampling_steps": getattr(cfg, "sampling_steps", None),
+        "n_candidates": getattr(cfg, "n_candidates", None),
+        "repeats": len(times),
+        "plan_ms_median": float(np.median(times)),
+        "plan_ms_p90": float(np.percentile(times, 90)),
+        **_machine(),
+    }
+    return _write(result, args.out)
+
+
+def bench_train(args: argparse.Namespace) -> dict[str, Any]:
+    from tianshou.utils.torch_utils import policy_within_training_step
+
+    from diffplan.config import load_config
+    from diffplan.run import setup
+
+    cfg = load_config(args.path, args.overrides)
+    exp = setup(cfg)
+    algorithm, policy, source = exp.agent.algorithm, exp.agent.policy, exp.agent.batch_source
+    n = args.repeats
+    with policy_within_training_step(policy):
+        for _ in range(5):
+            algorithm.update(buffer=source, sample_size=cfg.batch_size)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            algorithm.update(buffer=source, sample_size=cfg.batch_size)
+        wall = time.perf_counter() - t0
+    params = sum(p.numel() for p in policy.model.parameters())
+    result = {
+        "benchmark": "train",
+        "config": str(args.path),
+        "overrides": list(args.overrides),
+        "parameters": int(params),
+        "batch_size": cfg.batch_size,
+        "steps": n,
+        "steps_per_s": n / wall,
+        "ms_per_step": 1000 * wall / n,
+        **_machine(),
+    }
+    return _write(result, args.out)
+
+
+def bench_maze(args: argparse.Namespace) -> dict[str, Any]:
+    from diffplan.envs import make_env
+    from diffplan.evaluation import evaluate
+    from diffplan.run import EVAL_SEED, load_trained
+
+    exp = load_trained(args.path, args.overrides)
+    planner = exp.evaluate(args.episodes)
+    env = make_env(exp.cfg.task)
+    baseline = evaluate(
+        GoToGoalPolicy(env.action_space), exp.make_venv, args.episodes, n_envs=exp.cfg.eval_envs,
+        seed=EVAL_SEED, ref_min=exp.ref_min, ref_max=exp.ref_max,
+    )
+    env.close()
+    hard = ~baseline.successes
+    result: dict[str, Any] = {
+        "benchmark": "maze",
+        "run": str(args.path),
+        "task": exp.cfg.task,
+        "overrides": list(args.overrides),
+        "planner": planner.to_dict(),
+        "go_to_goal_baseline": baseline.to_dict(),
+        "hard_episodes": int(hard.sum()),
+        **_machine(),
+    }
+    if hard.any() and planner.normalized is not None and len(planner.normalized) == len(hard):
+        result["planner_hard"] = {
+            "normalized_score": float(planner.normalized[hard].mean()),
+            "success_rate": float(planner.successes[hard].mean()),
+        }
+        assert baseline.normalized is not None
+        result["baseline_hard"] = {
+            "normalized_score": float(baseline.normalized[hard].mean()),
+            "success_rate": float(baseline.successes[hard].mean()),
+        }
+    results_path = Path(args.path) / "results.json"
+    if results_path.exists():
+        trained = json.loads(results_path.read_text())
+        result["train_time_s"] = trained.get("train_time_s")
+        result["gradient_steps"] = trained.get("gradient_steps")
+    return _write(result, args.out)
+
+
+BENCHMARKS = {"plan": bench_plan, "train": bench_train, "maze": bench_maze}

@@ -1,0 +1,180 @@
+"""Per-dimension affine normalizers fitted on the dataset and saved inside the policy.
+
+Every normalizer is ``normalize(x) = (x - shift) / scale`` with per-dimension ``shift``/``scale`` (D,), so
+one implementation serves numpy arrays and torch tensors of any leading shape (..., D). The statistics
+are plain float32 tensors in :meth:`Normalizer.state_dict`, so a checkpoint holding them still loads with
+``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, TypeVar
+
+import numpy as np
+import torch
+
+ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
+
+
+class Normalizer:
+    """Base class: subclasses define which statistics :meth:`fit` keeps and how they map to shift/scale."""
+
+    kind: ClassVar[str] = ""
+    state_keys: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self) -> None:
+        self._stats: dict[str, np.ndarray] = {}
+        self._shift: np.ndarray | None = None
+        self._scale: np.ndarray | None = None
+        # (device, dtype) -> (shift, scale): avoids a host->device copy on every call in the training loop.
+        self._torch_cache: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    # ------------------------------------------------------------------ subclass API
+    def _compute_stats(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Statistics from data x (N, D) float64 -> dict of (D,) arrays named by ``state_keys``."""
+        raise NotImplementedError
+
+    def _affine(self, stats: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(shift, scale), both (D,) with scale > 0, from the statistics."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ fitting and state
+    def fit(self, x: np.ndarray | torch.Tensor) -> Normalizer:
+        """Fit on data x (N, D); returns self. Raises ValueError for empty or non-finite data."""
+        data = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+        if data.ndim != 2 or len(data) == 0:
+            raise ValueError(
+                f"{type(self).__name__}.fit expects data of shape (N, D) with N > 0, got {data.shape}"
+            )
+        data = data.astype(np.float64)  # float64 statistics: float32 sums drift on millions of rows
+        if not np.isfinite(data).all():
+            raise ValueError(f"{type(self).__name__}.fit: data contains NaN or inf")
+        self._set_stats(self._compute_stats(data))
+        return self
+
+    def _set_stats(self, stats: dict[str, np.ndarray]) -> None:
+        self._stats = {k: np.asarray(stats[k], dtype=np.float32).reshape(-1) for k in self.state_keys}
+        shift, scale = self._affine({k: v.astype(np.float64) for k, v in self._stats.items()})
+        self._shift, self._scale = shift.astype(np.float32), scale.astype(np.float32)
+        self._torch_cache.clear()
+
+    @property
+    def fitted(self) -> bool:
+        return self._shift is not None
+
+    @property
+    def dim(self) -> int:
+        """D, the number of normalized dimensions."""
+        return len(self._require()[0])
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Statistics as float32 CPU tensors (D,), e.g. ``{'mean', 'std'}`` or ``{'min', 'max'}``."""
+        self._require()
+        return {k: torch.from_numpy(v.copy()) for k, v in self._stats.items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor | np.ndarray]) -> None:
+        """Restore statistics saved by :meth:`state_dict` (extra keys are an error, like ``nn.Module``)."""
+        missing = [k for k in self.state_keys if k not in state]
+        extra = [k for k in state if k not in self.state_keys]
+        if missing or extra:
+            raise ValueError(
+                f"{type(self).__name__}.load_state_dict: missing keys {missing}, unexpected keys {extra}"
+            )
+        stats = {
+            k: (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)).reshape(-1)
+            for k, v in state.items()
+        }
+        dims = {k: len(v) for k, v in stats.items()}
+        if len(set(dims.values())) != 1:
+            raise ValueError(f"{type(self).__name__}.load_state_dict: statistics differ in length {dims}")
+        self._set_stats(stats)
+
+    # ------------------------------------------------------------------ transforms
+    def normalize(self, x: ArrayT) -> ArrayT:
+        """(x - shift) / scale for x (..., D), numpy or torch; keeps the input's type and device."""
+        shift, scale = self._params_like(x)
+        return (x - shift) / scale
+
+    def unnormalize(self, x: ArrayT) -> ArrayT:
+        """Inverse of :meth:`normalize` for x (..., D)."""
+        shift, scale = self._params_like(x)
+        return x * scale + shift
+
+    def _require(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._shift is None or self._scale is None:
+            raise RuntimeError(
+                f"{type(self).__name__} is not fitted; call fit(data) or load_state_dict(state)"
+            )
+        return self._shift, self._scale
+
+    def _params_like(self, x: np.ndarray | torch.Tensor) -> tuple[np.ndarray | torch.Tensor, ...]:
+        shift, scale = self._require()
+        if x.shape[-1] != len(shift):
+            raise ValueError(
+                f"{type(self).__name__}: input has last dim {x.shape[-1]}, normalizer was fitted on {len(shift)}"
+            )
+        if isinstance(x, torch.Tensor):
+            dtype = x.dtype if x.is_floating_point() else torch.float32
+            key = (x.device, dtype)
+            if key not in self._torch_cache:
+                self._torch_cache[key] = (
+                    torch.as_tensor(shift, dtype=dtype, device=x.device),
+                    torch.as_tensor(scale, dtype=dtype, device=x.device),
+                )
+            return self._torch_cache[key]
+        dtype = x.dtype if np.issubdtype(np.asarray(x).dtype, np.floating) else np.float32
+        return shift.astype(dtype, copy=False), scale.astype(dtype, copy=False)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(dim={self.dim if self.fitted else '?'})"
+
+
+class GaussianNormalizer(Normalizer):
+    """Zero mean, unit variance per dimension. std is floored at ``min_std`` so (near-)constant dimensions
+    stay finite: they map to ~0 instead of dividing by zero."""
+
+    kind = "gaussian"
+    state_keys = ("mean", "std")
+
+    def __init__(self, min_std: float = 1e-4) -> None:
+        super().__init__()
+        self.min_std = min_std
+
+    def _compute_stats(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        return {"mean": x.mean(axis=0), "std": np.maximum(x.std(axis=0), self.min_std)}
+
+    def _affine(self, stats: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        return stats["mean"], np.maximum(stats["std"], self.min_std)
+
+
+class LimitsNormalizer(Normalizer):
+    """Maps the data range [min, max] of each dimension to [-1, 1] (Diffuser's default).
+
+    A constant dimension (max - min below ``eps``) gets scale 1: it maps to 0 and back exactly instead of
+    dividing by zero. Values outside the fitted range map outside [-1, 1]; nothing is clipped.
+    """
+
+    kind = "limits"
+    state_keys = ("min", "max")
+
+    def __init__(self, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+
+    def _compute_stats(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        return {"min": x.min(axis=0), "max": x.max(axis=0)}
+
+    def _affine(self, stats: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        lo, hi = stats["min"], stats["max"]
+        half_range = (hi - lo) / 2.0
+        return (hi + lo) / 2.0, np.where(half_range > self.eps, half_range, 1.0)
+
+
+NORMALIZERS: dict[str, type[Normalizer]] = {"gaussian": GaussianNormalizer, "limits": LimitsNormalizer}
+
+
+def make_normalizer(kind: str, data: np.ndarray | torch.Tensor) -> Normalizer:
+    """A ``kind`` normalizer (``'gaussian'`` or ``'limits'``) fitted on data (N, D)."""
+    if kind not in NORMALIZERS:
+        raise ValueError(f"unknown normalizer {kind!r}; valid: {sorted(NORMALIZERS)}")
+    return NORMALIZERS[kind]().fit(data)

@@ -1,0 +1,162 @@
+"""H-step trajectory windows over :class:`~diffplan.data.episodes.Episodes` for trajectory diffusion.
+
+All data is preloaded once as tensors on ``device``; a batch is one vectorized gather, so sampling cost is
+independent of the dataset size and has no per-sample Python loop.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from diffplan.data.episodes import DatasetError, Episodes
+from diffplan.data.normalizer import Normalizer
+
+
+def discounted_returns_to_go(rew: np.ndarray, lengths: np.ndarray, discount: float) -> np.ndarray:
+    """Per-step discounted return-to-go inside each episode, (N,) float64.
+
+    ``rtg[t] = sum_{k=t}^{end} discount**(k-t) * rew[k]``, restarting at every episode end. Computed with a
+    parallel (doubling) scan of the linear recurrence ``y[i] = r[i] + c[i] * y[i+1]`` where ``c`` is 0 at
+    episode ends: ceil(log2(max episode length)) vectorized passes, no Python loop over steps or episodes,
+    and no division by ``discount**t`` (which underflows on long episodes).
+    """
+    if not 0.0 <= discount <= 1.0:
+        raise ValueError(f"discount must be in [0, 1], got {discount}")
+    a = rew.astype(np.float64).copy()
+    b = np.full(len(a), discount, dtype=np.float64)
+    b[np.cumsum(lengths) - 1] = 0.0  # never carry value across an episode boundary
+    # Invariant after each pass: y[i] = a[i] + b[i] * y[i + d]  (y beyond the array is 0).
+    d = 1
+    while d < len(a) and b.any():
+        a[:-d] = a[:-d] + b[:-d] * a[d:]
+        b[:-d] = b[:-d] * b[d:]
+        b[-d:] = 0.0
+        d *= 2
+    return a
+
+
+class SequenceDataset:
+    """Normalized H-step windows ``[actions, observations]`` with masks, returns-to-go and goals.
+
+    Layout: one tensor ``data`` (N, A + O) = ``[act_norm, obs_norm]`` per step. A window is identified by its
+    flat start index and the flat index of its episode's last step; a window's steps are
+    ``min(start + arange(H), last)``, which both keeps it inside its episode and implements padding.
+
+    Windows:
+      * ``use_padding=False``: every start with ``start + H <= episode end``; episodes shorter than H are
+        skipped, and windows never cross an episode boundary.
+      * ``use_padding=True``: every step of every episode starts a window; steps past the episode end
+        (at most H - 1) repeat the episode's last observation with a zero action (raw zero, normalized with
+        ``act_normalizer``: "no force", which fits a state that stays put) and ``mask`` is False there.
+
+    Args:
+        episodes: the dataset.
+        horizon: H, steps per window.
+        obs_normalizer / act_normalizer: fitted normalizers for observations (O) and actions (A).
+        use_padding: see above.
+        discount: for ``returns`` (discounted return-to-go from the window start).
+        device: where the preloaded tensors live and batches are returned.
+    """
+
+    def __init__(
+        self,
+        episodes: Episodes,
+        horizon: int,
+        obs_normalizer: Normalizer,
+        act_normalizer: Normalizer,
+        *,
+        use_padding: bool = True,
+        discount: float = 0.99,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        if horizon < 1:
+            raise ValueError(f"horizon must be >= 1, got {horizon}")
+        self.episodes = episodes
+        self.horizon = int(horizon)
+        self.use_padding = use_padding
+        self.discount = float(discount)
+        self.device = torch.device(device)
+        self.action_dim = episodes.act_dim
+        self.obs_dim = episodes.obs_dim
+        self.goal_dim = episodes.goal_dim
+        self.transition_dim = self.action_dim + self.obs_dim
+
+        act_n = np.asarray(act_normalizer.normalize(episodes.act), dtype=np.float32)
+        obs_n = np.asarray(obs_normalizer.normalize(episodes.obs), dtype=np.float32)
+        self.data = torch.from_numpy(np.concatenate([act_n, obs_n], axis=1)).to(self.device)  # (N, A+O)
+        self.rewards = torch.from_numpy(episodes.rew).to(self.device)  # (N,)
+        rtg = discounted_returns_to_go(episodes.rew, episodes.lengths, self.discount)
+        self.returns_to_go = torch.from_numpy(rtg.astype(np.float32)).to(self.device)  # (N,)
+        # Goals stay raw: the agent decides how (and whether) to normalize them.
+        self.goal = (
+            None if episodes.goal is None else torch.from_numpy(episodes.goal).to(self.device)
+        )  # (N, G)
+        pad_act = act_normalizer.normalize(np.zeros((1, self.action_dim), dtype=np.float32))
+        self.pad_action = torch.as_tensor(
+            np.asarray(pad_act, dtype=np.float32)[0], device=self.device
+        )  # (A,)
+
+        # ---- window table (vectorized; E episodes -> W windows)
+        starts, lengths = episodes.starts, episodes.lengths
+        per_episode = lengths if use_padding else np.maximum(lengths - self.horizon + 1, 0)
+        total = int(per_episode.sum())
+        if total == 0:
+            raise DatasetError(
+                f"dataset {episodes.source!r}: horizon {self.horizon} is too long for the episode lengths "
+                f"(max length {int(lengths.max())}) without padding; use a shorter horizon or use_padding=True"
+            )
+        first_window = np.cumsum(per_episode) - per_episode  # index of each episode's first window
+        offset_in_episode = np.arange(total) - np.repeat(first_window, per_episode)
+        self.window_start = torch.from_numpy(np.repeat(starts, per_episode) + offset_in_episode).to(
+            self.device
+        )
+        self.window_last = torch.from_numpy(np.repeat(starts + lengths - 1, per_episode)).to(self.device)
+        self._steps = torch.arange(self.horizon, device=self.device)  # (H,)
+
+    def __len__(self) -> int:
+        """Number of windows W."""
+        return len(self.window_start)
+
+    def get(self, window_ids: torch.Tensor | np.ndarray | list[int]) -> dict[str, torch.Tensor]:
+        """Windows by id (B,) in [0, W).
+
+        Returns:
+            ``traj`` (B, H, A+O) float32 normalized ``[actions, observations]``;
+            ``mask`` (B, H) bool, True on real (non-padded) steps;
+            ``returns`` (B, 1) float32 discounted return-to-go from the window start (unnormalized);
+            ``goal`` (B, G) float32 raw goal at the window start (only if the data has goals);
+            ``indices`` (B,) int64 window ids.
+        """
+        ids = torch.as_tensor(window_ids, dtype=torch.long, device=self.device)
+        start = self.window_start[ids]  # (B,)
+        last = self.window_last[ids]  # (B,)
+        steps = start[:, None] + self._steps  # (B, H) flat indices, possibly past the episode end
+        mask = steps <= last[:, None]
+        traj = self.data[
+            torch.minimum(steps, last[:, None])
+        ]  # (B, H, A+O); padded steps repeat the last step
+        if self.use_padding:
+            # Padded steps keep the last observation but must not repeat the last action.
+            traj[..., : self.action_dim] = torch.where(
+                mask[..., None], traj[..., : self.action_dim], self.pad_action
+            )
+        batch = {"traj": traj, "mask": mask, "returns": self.returns_to_go[start][:, None], "indices": ids}
+        if self.goal is not None:
+            batch["goal"] = self.goal[start]
+        return batch
+
+    def sample(self, batch_size: int, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """``batch_size`` windows drawn uniformly with replacement; see :meth:`get` for the keys/shapes.
+
+        ``generator`` is a CPU ``torch.Generator`` (ids are drawn on the CPU, then moved), so the same seed
+        gives the same batches on any device.
+        """
+        ids = torch.randint(len(self), (batch_size,), generator=generator)
+        return self.get(ids)
+
+    def __repr__(self) -> str:
+        return (
+            f"SequenceDataset(windows={len(self)}, horizon={self.horizon}, transition_dim={self.transition_dim}, "
+            f"padding={self.use_padding}, device={self.device})"
+        )

@@ -1,0 +1,347 @@
+"""PointMaze tasks and the ONE evaluation protocol used for every maze number diffplan reports.
+
+Tasks (``MAZE_TASKS``):
+
+============================  ==========================  =====================
+task                          gymnasium-robotics id       episode length (steps)
+============================  ==========================  =====================
+``pointmaze-umaze``           ``PointMaze_UMaze-v3``      300
+``pointmaze-medium``          ``PointMaze_Medium-v3``     600
+``pointmaze-large``           ``PointMaze_Large-v3``      800
+============================  ==========================  =====================
+
+Evaluation protocol (D4RL maze2d style):
+
+* **Continuing task.** The env is built with ``continuing_task=True, reset_target=False``: reaching the goal
+  neither terminates the episode nor moves the goal. Every episode runs exactly ``max_episode_steps`` steps
+  and ends by truncation.
+* **Sparse reward.** 1 for every step whose ball position is within ``goal_radius`` = 0.45 of the goal (the
+  env's own threshold, also used for ``info["success"]``), else 0. The return therefore counts the steps spent
+  at the goal: getting there fast *and* staying there both matter, as in D4RL's maze2d scores.
+* **Random start and goal cells.** Each episode draws two *distinct* free cells (start, goal) uniformly from a
+  numpy generator owned by :class:`RandomCellsReset`, and passes them to the env as
+  ``options={"reset_cell": ..., "goal_cell": ...}``. The env adds its own uniform ±0.25 position noise to both
+  (from its own ``np_random``), which we keep: start and goal are continuous, not cell centres.
+* **Seeding.** ``make_maze_env(task, seed)`` is fully deterministic: the cell generator is seeded with
+  ``seed`` at construction and the env's ``np_random`` (position noise) is seeded with ``seed`` at the first
+  reset, even when that reset passes no seed (Tianshou's ``Collector`` never does). ``reset(seed=s)``
+  reseeds both. ``make_maze_vector_env(task, n, seed)`` uses seeds ``seed .. seed+n-1``, so each env has its
+  own start/goal stream and the whole set is deterministic given ``seed``.
+* **Info.** ``info["success"]`` (from the env, per step) and ``info["is_success"]`` (same value, the name
+  many RL tools look for).
+
+Observations are the env's Dict: ``observation`` (4,) = [x, y, vx, vy], ``achieved_goal`` (2,) = [x, y],
+``desired_goal`` (2,). Coordinates are the env's xy frame: cell (row, col) has its centre at
+``maze.cell_rowcol_to_xy((row, col))``; x grows with the column, y *decreases* with the row.
+
+Plan drawing (:func:`draw_maze`, :func:`plot_plans`, :func:`figure_to_array`) uses matplotlib's Agg canvas
+directly (no pyplot, no display) so it is safe in headless training jobs.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+__all__ = [
+    "GOAL_RADIUS",
+    "MAZE_TASKS",
+    "MazeTask",
+    "RandomCellsReset",
+    "draw_maze",
+    "figure_to_array",
+    "free_cells",
+    "get_task",
+    "make_maze_env",
+    "make_maze_vector_env",
+    "maze_geometry",
+    "plot_plans",
+    "protocol_metadata",
+    "register_maze_envs",
+]
+
+# The env's own success threshold (gymnasium_robotics MazeEnv.compute_reward / info["success"]).
+GOAL_RADIUS: float = 0.45
+
+
+def register_maze_envs() -> None:
+    """Register the gymnasium-robotics envs with gymnasium (idempotent).
+
+    Called by every maker here, so subprocess and spawn workers, which import this module afresh, can
+    ``gym.make`` PointMaze ids too.
+    """
+    import gymnasium_robotics
+
+    gym.register_envs(gymnasium_robotics)
+
+
+@dataclass(frozen=True)
+class MazeTask:
+    """One maze task of the evaluation protocol.
+
+    Attributes:
+        name: diffplan task name, e.g. ``"pointmaze-umaze"``.
+        env_id: gymnasium-robotics id, e.g. ``"PointMaze_UMaze-v3"``.
+        max_episode_steps: fixed episode length (every episode is truncated there).
+        goal_radius: distance at which the ball counts as at the goal (the env's threshold).
+    """
+
+    name: str
+    env_id: str
+    max_episode_steps: int
+    goal_radius: float = GOAL_RADIUS
+
+    @property
+    def maze_map(self) -> list[list[int | str]]:
+        """The env's maze layout, rows of cells (1 = wall, anything else free), as registered in gymnasium."""
+        register_maze_envs()
+        return gym.spec(self.env_id).kwargs["maze_map"]
+
+
+MAZE_TASKS: dict[str, MazeTask] = {
+    t.name: t
+    for t in (
+        MazeTask("pointmaze-umaze", "PointMaze_UMaze-v3", 300),
+        MazeTask("pointmaze-medium", "PointMaze_Medium-v3", 600),
+        MazeTask("pointmaze-large", "PointMaze_Large-v3", 800),
+    )
+}
+
+
+def get_task(task: str | MazeTask) -> MazeTask:
+    """Look up a task by name (a ``MazeTask`` passes through); unknown names raise ``ValueError``."""
+    if isinstance(task, MazeTask):
+        return task
+    try:
+        return MAZE_TASKS[task]
+    except KeyError:
+        raise ValueError(f"unknown maze task {task!r}; valid names: {sorted(MAZE_TASKS)}") from None
+
+
+@functools.cache
+def maze_geometry(task: str):  # -> gymnasium_robotics.envs.maze.maze_v4.Maze
+    """The env's ``Maze`` object (cell <-> xy conversions, scaling) without building a MuJoCo model.
+
+    ``Maze.__init__`` only stores the map and computes the centre offsets, so this is cheap and uses exactly
+    the env's formulas. PointMaze always uses ``maze_size_scaling=1`` and ``maze_height=0.4``.
+    """
+    from gymnasium_robotics.envs.maze.maze_v4 import Maze
+
+    return Maze(get_task(task).maze_map, maze_size_scaling=1.0, maze_height=0.4)
+
+
+@functools.cache
+def free_cells(task: str) -> np.ndarray:
+    """All free (non-wall) cells of the task's maze as an (n, 2) int array of (row, col), row-major order."""
+    m = get_task(task).maze_map
+    return np.array([(r, c) for r, row in enumerate(m) for c, v in enumerate(row) if v != 1], dtype=np.int64)
+
+
+def protocol_metadata(task: str) -> dict[str, Any]:
+    """JSON-serializable description of the evaluation protocol (stored in dataset metadata)."""
+    t = get_task(task)
+    return {
+        "task": t.name,
+        "env_id": t.env_id,
+        "episode_length": t.max_episode_steps,
+        "goal_radius": t.goal_radius,
+        "continuing_task": True,
+        "reset_target": False,
+        "reward": "sparse",
+        "start_goal": "distinct uniform free cells + env's uniform +-0.25 position noise",
+    }
+
+
+class RandomCellsReset(gym.Wrapper, gym.utils.RecordConstructorArgs):
+    """Draw distinct (start, goal) free cells per episode from a seeded generator and pass them as reset options.
+
+    The wrapper records its constructor args, so the env spec stored in a Minari dataset rebuilds the same
+    protocol env with ``gym.make(spec)`` (after :func:`register_maze_envs`).
+
+    Args:
+        env: a (wrapped) gymnasium-robotics maze env.
+        seed: seeds the cell generator now and the inner env's ``np_random`` at the first reset.
+    """
+
+    def __init__(self, env: gym.Env, seed: int | None = 0):
+        gym.utils.RecordConstructorArgs.__init__(self, seed=seed)
+        gym.Wrapper.__init__(self, env)
+        maze_map = env.unwrapped.maze.maze_map
+        self._cells = np.array(
+            [(r, c) for r, row in enumerate(maze_map) for c, v in enumerate(row) if v != 1], dtype=np.int64
+        )
+        if len(self._cells) < 2:
+            raise ValueError("the maze needs at least two free cells for distinct start and goal cells")
+        self._rng = np.random.default_rng(seed)
+        # The inner env is seeded lazily at the first reset so that a collector's seedless reset() is still
+        # deterministic (otherwise the env's position noise would come from OS entropy).
+        self._pending_seed = seed
+        self.last_cells: tuple[np.ndarray, np.ndarray] | None = None
+
+    def draw_cells(self) -> tuple[np.ndarray, np.ndarray]:
+        """Draw (start_cell, goal_cell): two distinct free cells, each (row, col)."""
+        i, j = self._rng.choice(len(self._cells), size=2, replace=False)
+        return self._cells[i].copy(), self._cells[j].copy()
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        if seed is not None:
+            self._rng = np.random.default_rng(seed)
+            self._pending_seed = None
+        elif self._pending_seed is not None:
+            seed, self._pending_seed = self._pending_seed, None
+        start, goal = self.draw_cells()
+        opts = {"reset_cell": start, "goal_cell": goal}
+        if options:
+            # Explicit options (e.g. a fixed goal for a demo) win over the drawn cells.
+            opts.update({k: v for k, v in options.items() if v is not None})
+        self.last_cells = (np.asarray(opts["reset_cell"]), np.asarray(opts["goal_cell"]))
+        obs, info = self.env.reset(seed=seed, options=opts)
+        info["is_success"] = bool(info.get("success", False))
+        return obs, info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        info["is_success"] = bool(info.get("success", False))
+        return obs, reward, terminated, truncated, info
+
+
+def make_maze_env(task: str, seed: int = 0, *, render_mode: str | None = None) -> gym.Env:
+    """One protocol env for ``task`` (see the module docstring), deterministic given ``seed``."""
+    t = get_task(task)
+    register_maze_envs()
+    env = gym.make(
+        t.env_id,
+        continuing_task=True,
+        reset_target=False,
+        max_episode_steps=t.max_episode_steps,
+        render_mode=render_mode,
+    )
+    return RandomCellsReset(env, seed=seed)
+
+
+def make_maze_vector_env(task: str, n: int, seed: int = 0, subproc: bool = False):
+    """``n`` protocol envs (seeds ``seed .. seed+n-1``) in a Tianshou ``DummyVectorEnv`` or ``SubprocVectorEnv``.
+
+    ``functools.partial`` keeps the factories picklable for subprocess workers; each worker imports this
+    module and registers the gymnasium-robotics ids itself.
+    """
+    from tianshou.env import DummyVectorEnv, SubprocVectorEnv
+
+    get_task(task)  # fail fast on a bad name, before any worker starts
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    fns = [functools.partial(make_maze_env, task, seed + i) for i in range(n)]
+    return SubprocVectorEnv(fns) if subproc else DummyVectorEnv(fns)
+
+
+# ----------------------------------------------------------------------------------------------- drawing
+
+
+def draw_maze(ax, task: str, *, wall_color: str = "0.35") -> None:
+    """Draw the task's walls as filled unit squares in the env's xy frame and fit the axes to the maze."""
+    from matplotlib.patches import Rectangle
+
+    maze = maze_geometry(get_task(task).name)
+    s = maze.maze_size_scaling
+    for r, row in enumerate(maze.maze_map):
+        for c, v in enumerate(row):
+            if v == 1:
+                x, y = maze.cell_rowcol_to_xy(np.array([r, c]))
+                ax.add_patch(Rectangle((x - s / 2, y - s / 2), s, s, facecolor=wall_color, edgecolor="none"))
+    ax.set_xlim(-maze.x_map_center, maze.x_map_center)
+    ax.set_ylim(-maze.y_map_center, maze.y_map_center)
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def plot_plans(
+    task: str,
+    plans: np.ndarray,
+    starts: np.ndarray | None = None,
+    goals: np.ndarray | None = None,
+    executed: Sequence[np.ndarray] | None = None,
+    titles: Sequence[str] | None = None,
+    *,
+    ncols: int | None = None,
+    panel_size: float = 2.5,
+):
+    """A grid of maze panels, one per plan, each plan's xy drawn as dots colored by time (Diffuser style).
+
+    Args:
+        task: maze task name.
+        plans: (N, H, 2) planned xy positions (or (H, 2) for one plan).
+        starts: optional (N, 2) start positions (green circle).
+        goals: optional (N, 2) goal positions (red star, with the goal radius as a circle).
+        executed: optional list of N (T_i, 2) executed xy paths (thin black line).
+        titles: optional N panel titles.
+        ncols: panels per row (default: about sqrt(N)).
+        panel_size: inches per panel.
+
+    Returns:
+        A ``matplotlib.figure.Figure`` with an Agg canvas (use :func:`figure_to_array` to rasterize it).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Circle
+
+    t = get_task(task)
+    plans = np.asarray(plans, dtype=np.float64)
+    if plans.ndim == 2:
+        plans = plans[None]
+    if plans.ndim != 3 or plans.shape[-1] < 2:
+        raise ValueError(f"plans must be (N, H, 2), got {plans.shape}")
+    n, horizon = plans.shape[:2]
+    ncols = ncols or max(1, math.ceil(math.sqrt(n)))
+    nrows = math.ceil(n / ncols)
+    maze = maze_geometry(t.name)
+    aspect = maze.map_length / maze.map_width
+    fig = Figure(figsize=(panel_size * ncols, panel_size * aspect * nrows + 0.3 * nrows), dpi=80)
+    FigureCanvasAgg(fig)  # attach an Agg canvas: rasterizable without pyplot or a display
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    time_colors = np.linspace(0.0, 1.0, horizon)
+    for k, ax in enumerate(axes.flat):
+        if k >= n:
+            ax.set_axis_off()
+            continue
+        draw_maze(ax, t.name)
+        xy = plans[k, :, :2]
+        ax.plot(xy[:, 0], xy[:, 1], color="0.6", linewidth=0.6, zorder=2)
+        ax.scatter(xy[:, 0], xy[:, 1], c=time_colors, cmap="jet", s=6, zorder=3, linewidths=0)
+        if executed is not None and k < len(executed) and executed[k] is not None and len(executed[k]):
+            ex = np.asarray(executed[k], dtype=np.float64)
+            ax.plot(ex[:, 0], ex[:, 1], color="black", linewidth=1.0, zorder=4)
+        if starts is not None:
+            ax.plot(
+                *np.asarray(starts)[k, :2],
+                marker="o",
+                color="limegreen",
+                markersize=7,
+                markeredgecolor="black",
+                zorder=5,
+            )
+        if goals is not None:
+            g = np.asarray(goals)[k, :2]
+            ax.add_patch(
+                Circle(tuple(g), t.goal_radius, fill=False, edgecolor="red", linestyle="--", zorder=4)
+            )
+            ax.plot(*g, marker="*", color="red", markersize=11, markeredgecolor="black", zorder=5)
+        if titles is not None and k < len(titles):
+            ax.set_title(str(titles[k]), fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def figure_to_array(fig) -> np.ndarray:
+    """Rasterize a figure to an (H, W, 3) uint8 RGB array (TensorBoard: ``add_image(..., dataformats="HWC")``)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.ascontiguousarray(np.asarray(canvas.buffer_rgba())[..., :3], dtype=np.uint8)

@@ -1,0 +1,109 @@
+"""Runner and CLI: exact resume, results.json, TensorBoard output, eval of a run, error exits."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from diffplan.cli import main
+from diffplan.config import load_config
+from diffplan.run import load_trained, train
+
+from .conftest import TINY_DIFFUSER
+
+
+def _cfg(dataset, run_dir, *extra):
+    return load_config(None, [*TINY_DIFFUSER, f"dataset={dataset}", f"run_dir={run_dir}", *extra])
+
+
+def _weights(run_dir):
+    exp = load_trained(run_dir)
+    return {k: v for k, v in exp.agent.algorithm.state_dict().items() if isinstance(v, torch.Tensor)}, exp
+
+
+def test_resume_continues_exactly(tiny_maze_dataset, tmp_path):
+    """N steps straight == N/2 steps, stop, resume, N/2 steps: model, EMA, optimizer, counters identical."""
+    n = 8
+    straight = tmp_path / "straight"
+    train(_cfg(tiny_maze_dataset, straight, f"train_steps={n}", "final_eval_episodes=1"), progress=False)
+    halves = tmp_path / "halves"
+    train(_cfg(tiny_maze_dataset, halves, f"train_steps={n // 2}", "final_eval_episodes=1"), progress=False)
+    train(_cfg(tiny_maze_dataset, halves, f"train_steps={n}", "final_eval_episodes=1"), resume=halves,
+          progress=False)
+    a, exp_a = _weights(straight)
+    b, _ = _weights(halves)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    # optimizer state too
+    opt_a = exp_a.agent.algorithm.state_dict()["_optimizers"][0]["state"]
+    opt_b = load_trained(halves).agent.algorithm.state_dict()["_optimizers"][0]["state"]
+    for k in opt_a:
+        assert torch.equal(opt_a[k]["exp_avg"], opt_b[k]["exp_avg"])
+    assert int(a["num_updates"]) == n
+
+
+def test_train_writes_results_tensorboard_and_plans(tiny_maze_dataset, tmp_path):
+    run_dir = tmp_path / "run"
+    results = train(_cfg(tiny_maze_dataset, run_dir, "eval_every=3", "checkpoint_every=3"), progress=False)
+    saved = json.loads((run_dir / "results.json").read_text())
+    assert saved["gradient_steps"] == 6 and saved["final"]["episodes"] == 2
+    for key in ("normalized_score", "normalized_score_se", "success_rate", "plan_ms_median"):
+        assert key in saved["final"], key
+    assert [h["step"] for h in saved["history"]] == [3, 6]
+    assert results["ref_max_score"] > results["ref_min_score"]
+    assert list((run_dir / "tb").glob("events.out.tfevents.*"))
+    assert list((run_dir / "plans").glob("*.png"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / "tb"))
+    acc.Reload()
+    tags = acc.Tags()
+    assert {"train/loss", "eval/normalized_score", "eval/success_rate", "eval/plan_ms_median"} <= set(tags["scalars"])
+    assert "eval/plans" in tags["images"]
+
+
+def test_cli_smoke(tiny_maze_dataset, tmp_path, capsys):
+    cfg_path = tmp_path / "tiny.yaml"
+    cfg_path.write_text("\n".join(o.replace("=", ": ", 1) for o in TINY_DIFFUSER) + "\n")
+    run_dir = tmp_path / "cli-run"
+    assert main(["train", str(cfg_path), f"dataset={tiny_maze_dataset}", f"run_dir={run_dir}", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "normalized score" in out and str(run_dir) in out
+    assert main(["eval", str(run_dir), "--episodes", "2"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["episodes"] == 2 and "normalized_score" in summary
+    assert main(["train", "--resume", str(run_dir), "train_steps=8", "--no-progress"]) == 0
+    assert json.loads((run_dir / "results.json").read_text())["gradient_steps"] == 8
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("agent: diffuser\nhorizn: 8\n")
+    assert main(["train", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown config key 'horizn'" in err and "Traceback" not in err
+    assert main(["eval", str(tmp_path / "nowhere")]) == 2
+    assert "no checkpoint found" in capsys.readouterr().err
+    assert main(["data", "info", "minari:diffplan/does-not-exist-v0"]) == 2
+    assert "diffplan: error:" in capsys.readouterr().err
+
+
+def test_data_info(tiny_maze_dataset, capsys):
+    assert main(["data", "info", tiny_maze_dataset]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["steps"] == 4000 and info["episodes"] >= 2 and info["ref_max_score"] > info["ref_min_score"]
+    assert info["recipe"] and info["task"] == "pointmaze-umaze"
+
+
+@pytest.mark.parametrize("bad", ["truncate", "garbage"])
+def test_eval_of_corrupt_checkpoint_is_a_clear_error(tiny_maze_dataset, tmp_path, capsys, bad):
+    run_dir = tmp_path / "run"
+    train(_cfg(tiny_maze_dataset, run_dir, "final_eval_episodes=1"), progress=False)
+    ckpt = next((run_dir / "checkpoints").glob("step_*")) / "state.pt"
+    data = ckpt.read_bytes()
+    ckpt.write_bytes(data[: len(data) // 3] if bad == "truncate" else b"\0" * 100)
+    assert main(["eval", str(run_dir), "--episodes", "1"]) == 2
+    assert "corrupt or truncated" in capsys.readouterr().err
