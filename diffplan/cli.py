@@ -44,9 +44,11 @@ def _print_json(data: dict[str, Any]) -> None:
 
 def cmd_data_make(args: argparse.Namespace) -> int:
     from diffplan.data.recipes.pointmaze import generate_pointmaze_dataset
+    from diffplan.run import recipe_dataset_id
 
     dataset_id = generate_pointmaze_dataset(
-        args.name, num_steps=args.steps, seed=args.seed, noisy=args.noisy, dataset_id=args.id, progress=True
+        args.name, num_steps=args.steps, seed=args.seed, noisy=args.noisy, progress=True,
+        dataset_id=args.id or recipe_dataset_id(args.name, args.steps, args.noisy),
     )
     print(f"wrote minari:{dataset_id}")
     return 0

@@ -40,10 +40,17 @@ EVAL_SEED = 12_345
 _RECIPE_ID = re.compile(r"^diffplan/(?P<task>pointmaze-(?:umaze|medium|large))(?P<noisy>-noisy)?(?:-(?P<k>\d+)k)?-v0$")
 
 
+def recipe_dataset_id(task: str, steps: int = 1_000_000, noisy: bool = False) -> str:
+    """Minari id of a generated maze dataset: ``diffplan/<task>[-noisy][-<N>k]-v0`` (no size suffix for 1M)."""
+    if steps != 1_000_000 and steps % 1000:
+        raise ValueError(f"generated dataset sizes are whole thousands of steps, got {steps}")
+    size = "" if steps == 1_000_000 else f"-{steps // 1000}k"
+    return f"diffplan/{task}{'-noisy' if noisy else ''}{size}-v0"
+
+
 def default_dataset(cfg: RunConfig) -> str:
-    """The generated dataset of a task: ``minari:diffplan/<task>[-<N>k]-v0`` (N = dataset_steps/1000)."""
-    size = "" if cfg.dataset_steps == 1_000_000 else f"-{cfg.dataset_steps // 1000}k"
-    return f"minari:diffplan/{cfg.task}{size}-v0"
+    """The generated dataset of the config's task, ``minari:`` + :func:`recipe_dataset_id`."""
+    return "minari:" + recipe_dataset_id(cfg.task, cfg.dataset_steps)
 
 
 def resolve_episodes(cfg: RunConfig, progress: bool = True) -> Episodes:

@@ -155,6 +155,8 @@ def test_timesteps_and_prev_timestep() -> None:
         s.prev_timestep(98)
     with pytest.raises(ValueError, match="not all in"):
         s.step_distribution(torch.zeros(2, H, D), torch.tensor([99, 98]), torch.zeros(2, H, D))
+    with pytest.raises(ValueError, match="not all in"):
+        s.prev_timestep(torch.tensor([-1]))
     with pytest.raises(ValueError, match="num_steps"):
         s.set_timesteps(101)
     s.set_timesteps(1)

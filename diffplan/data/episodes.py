@@ -55,7 +55,8 @@ def check_rows(arr: np.ndarray, key: str, n: int, ref_key: str, source: str) -> 
 def _box_dim(space: gym.Space, what: str, source: str) -> tuple[int, tuple[int, ...]]:
     if not isinstance(space, gym.spaces.Box):
         raise DatasetError(
-            f"{_where(source)}: env {what} space {space} is not a Box; only continuous Box spaces are supported"
+            f"{_where(source)}: env {what} space {space} is not a Box; "
+            "only continuous Box spaces are supported"
         )
     return int(np.prod(space.shape)), tuple(space.shape)
 
@@ -109,7 +110,8 @@ class Episodes:
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
-        """Check shapes, lengths, finiteness and episode offsets; raise :class:`DatasetError` on the first issue."""
+        """Check shapes, lengths, finiteness and episode offsets; raise :class:`DatasetError` on the first
+        issue."""
         src = self.source
         ndims = {
             "obs": 2,
@@ -137,7 +139,8 @@ class Episodes:
                 check_rows(arr, key, n, "obs", src)
         if self.next_obs.shape[1] != self.obs.shape[1]:
             raise DatasetError(
-                f"{_where(src)}: key 'next_obs' has {self.next_obs.shape[1]} dims but 'obs' has {self.obs.shape[1]}"
+                f"{_where(src)}: key 'next_obs' has {self.next_obs.shape[1]} dims "
+                f"but 'obs' has {self.obs.shape[1]}"
             )
         for key in ("obs", "act", "rew", "next_obs", "goal"):
             arr = getattr(self, key)
@@ -243,7 +246,8 @@ class Episodes:
         obs_dim, obs_shape = _box_dim(observation_space, "observation", src)
         if obs_dim != self.obs_dim:
             raise DatasetError(
-                f"observation dim {self.obs_dim} in {_where(src)} does not match env observation space {obs_shape}"
+                f"observation dim {self.obs_dim} in {_where(src)} "
+                f"does not match env observation space {obs_shape}"
             )
         act_dim, act_shape = _box_dim(action_space, "action", src)
         if act_dim != self.act_dim:
@@ -254,7 +258,8 @@ class Episodes:
             goal_dim, goal_shape = _box_dim(goal_space, "desired_goal", src)
             if goal_dim != self.goal_dim:
                 raise DatasetError(
-                    f"goal dim {self.goal_dim} in {_where(src)} does not match env desired_goal space {goal_shape}"
+                    f"goal dim {self.goal_dim} in {_where(src)} "
+                    f"does not match env desired_goal space {goal_shape}"
                 )
 
     # ------------------------------------------------------------------ construction

@@ -111,7 +111,8 @@ class Normalizer:
         shift, scale = self._require()
         if x.shape[-1] != len(shift):
             raise ValueError(
-                f"{type(self).__name__}: input has last dim {x.shape[-1]}, normalizer was fitted on {len(shift)}"
+                f"{type(self).__name__}: input has last dim {x.shape[-1]}, "
+                f"normalizer was fitted on {len(shift)}"
             )
         if isinstance(x, torch.Tensor):
             dtype = x.dtype if x.is_floating_point() else torch.float32

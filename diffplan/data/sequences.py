@@ -104,7 +104,8 @@ class SequenceDataset:
         if total == 0:
             raise DatasetError(
                 f"dataset {episodes.source!r}: horizon {self.horizon} is too long for the episode lengths "
-                f"(max length {int(lengths.max())}) without padding; use a shorter horizon or use_padding=True"
+                f"(max length {int(lengths.max())}) without padding; "
+                "use a shorter horizon or use_padding=True"
             )
         first_window = np.cumsum(per_episode) - per_episode  # index of each episode's first window
         offset_in_episode = np.arange(total) - np.repeat(first_window, per_episode)
@@ -157,6 +158,7 @@ class SequenceDataset:
 
     def __repr__(self) -> str:
         return (
-            f"SequenceDataset(windows={len(self)}, horizon={self.horizon}, transition_dim={self.transition_dim}, "
+            f"SequenceDataset(windows={len(self)}, horizon={self.horizon}, "
+            f"transition_dim={self.transition_dim}, "
             f"padding={self.use_padding}, device={self.device})"
         )

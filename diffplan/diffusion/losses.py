@@ -78,7 +78,7 @@ def denoising_loss(
     eps = randn_tensor(x0.shape, generator, x0.device, x0.dtype)
     x_t = scheduler.add_noise(x0, eps, t)
     if inpaint is not None:
-        pass
+        x_t = inpaint.apply(x_t)
     out = denoiser(x_t, t, cond)
     target = eps if scheduler.prediction_type == "epsilon" else x0
     err = (out - target) ** 2  # (B, H, D)

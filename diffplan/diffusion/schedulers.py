@@ -190,8 +190,9 @@ class NoiseScheduler:
         t: int -> int; LongTensor (B,) -> LongTensor (B,). Raises ValueError for t not in ``timesteps``.
         """
         if isinstance(t, torch.Tensor):
-            prev = self._tables(t.device, torch.float32)["prev"][t]
-            if bool((prev == _NOT_IN_SCHEDULE).any()):
+            in_range = (t >= 0) & (t < self.num_train_steps)  # negative t would silently wrap around
+            prev = self._tables(t.device, torch.float32)["prev"][t.clamp(0, self.num_train_steps - 1)]
+            if bool(((prev == _NOT_IN_SCHEDULE) | ~in_range).any()):
                 raise ValueError(
                     f"timesteps {t.unique().tolist()} not all in the scheduler's {self._ts_desc()}"
                 )
