@@ -190,6 +190,9 @@ def test_generated_dataset():
     assert meta["recipe"] == RECIPE and meta["task"] == "pointmaze-umaze" and meta["num_steps"] == 3000
     assert meta["protocol"]["episode_length"] == 300 and meta["protocol"]["goal_radius"] == 0.45
     assert meta["ref_max_score"] > meta["ref_min_score"]
+    data_dir = ds.storage.data_path
+    # the atomic metadata rewrite keeps minari's file permissions (mkstemp alone would leave 0600)
+    assert (data_dir / "metadata.json").stat().st_mode == (data_dir / "main_data.hdf5").stat().st_mode
     eps = list(ds.iterate_episodes())
     assert len(eps) == meta["total_episodes"] > 5
     for a, b in itertools.pairwise(eps):

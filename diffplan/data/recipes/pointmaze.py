@@ -465,10 +465,12 @@ def _merge_metadata_atomically(dataset_id: str, extra: dict[str, Any]) -> None:
     path = _dataset_dir(dataset_id) / "data" / "metadata.json"
     meta = json.loads(path.read_text())
     meta.update(extra)
+    mode = path.stat().st_mode & 0o777
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".metadata.", suffix=".json")
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(meta, f)
+        os.chmod(tmp, mode)  # mkstemp creates 0600; keep minari's original permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
