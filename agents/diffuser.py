@@ -70,10 +70,16 @@ class DiffuserConfig(RunConfig):
     """Base channel width of the temporal U-Net."""
     dim_mults: list[int] = field(default_factory=lambda: [1, 2, 4])
     """Channel multipliers per U-Net level (Diffuser maze2d: 1,4,8)."""
+    activation: str = "silu"
+    """U-Net activation: silu | mish (Diffuser's) | gelu. SiLU is ~28% faster per step on CPU."""
     normalizer: str = "limits"
     """Per-dimension normalizer of states and actions: limits (to [-1, 1]) | gaussian."""
     use_padding: bool = True
     """Let training windows run past an episode's end (the last state repeated, actions zero)."""
+    loss_on_padding: bool = True
+    """Train on padded steps too. For goal reaching this teaches "arrive, then stay", which is what a plan
+    with the goal inpainted at its last step must show; without it the model never learns the steps
+    between arrival and the inpainted goal, and plans jump to the goal at the end."""
     goal_conditioned: bool = True
     """Inpaint the goal state at the last plan step (needs a Dict observation with desired_goal)."""
     ema_decay: float = 0.995
@@ -306,8 +312,9 @@ class DiffuserAlgorithm(OfflineAlgorithm[DiffuserPolicy]):
             x0,
             inpaint=Inpaint(mask, x0),
             weights=self.weights,
-            mask=torch.as_tensor(batch.mask) if "mask" in batch else None,
+            mask=None if self.cfg.loss_on_padding or "mask" not in batch else torch.as_tensor(batch.mask),
             generator=self.generator,
+            action_dim=A,
         )
         self.optim.step(loss)
         self.num_updates += 1
@@ -337,7 +344,9 @@ def build(
         )
     obs_norm = NormalizerModule(cfg.normalizer, None if episodes is None else episodes.obs, dim=obs_dim)
     act_norm = NormalizerModule(cfg.normalizer, None if episodes is None else episodes.act, dim=act_dim)
-    model = TemporalUnet1d(act_dim + obs_dim, dim=cfg.dim, dim_mults=tuple(cfg.dim_mults)).to(cfg.device)
+    model = TemporalUnet1d(
+        act_dim + obs_dim, dim=cfg.dim, dim_mults=tuple(cfg.dim_mults), activation=cfg.activation
+    ).to(cfg.device)
     policy = DiffuserPolicy(
         model=model,
         cfg=cfg,

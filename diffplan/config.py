@@ -44,10 +44,13 @@ class RunConfig:
     """Seeds the model initialisation, the training sampler and the evaluation environments."""
     device: str = "cpu"
     """Torch device for training and planning."""
-    torch_threads: int = 1
-    """torch.set_num_threads; 1 is fastest on small CPUs (OpenMP oversubscription otherwise)."""
+    torch_threads: int = 0
+    """torch.set_num_threads; 0: one per CPU core. Use 1 when several runs share the machine."""
     train_steps: int = 10_000
     """Number of gradient steps."""
+    max_train_minutes: float = 0.0
+    """Stop training after this much training wall time (evaluations excluded), even before train_steps;
+    0: no limit. Benchmarks use it for "score within N minutes of CPU training"."""
     batch_size: int = 32
     """Training batch size."""
     lr: float = 2e-4

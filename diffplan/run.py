@@ -130,7 +130,7 @@ def setup(cfg: RunConfig, *, with_data: bool = True, progress: bool = True) -> E
     """Seed, load data, build the agent."""
     from diffplan.agents import AGENTS
 
-    torch.set_num_threads(max(1, cfg.torch_threads))
+    torch.set_num_threads(cfg.torch_threads if cfg.torch_threads > 0 else (os.cpu_count() or 1))
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     episodes = resolve_episodes(cfg, progress=progress) if with_data else None
@@ -204,7 +204,8 @@ def train(
     bar = tqdm(total=cfg.train_steps, initial=step, desc=f"train {cfg.agent}", disable=not progress, unit="step")
     stats = None
     try:
-        while step < cfg.train_steps:
+        time_limit = cfg.max_train_minutes * 60.0 if cfg.max_train_minutes > 0 else float("inf")
+        while step < cfg.train_steps and train_time < time_limit:
             t0 = time.perf_counter()
             with policy_within_training_step(policy):
                 stats = algorithm.update(buffer=source, sample_size=cfg.batch_size)
@@ -217,11 +218,12 @@ def train(
                     writer.add_scalar(f"train/{key}", value, step)
                 writer.add_scalar("train/steps_per_s", step / max(train_time, 1e-9), step)
                 bar.set_postfix(loss=f"{losses.get('loss', float('nan')):.4f}")
-            if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.train_steps:
+            last = step >= cfg.train_steps or train_time >= time_limit
+            if cfg.eval_every and step % cfg.eval_every == 0 and not last:
                 summary = _log_eval(writer, exp, exp.evaluate(cfg.eval_episodes, cfg.plot_plans), step)
                 history.append({"step": step, "train_time_s": train_time, **summary})
                 bar.write(_eval_line(step, summary))
-            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.train_steps:
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and not last:
                 save_checkpoint(run_dir, step, _checkpoint_state(exp, step, history, train_time), config_yaml)
         save_checkpoint(run_dir, step, _checkpoint_state(exp, step, history, train_time), config_yaml)
     finally:

@@ -65,5 +65,6 @@ TINY_DIFFUSER = [
     "ema_start=2",
     "ema_every=1",
     "plot_plans=2",
+    "torch_threads=1",
 ]
 """Overrides that make the Diffuser agent tiny enough for unit tests."""

@@ -17,17 +17,30 @@ from diffplan.nets.embeddings import SinusoidalPosEmb
 __all__ = ["Conv1dBlock", "ResidualTemporalBlock", "TemporalUnet1d"]
 
 
-class Conv1dBlock(nn.Module):
-    """Conv1d -> GroupNorm -> Mish on (B, C_in, H) -> (B, C_out, H) ('same' padding, odd kernel)."""
+ACTIVATIONS: dict[str, type[nn.Module]] = {"mish": nn.Mish, "silu": nn.SiLU, "gelu": nn.GELU}
+"""Activation choices. Diffuser uses Mish; SiLU trains the same U-Net ~28% faster on CPU (PyTorch's Mish
+kernels are slow there: 27 of 235 ms per training step, forward and again backward, at B=32, H=128, dim 32)."""
 
-    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, n_groups: int = 8) -> None:
+
+def _activation(name: str) -> nn.Module:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; valid: {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]()
+
+
+class Conv1dBlock(nn.Module):
+    """Conv1d -> GroupNorm -> activation on (B, C_in, H) -> (B, C_out, H) ('same' padding, odd kernel)."""
+
+    def __init__(
+        self, in_ch: int, out_ch: int, kernel_size: int, n_groups: int = 8, activation: str = "mish"
+    ) -> None:
         super().__init__()
         if out_ch % n_groups:
             raise ValueError(f"GroupNorm needs channels ({out_ch}) divisible by n_groups ({n_groups})")
         self.block = nn.Sequential(
             nn.Conv1d(in_ch, out_ch, kernel_size, padding=kernel_size // 2),
             nn.GroupNorm(n_groups, out_ch),
-            nn.Mish(),
+            _activation(activation),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -42,12 +55,18 @@ class ResidualTemporalBlock(nn.Module):
     """
 
     def __init__(
-        self, in_ch: int, out_ch: int, embed_dim: int, kernel_size: int = 5, n_groups: int = 8
+        self,
+        in_ch: int,
+        out_ch: int,
+        embed_dim: int,
+        kernel_size: int = 5,
+        n_groups: int = 8,
+        activation: str = "mish",
     ) -> None:
         super().__init__()
-        self.conv1 = Conv1dBlock(in_ch, out_ch, kernel_size, n_groups)
-        self.conv2 = Conv1dBlock(out_ch, out_ch, kernel_size, n_groups)
-        self.emb_proj = nn.Sequential(nn.Mish(), nn.Linear(embed_dim, out_ch))
+        self.conv1 = Conv1dBlock(in_ch, out_ch, kernel_size, n_groups, activation)
+        self.conv2 = Conv1dBlock(out_ch, out_ch, kernel_size, n_groups, activation)
+        self.emb_proj = nn.Sequential(_activation(activation), nn.Linear(embed_dim, out_ch))
         # 1x1 conv only when the channel count changes: the identity is the better residual otherwise.
         self.residual = nn.Conv1d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
@@ -81,6 +100,7 @@ class TemporalUnet1d(nn.Module):
         cond_dim: int = 0,
         kernel_size: int = 5,
         n_groups: int = 8,
+        activation: str = "mish",
     ) -> None:
         super().__init__()
         if not dim_mults:
@@ -92,16 +112,18 @@ class TemporalUnet1d(nn.Module):
         self.horizon_divisor = 2 ** (len(self.dim_mults) - 1)
 
         self.time_mlp = nn.Sequential(
-            SinusoidalPosEmb(dim), nn.Linear(dim, 4 * dim), nn.Mish(), nn.Linear(4 * dim, dim)
+            SinusoidalPosEmb(dim), nn.Linear(dim, 4 * dim), _activation(activation), nn.Linear(4 * dim, dim)
         )
         embed_dim = dim
         self.cond_mlp: nn.Module | None = None
         if cond_dim > 0:
-            self.cond_mlp = nn.Sequential(nn.Linear(cond_dim, dim), nn.Mish(), nn.Linear(dim, dim))
+            self.cond_mlp = nn.Sequential(
+                nn.Linear(cond_dim, dim), _activation(activation), nn.Linear(dim, dim)
+            )
             embed_dim += dim
 
         def block(i: int, o: int) -> ResidualTemporalBlock:
-            return ResidualTemporalBlock(i, o, embed_dim, kernel_size, n_groups)
+            return ResidualTemporalBlock(i, o, embed_dim, kernel_size, n_groups, activation)
 
         chans = [dim * m for m in self.dim_mults]
         n_levels = len(chans)
@@ -133,7 +155,7 @@ class TemporalUnet1d(nn.Module):
                 )
             )
         self.final = nn.Sequential(
-            Conv1dBlock(chans[0], chans[0], kernel_size, n_groups), nn.Conv1d(chans[0], transition_dim, 1)
+            Conv1dBlock(chans[0], chans[0], kernel_size, n_groups, activation), nn.Conv1d(chans[0], transition_dim, 1)
         )
 
     def forward(
