@@ -82,6 +82,11 @@ class DiffuserConfig(RunConfig):
     between arrival and the inpainted goal, and plans jump to the goal at the end."""
     goal_conditioned: bool = True
     """Inpaint the goal state at the last plan step (needs a Dict observation with desired_goal)."""
+    embed_conditions: bool = True
+    """Also give the U-Net the start (and goal) states as a global condition vector, besides inpainting them.
+    Inpainting alone shows the condition only at the two ends of the sequence, and the conv net needs many
+    updates to carry it across the horizon; with the embedding, plans follow start and goal after a few
+    thousand CPU steps. False: inpainting only, as in the paper."""
     ema_decay: float = 0.995
     """EMA decay of the planning weights."""
     ema_every: int = 10
@@ -102,6 +107,11 @@ class DiffuserConfig(RunConfig):
     """PD position gain (Diffuser's maze2d controller uses 1)."""
     kd: float = 1.0
     """PD velocity gain."""
+    hold_kp: float = 10.0
+    """Position gain once the plan is used up or has reached the goal (drive to the goal and stay); the
+    dataset's waypoint controller uses 10."""
+    hold_kd: float = 1.0
+    """Velocity damping gain for that final approach (the waypoint controller's 1)."""
     park_radius: float = 0.2
     """Cut a plan where it first comes within this distance of the goal, then hold at the goal (0: off)."""
     n_candidates: int = 1
@@ -193,6 +203,7 @@ class DiffuserPolicy(Policy):
                 self.ema.model,
                 self.sampling_scheduler,
                 values.shape,
+                cond=self.condition_vector(values) if cfg.embed_conditions else None,
                 inpaint=Inpaint(mask, values),
                 generator=self.generator,
                 device=device,
@@ -216,11 +227,19 @@ class DiffuserPolicy(Policy):
             self.record_plans -= min(M, self.record_plans)
         return plan_obs.astype(np.float32), plan_act.astype(np.float32), lengths
 
+    def condition_vector(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, H, A+O) trajectories (or inpaint values) -> (B, cond_dim): normalized start [and goal] states."""
+        A = self.act_dim
+        parts = [x[:, 0, A:]]
+        if self.goal_dim and self.cfg.goal_conditioned:
+            parts.append(x[:, -1, A:])
+        return torch.cat(parts, dim=-1)
+
     # ---------------------------------------------------------------------------------------------------- track
-    def _pd(self, obs: np.ndarray, target: np.ndarray) -> np.ndarray:
+    def _pd(self, obs: np.ndarray, target: np.ndarray, kp: np.ndarray | float, kd: np.ndarray | float) -> np.ndarray:
         """PD law toward target states; obs/target (N, O) laid out [position (A), velocity (A), ...]."""
         A = self.act_dim
-        return self.cfg.kp * (target[:, :A] - obs[:, :A]) + self.cfg.kd * (target[:, A : 2 * A] - obs[:, A : 2 * A])
+        return kp * (target[:, :A] - obs[:, :A]) + kd * (target[:, A : 2 * A] - obs[:, A : 2 * A])
 
     def track(self, obs: np.ndarray, goal: np.ndarray | None, state: Batch) -> np.ndarray:
         """Actions (N, A) executing each env's cached plan at its step counter ``state.t``."""
@@ -236,7 +255,9 @@ class DiffuserPolicy(Policy):
             hold = state.plan_obs[rows, np.minimum(lengths - 1, H - 1)].copy()
             hold[:, self.act_dim : 2 * self.act_dim] = 0.0
         target = np.where(following[:, None], state.plan_obs[rows, nxt], hold)
-        act = self._pd(obs, target)
+        kp = np.where(following, self.cfg.kp, self.cfg.hold_kp)[:, None]
+        kd = np.where(following, self.cfg.kd, self.cfg.hold_kd)[:, None]
+        act = self._pd(obs, target, kp, kd)
         if self.cfg.tracking == "action":
             planned = state.plan_act[rows, np.minimum(step, H - 1)]
             act = np.where((step < lengths)[:, None], planned, act)
@@ -310,6 +331,7 @@ class DiffuserAlgorithm(OfflineAlgorithm[DiffuserPolicy]):
             policy.model,
             self.scheduler,
             x0,
+            cond=policy.condition_vector(x0) if self.cfg.embed_conditions else None,
             inpaint=Inpaint(mask, x0),
             weights=self.weights,
             mask=None if self.cfg.loss_on_padding or "mask" not in batch else torch.as_tensor(batch.mask),
@@ -344,8 +366,13 @@ def build(
         )
     obs_norm = NormalizerModule(cfg.normalizer, None if episodes is None else episodes.obs, dim=obs_dim)
     act_norm = NormalizerModule(cfg.normalizer, None if episodes is None else episodes.act, dim=act_dim)
+    n_conditions = 2 if goal_dim and cfg.goal_conditioned else 1
     model = TemporalUnet1d(
-        act_dim + obs_dim, dim=cfg.dim, dim_mults=tuple(cfg.dim_mults), activation=cfg.activation
+        act_dim + obs_dim,
+        dim=cfg.dim,
+        dim_mults=tuple(cfg.dim_mults),
+        cond_dim=n_conditions * obs_dim if cfg.embed_conditions else 0,
+        activation=cfg.activation,
     ).to(cfg.device)
     policy = DiffuserPolicy(
         model=model,

@@ -28,12 +28,13 @@ QUICKSTART: dict[str, Any] = {
     "horizon": 128,
     "dim": 32,
     "dim_mults": [1, 2, 4],
-    "train_steps": 4_000,
+    "train_steps": 2_000,
     "batch_size": 32,
-    "eval_every": 2_000,
+    "lr": 1e-3,
+    "eval_every": 1_000,
     "eval_episodes": 10,
     "final_eval_episodes": 50,
-    "checkpoint_every": 2_000,
+    "checkpoint_every": 1_000,
     "sampling_steps": 10,
 }
 
