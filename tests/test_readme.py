@@ -16,5 +16,5 @@ def test_ci_runs_the_readme_test_command():
 def test_every_readme_config_path_exists():
     readme = (ROOT / "README.md").read_text()
     for word in readme.split():
-        if word.startswith("configs/") and word.endswith(".yaml"):
+        if word.startswith("configs/") and word.endswith(".yaml") and "<" not in word:
             assert (ROOT / word).exists(), word
