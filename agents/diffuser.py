@@ -150,7 +150,7 @@ class DiffuserPolicy(Policy):
         self.ema = EMA(model, cfg.ema_decay, cfg.ema_every, cfg.ema_start)
         self.obs_norm, self.act_norm = obs_norm, act_norm
         self.act_dim = int(action_space.shape[0])
-        self.obs_dim, self.goal_dim = split_observation_space(observation_space)
+        self.obs_dim = split_observation_space(observation_space)[0]
         self.goal_dim = goal_dim
         self.sampling_scheduler = make_scheduler(
             cfg.sampler,

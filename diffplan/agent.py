@@ -170,8 +170,8 @@ def split_observation_space(space: gym.Space) -> tuple[int, int]:
 
 def observation_arrays(obs: Any) -> tuple[np.ndarray, np.ndarray | None]:
     """``(obs (N,O), goal (N,G) | None)`` from a Tianshou observation batch (Batch of a Dict space or array)."""
-    if isinstance(obs, Batch) or isinstance(obs, dict):
+    if isinstance(obs, Batch | dict):
         observation = np.asarray(obs["observation"], dtype=np.float32)
-        goal = obs["desired_goal"] if "desired_goal" in obs else None
+        goal = obs.get("desired_goal", None)
         return observation, (None if goal is None else np.asarray(goal, dtype=np.float32))
     return np.asarray(obs, dtype=np.float32), None

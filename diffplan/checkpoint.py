@@ -45,7 +45,9 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file and a rename: readers see the old or the new file."""
+    path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
     with os.fdopen(fd, "w") as fh:
         fh.write(text)
@@ -104,7 +106,7 @@ def save_checkpoint(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _write_text_atomic(root / LATEST_FILE, name)
+    write_text_atomic(root / LATEST_FILE, name)
     if keep > 0:
         saved = sorted(p for p in root.glob("step_*") if p.is_dir())
         for old in saved[:-keep]:

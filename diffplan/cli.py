@@ -89,6 +89,7 @@ def cmd_data_info(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     import yaml
 
+    from diffplan.checkpoint import CheckpointError
     from diffplan.config import load_config
     from diffplan.run import train
 
@@ -96,7 +97,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         args.overrides.insert(0, args.config)  # `train --resume DIR key=value`: no config file given
         args.config = None
     if args.resume:
-        saved = yaml.safe_load((Path(args.resume) / "config.yaml").read_text())
+        saved_path = Path(args.resume) / "config.yaml"
+        if not saved_path.exists():
+            raise CheckpointError(f"--resume {args.resume}: not a run directory (no config.yaml)")
+        saved = yaml.safe_load(saved_path.read_text())
         cfg = load_config(args.config, args.overrides, base=saved)
         cfg.run_dir = str(args.resume)
     else:

@@ -61,7 +61,7 @@ class EvalResult:
     def to_dict(self) -> dict[str, Any]:
         ret_mean, ret_se = mean_and_stderr(self.returns)
         out: dict[str, Any] = {
-            "episodes": int(len(self.returns)),
+            "episodes": len(self.returns),
             "return_mean": ret_mean,
             "return_se": ret_se,
             "success_rate": float(np.mean(self.successes)) if len(self.successes) else float("nan"),

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,11 +25,17 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from diffplan.agent import Agent
-from diffplan.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from diffplan.checkpoint import (
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    write_text_atomic,
+)
 from diffplan.config import RunConfig, config_to_dict, load_config
 from diffplan.data import Episodes, load_episodes
-from diffplan.evaluation import EvalResult, evaluate
 from diffplan.envs import is_maze_task, make_env, make_vector_env
+from diffplan.evaluation import EvalResult, evaluate
 
 log = logging.getLogger("diffplan")
 
@@ -73,13 +78,6 @@ def _reference_scores(episodes: Episodes) -> tuple[float | None, float | None]:
     meta = episodes.metadata
     lo, hi = meta.get("ref_min_score"), meta.get("ref_max_score")
     return (None if lo is None else float(lo)), (None if hi is None else float(hi))
-
-
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=2, default=float)
-    os.replace(tmp, path)
 
 
 def _run_dir(cfg: RunConfig) -> Path:
@@ -185,7 +183,7 @@ def train(
     run_dir = exp.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     config_yaml = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
-    (run_dir / "config.yaml").write_text(config_yaml)
+    write_text_atomic(run_dir / "config.yaml", config_yaml)
     algorithm, policy, source = exp.agent.algorithm, exp.agent.policy, exp.agent.batch_source
     if source is None:
         raise ValueError(f"agent {cfg.agent!r} has no offline batch source to train from")
@@ -249,7 +247,7 @@ def train(
         "history": history,
         "run_dir": str(run_dir),
     }
-    _write_json_atomic(run_dir / "results.json", results)
+    write_text_atomic(run_dir / "results.json", json.dumps(results, indent=2, default=float))
     return results
 
 

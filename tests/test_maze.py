@@ -8,15 +8,6 @@ import json
 import minari
 import numpy as np
 import pytest
-from diffplan.envs.maze import (
-    MAZE_TASKS,
-    figure_to_array,
-    free_cells,
-    make_maze_env,
-    make_maze_vector_env,
-    maze_geometry,
-    plot_plans,
-)
 
 from diffplan.data.recipes.pointmaze import (
     RECIPE,
@@ -26,6 +17,15 @@ from diffplan.data.recipes.pointmaze import (
     generate_pointmaze_dataset,
     random_episode_returns,
     run_stream,
+)
+from diffplan.envs.maze import (
+    MAZE_TASKS,
+    figure_to_array,
+    free_cells,
+    make_maze_env,
+    make_maze_vector_env,
+    maze_geometry,
+    plot_plans,
 )
 
 

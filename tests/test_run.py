@@ -87,6 +87,8 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "unknown config key 'horizn'" in err and "Traceback" not in err
     assert main(["eval", str(tmp_path / "nowhere")]) == 2
     assert "no checkpoint found" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path / "no-run")]) == 2
+    assert "not a run directory" in capsys.readouterr().err
     assert main(["data", "info", "minari:diffplan/does-not-exist-v0"]) == 2
     assert "diffplan: error:" in capsys.readouterr().err
 
