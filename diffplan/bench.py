@@ -21,6 +21,7 @@ from tianshou.algorithm.algorithm_base import Policy
 from tianshou.data import Batch
 
 from diffplan.agent import observation_arrays
+from diffplan.checkpoint import write_text_atomic
 
 
 def _machine() -> dict[str, Any]:
@@ -35,9 +36,7 @@ def _machine() -> dict[str, Any]:
 
 def _write(result: dict[str, Any], out: str | None) -> dict[str, Any]:
     if out:
-        path = Path(out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2, default=float))
+        write_text_atomic(Path(out), json.dumps(result, indent=2, default=float))
     return result
 
 
