@@ -2,6 +2,8 @@
 
 * ``plan <run>``: planning latency at batch 1 (median ms per replan) on evaluation states.
 * ``train <config> [k=v]``: gradient steps per second of a config on this machine.
+* ``curve <run> [<run> ...]``: the learning curves kept in each run's ``results.json`` (score and success vs
+  training minutes and gradient steps) as one JSON file and a PNG beside it.
 * ``maze <run>``: the maze evaluation protocol over ``--episodes`` episodes, beside the planner-free
   go-to-goal PD baseline on the same start/goal pairs, and the score on the "hard" episodes that baseline fails.
 """
@@ -21,7 +23,7 @@ from tianshou.algorithm.algorithm_base import Policy
 from tianshou.data import Batch
 
 from diffplan.agent import observation_arrays
-from diffplan.checkpoint import write_text_atomic
+from diffplan.checkpoint import CheckpointError, write_text_atomic
 
 
 def _machine() -> dict[str, Any]:
@@ -160,4 +162,46 @@ def bench_maze(args: argparse.Namespace) -> dict[str, Any]:
     return _write(result, args.out)
 
 
-BENCHMARKS = {"plan": bench_plan, "train": bench_train, "maze": bench_maze}
+def plot_learning_curves(curves: dict[str, list[dict[str, Any]]]) -> Any:
+    """One figure: normalized score (± s.e.) and success rate vs training minutes for each labelled history."""
+    import matplotlib.pyplot as plt
+
+    fig, (score_ax, success_ax) = plt.subplots(1, 2, figsize=(10, 3.5))
+    for label, history in curves.items():
+        minutes = np.array([h["train_time_s"] / 60 for h in history])
+        score = np.array([h.get("normalized_score", np.nan) for h in history])
+        se = np.array([h.get("normalized_score_se", 0.0) for h in history])
+        score_ax.plot(minutes, score, marker="o", ms=3, label=label)
+        score_ax.fill_between(minutes, score - se, score + se, alpha=0.2)
+        success_ax.plot(minutes, [h["success_rate"] for h in history], marker="o", ms=3, label=label)
+    score_ax.axhline(100, color="grey", lw=0.8, ls="--")
+    score_ax.set(xlabel="training minutes", ylabel="normalized score", title="evaluation score (mean ± s.e.)")
+    success_ax.set(xlabel="training minutes", ylabel="success rate", ylim=(-0.05, 1.05), title="goal reached")
+    score_ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def bench_curve(args: argparse.Namespace) -> dict[str, Any]:
+    """Learning curves of finished runs; extra positional arguments are more run directories."""
+    curves: dict[str, list[dict[str, Any]]] = {}
+    runs: dict[str, Any] = {}
+    for run in [args.path, *args.overrides]:
+        results_path = Path(run) / "results.json"
+        if not results_path.exists():
+            raise CheckpointError(f"{results_path} not found: is {run} a finished run directory?")
+        trained = json.loads(results_path.read_text())
+        label = f"{trained['agent']} {trained['task']}"
+        keep = ("step", "train_time_s", "normalized_score", "normalized_score_se", "success_rate", "plan_ms_median")
+        curves[label] = [{k: h[k] for k in keep if k in h} for h in trained["history"]]
+        runs[label] = {
+            "run": str(run), "gradient_steps": trained["gradient_steps"], "train_time_s": trained["train_time_s"],
+            "steps_per_s": trained.get("steps_per_s"), "final": trained["final"],
+        }
+    result = _write({"benchmark": "curve", "runs": runs, "curves": curves, **_machine()}, args.out)
+    if args.out:
+        plot_learning_curves(curves).savefig(Path(args.out).with_suffix(".png"), dpi=90)
+    return result
+
+
+BENCHMARKS = {"plan": bench_plan, "train": bench_train, "maze": bench_maze, "curve": bench_curve}

@@ -193,9 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     qs.set_defaults(func=cmd_quickstart)
 
     bench = sub.add_parser("bench", help="benchmarks that write JSON results")
-    bench.add_argument("what", choices=["plan", "train", "maze"])
-    bench.add_argument("path", nargs="?", help="run directory (plan, maze) or config (train)")
-    bench.add_argument("overrides", nargs="*")
+    bench.add_argument("what", choices=["plan", "train", "maze", "curve"])
+    bench.add_argument("path", nargs="?", help="run directory (plan, maze, curve) or config (train)")
+    bench.add_argument("overrides", nargs="*", help="key=value overrides (curve: more run directories)")
     bench.add_argument("--episodes", type=int, default=50)
     bench.add_argument("--repeats", type=int, default=50)
     bench.add_argument("--out", default=None, help="JSON file to write")

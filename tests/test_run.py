@@ -77,6 +77,18 @@ def test_cli_smoke(tiny_maze_dataset, tmp_path, capsys):
     assert summary["episodes"] == 2 and "normalized_score" in summary
     assert main(["train", "--resume", str(run_dir), "train_steps=8", "--no-progress"]) == 0
     assert json.loads((run_dir / "results.json").read_text())["gradient_steps"] == 8
+    capsys.readouterr()
+    # Benchmarks over the finished run write JSON (and the learning-curve picture).
+    curve_out = tmp_path / "bench" / "curve.json"
+    assert main(["bench", "curve", str(run_dir), "--out", str(curve_out)]) == 0
+    curve = json.loads(curve_out.read_text())
+    (history,) = curve["curves"].values()
+    assert [h["step"] for h in history][-1] == 8 and curve_out.with_suffix(".png").stat().st_size > 0
+    plan_out = tmp_path / "bench" / "plan.json"
+    assert main(["bench", "plan", str(run_dir), "--repeats", "2", "--out", str(plan_out)]) == 0
+    assert json.loads(plan_out.read_text())["plan_ms_median"] > 0
+    assert main(["bench", "curve", str(tmp_path / "no-run")]) == 2
+    assert "finished run directory" in capsys.readouterr().err
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
