@@ -129,7 +129,7 @@ def _print_final(results: dict[str, Any]) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     from diffplan.run import eval_run
 
-    _print_json(eval_run(args.path, episodes=args.episodes, overrides=args.overrides))
+    _print_json(eval_run(args.path, episodes=args.episodes, overrides=args.overrides, seed=args.seed))
     return 0
 
 
@@ -184,6 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("path")
     ev.add_argument("overrides", nargs="*", help="key=value overrides of execution settings")
     ev.add_argument("--episodes", type=int, default=50)
+    ev.add_argument(
+        "--seed", type=int, default=None,
+        help="seed of the start/goal draws (default: the benchmark episodes; tune settings on another seed)",
+    )
     ev.set_defaults(func=cmd_eval)
 
     qs = sub.add_parser("quickstart", help="make a small maze dataset, train a planner, evaluate it")
