@@ -109,7 +109,8 @@ class RobotClient:
                 raise RobotTimeout(f"no reply to {type_} from {self.endpoint} within "
                                    f"{self.timeout_s if timeout_s is None else timeout_s:.3g} s (server down?)")
             reply = P.decode(self.dealer.recv())
-            if reply.body.get("re") != seq:
+            re = reply.body.get("re")
+            if re != seq and not (re == -1 and reply.type == P.ERROR):  # -1: the server could not read a request
                 continue  # a late reply to an earlier request
             tick = reply.body.get("tick")
             if isinstance(tick, int):
@@ -127,11 +128,13 @@ class RobotClient:
         self.latest = None
         return self.spec
 
-    def submit_chunk(self, actions: np.ndarray, base_tick: int = -1, blend: int | None = None) -> Envelope:
+    def submit_chunk(self, actions: np.ndarray, base_tick: int = -1, blend: int | None = None,
+                     timeout_s: float | None = None) -> Envelope:
+        """Schedule (H, A) actions from ``base_tick`` (-1: the next tick); the reply has ``first``/``last``."""
         body: dict[str, Any] = {"actions": np.ascontiguousarray(actions), "base_tick": int(base_tick)}
         if blend is not None:
             body["blend"] = int(blend)
-        return self.request(P.CHUNK, body)
+        return self.request(P.CHUNK, body, timeout_s)
 
     def heartbeat(self) -> Envelope:
         return self.request(P.HEARTBEAT)
@@ -193,20 +196,27 @@ class RobotEnv(gym.Env):
     * ``step_chunk(actions (H, A), base_tick=-1)``: schedule a chunk at ``base_tick`` (-1: next tick);
       returns after the observation of its first executed tick.
 
-    ``info``: ``tick``, ``obs_age_s`` (since receipt), ``obs_lag_ticks``, ``clipped`` (actions clipped by the
+    ``robot_spec``: the served robot's :class:`RobotSpec`. ``info``: ``tick``, ``obs_age_s`` (since receipt), ``obs_lag_ticks``, ``clipped`` (actions clipped by the
     server), ``state``, ``faults``, ``starved_ticks``. A fault (server HOLD/ESTOP, a refused chunk) ends the
     episode: ``terminated=True`` with the reason in ``info["fault"]``. Lost contact raises
     :class:`RobotTimeout` / :class:`StaleObservation` within the deadline.
 
     ``action_space``/``observation_space``/``action_units``: what the policy was built for; checked against
     the server's spec at connection (:class:`~diffplan.envs.robot.safety.SpecMismatch`).
+
+    ``timing_in_info=False`` keeps the timing fields (tick, obs_age_s, obs_lag_ticks) out of ``info`` and only
+    in ``last_timing``: gymnasium's ``check_env`` requires equal infos for equal seeds and actions, and timing
+    never repeats.
     """
 
     metadata = {"render_modes": []}
 
     def __init__(self, endpoint: str, *, obs_endpoint: str | None = None, timeout_s: float = 1.0,
                  max_obs_lag_ticks: int = 3, action_space: gym.spaces.Box | None = None,
-                 observation_space: gym.Space | None = None, action_units: list[str] | None = None) -> None:
+                 observation_space: gym.Space | None = None, action_units: list[str] | None = None,
+                 timing_in_info: bool = True) -> None:
+        self.timing_in_info = timing_in_info
+        self.last_timing: dict[str, Any] = {}
         self.client = RobotClient(endpoint, obs_endpoint=obs_endpoint, timeout_s=timeout_s,
                                   max_obs_lag_ticks=max_obs_lag_ticks)
         try:
@@ -215,7 +225,7 @@ class RobotEnv(gym.Env):
         except Exception:
             self.client.close()
             raise
-        self.spec = spec
+        self.robot_spec = spec
         self.safety = SafetyLayer(spec)  # mirrors the server's checks
         self.observation_space = spec.observation_space
         self.action_space = gym.spaces.Box(spec.action_low.astype(np.float32), spec.action_high.astype(np.float32))
@@ -255,10 +265,11 @@ class RobotEnv(gym.Env):
     def _transition(self, o: Observation, clipped: int) -> tuple[Any, float, bool, bool, dict[str, Any]]:
         reward = o.ep_return - self._return
         self._return = o.ep_return
-        info = {
-            "tick": o.tick, "obs_age_s": time.monotonic() - o.received, "obs_lag_ticks": self.client.server_tick - o.tick,
-            "clipped": clipped, "state": o.state, "faults": o.faults, "starved_ticks": o.starved_ticks,
-        }
+        self.last_timing = {"tick": o.tick, "obs_age_s": time.monotonic() - o.received,
+                            "obs_lag_ticks": self.client.server_tick - o.tick}
+        info = {"clipped": clipped, "state": o.state, "faults": o.faults, "starved_ticks": o.starved_ticks}
+        if self.timing_in_info:
+            info.update(self.last_timing)
         terminated = o.terminated
         if o.state in (HOLD, ESTOP):
             terminated = True

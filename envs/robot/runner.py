@@ -30,7 +30,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from diffplan.envs.robot import protocol as P
-from diffplan.envs.robot.client import RobotEnv, RobotError
+from diffplan.envs.robot.client import RobotEnv, RobotError, RobotTimeout
 from diffplan.envs.robot.scheduler import ActionScheduler
 
 __all__ = ["ChunkPlanner", "DelayedPlanner", "EpisodeReport", "LatencyAwareRunner", "run_in_process"]
@@ -137,16 +137,18 @@ class LatencyAwareRunner:
         margin_ticks: extra lead on top of the p95 planning latency.
         latency_window: plans whose latency sets the p95.
         heartbeat_every: ticks between heartbeats while no chunk is sent.
+        chunk_timeout_ticks: deadline of a chunk request; a lost chunk is a miss, not the end of the episode.
     """
 
     def __init__(self, env: RobotEnv, planner: ChunkPlanner, *, execute_ticks: int = 8, margin_ticks: int = 1,
-                 latency_window: int = 50, heartbeat_every: int = 2) -> None:
+                 latency_window: int = 50, heartbeat_every: int = 2, chunk_timeout_ticks: int = 5) -> None:
         if not isinstance(planner, ChunkPlanner):
             raise TypeError(f"{type(planner).__name__} does not implement plan_chunk(obs, committed) -> (H, A)")
         self.env, self.planner = env, planner
         self.execute_ticks, self.margin_ticks = execute_ticks, margin_ticks
         self.latency_window, self.heartbeat_every = latency_window, heartbeat_every
-        self.dt = env.spec.dt
+        self.dt = env.robot_spec.dt
+        self.chunk_timeout_s = chunk_timeout_ticks * self.dt
 
     def lead(self, plan_ms: list[float]) -> int:
         """Ticks to plan ahead: ceil(p95 of recent planning latency / dt) + margin."""
@@ -155,7 +157,7 @@ class LatencyAwareRunner:
 
     def run_episode(self, seed: int | None = None, max_ticks: int | None = None) -> EpisodeReport:
         env, client = self.env, self.env.client
-        A = env.spec.action_dim
+        A = env.robot_spec.action_dim
         obs, info = env.reset(seed=seed)
         mirror = ActionScheduler(A)  # our copy of what is scheduled: where the committed prefix comes from
         worker = _PlannerThread(self.planner)
@@ -183,10 +185,16 @@ class LatencyAwareRunner:
                     # shrinks with every plan until the robot starves.
                     chunk = np.asarray(chunk, np.float64)[: prefix + max(self.execute_ticks, lead)]
                     try:
-                        reply = client.submit_chunk(chunk, ptick + 1)
+                        # The first plan starts whenever it lands (the robot was held, nothing is committed);
+                        # later ones are addressed to the ticks after their observation.
+                        reply = client.submit_chunk(chunk, ptick + 1 if plans > 1 else -1, timeout_s=self.chunk_timeout_s)
                         now = int(reply.body["tick"])
                         misses += int(plans > 1 and now > ptick + prefix)  # the prefix ran out first
-                        mirror.submit(chunk, ptick + 1, now)
+                        mirror.submit(chunk, ptick + 1 if plans > 1 else now + 1, now)
+                    except RobotTimeout:
+                        # Chunk or reply lost: the robot holds when its schedule runs out and the next plan
+                        # takes over; a dead server shows up at the next observation wait.
+                        misses += 1
                     except RobotError as exc:
                         if exc.code != P.E_LATE:
                             raise
