@@ -24,7 +24,14 @@ from diffplan.envs.robot.backends import MockBackend, MujocoBackend
 from diffplan.envs.robot.client import RobotClient, RobotEnv, RobotError, RobotTimeout, StaleObservation
 from diffplan.envs.robot.relay import FaultRelay
 from diffplan.envs.robot.runner import ChunkPlanner, DelayedPlanner, LatencyAwareRunner
-from diffplan.envs.robot.safety import RobotSpec, SafetyConfig, SafetyError, SafetyLayer, SpecMismatch, check_spec
+from diffplan.envs.robot.safety import (
+    RobotSpec,
+    SafetyConfig,
+    SafetyError,
+    SafetyLayer,
+    SpecMismatch,
+    check_spec,
+)
 from diffplan.envs.robot.scheduler import ActionScheduler
 from diffplan.envs.robot.server import HOLD, IDLE, RUNNING, STARVED, ManualClock, RealTimeClock, RobotServer
 
@@ -153,7 +160,7 @@ def test_scheduler_trims_cross_fades_and_starves():
     assert s.pop(5)[0] == 10.0 and s.pop(6) is None  # ran out: starved
     s.submit(np.ones((2, 1)), base_tick=9, now=6)  # a gap before the chunk is starved too
     assert s.pop(7) is None and s.pop(8) is None and s.pop(9)[0] == 1.0
-    act, valid = s.window(10, 13)
+    _act, valid = s.window(10, 13)
     assert valid.tolist() == [True, False, False]
 
 
@@ -292,9 +299,9 @@ def test_robot_env_passes_check_env(task):
         assert env.observation_space.contains(obs)
         if task == "Hopper-v5":
             assert backend.spec().action_units == ["200*N*m"] * 3  # motors on hinges, gear 200 (compiled model)
-        obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
+        _, _, _, _, info = env.step(env.action_space.sample())
         assert {"tick", "obs_age_s", "obs_lag_ticks", "clipped", "faults", "state"} <= set(info)
-        obs, reward, terminated, truncated, info = env.step(np.full(env.action_space.shape, np.nan, np.float32))
+        _, _, terminated, _, info = env.step(np.full(env.action_space.shape, np.nan, np.float32))
         assert terminated and "client safety" in info["fault"] and "NONFINITE" in info["fault"]
         assert server.state == HOLD  # the client's mirror refused it and asked the server to hold
         with pytest.raises(SpecMismatch, match="action units differ"):

@@ -10,7 +10,14 @@ injection), :mod:`.bench` (benchmarks).
 from diffplan.envs.robot.backends import MockBackend, MujocoBackend, RobotBackend, RobotState, make_backend
 from diffplan.envs.robot.client import RobotClient, RobotEnv, RobotError, RobotTimeout, StaleObservation
 from diffplan.envs.robot.protocol import VERSION, ProtocolError, VersionError
-from diffplan.envs.robot.safety import RobotSpec, SafetyConfig, SafetyError, SafetyLayer, SpecMismatch, check_spec
+from diffplan.envs.robot.safety import (
+    RobotSpec,
+    SafetyConfig,
+    SafetyError,
+    SafetyLayer,
+    SpecMismatch,
+    check_spec,
+)
 from diffplan.envs.robot.scheduler import ActionScheduler
 from diffplan.envs.robot.server import ManualClock, RealTimeClock, RobotServer
 

@@ -56,7 +56,7 @@ class RobotBackend(abc.ABC):
     @abc.abstractmethod
     def read_state(self) -> RobotState: ...
 
-    def close(self) -> None:  # noqa: B027 - optional hook
+    def close(self) -> None:
         pass
 
 
@@ -105,7 +105,7 @@ class MujocoBackend(RobotBackend):
         self.task = task
         self.env = make_env(task, seed=seed)
         if not isinstance(self.env.action_space, gym.spaces.Box):
-            raise ValueError(f"{task}: only Box action spaces can be served, got {self.env.action_space}")
+            raise TypeError(f"{task}: only Box action spaces can be served, got {self.env.action_space}")
         model = _mujoco_model(self.env)
         space = self.env.action_space
         hold = np.clip(np.zeros(space.shape), space.low, space.high)

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
 import zmq
 
 from diffplan.envs.robot import protocol as P
-from diffplan.envs.robot.protocol import Envelope, ProtocolError
+from diffplan.envs.robot.protocol import Envelope
 from diffplan.envs.robot.safety import RobotSpec, SafetyError, SafetyLayer, check_spec
 from diffplan.envs.robot.server import ESTOP, HOLD, obs_endpoint_for
 
@@ -209,7 +209,7 @@ class RobotEnv(gym.Env):
     never repeats.
     """
 
-    metadata = {"render_modes": []}
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
 
     def __init__(self, endpoint: str, *, obs_endpoint: str | None = None, timeout_s: float = 1.0,
                  max_obs_lag_ticks: int = 3, action_space: gym.spaces.Box | None = None,

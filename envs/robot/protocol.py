@@ -163,7 +163,7 @@ def decode(data: bytes) -> Envelope:
         )
     except ProtocolError:
         raise
-    except Exception as exc:  # msgpack raises several unrelated types for malformed input
+    except Exception as exc:  # noqa: BLE001 - msgpack raises many unrelated types for malformed input
         raise ProtocolError(E_SCHEMA, f"undecodable message ({type(exc).__name__}: {exc})") from None
     if not isinstance(msg, dict):
         raise ProtocolError(E_SCHEMA, "message is not a map")

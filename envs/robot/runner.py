@@ -106,7 +106,7 @@ class _PlannerThread:
             t0 = time.perf_counter()
             try:
                 out: np.ndarray | BaseException = np.asarray(self.planner.plan_chunk(obs, committed))
-            except BaseException as exc:  # handed to the control thread, which ends the episode
+            except BaseException as exc:  # noqa: BLE001 - handed to the control thread, which re-raises it
                 out = exc
             self.results.put((tick, out, (time.perf_counter() - t0) * 1000.0))
 
@@ -153,7 +153,7 @@ class LatencyAwareRunner:
     def lead(self, plan_ms: list[float]) -> int:
         """Ticks to plan ahead: ceil(p95 of recent planning latency / dt) + margin."""
         p95 = _percentile(plan_ms[-self.latency_window:], 95) / 1000.0
-        return int(math.ceil(p95 / self.dt)) + self.margin_ticks
+        return math.ceil(p95 / self.dt) + self.margin_ticks
 
     def run_episode(self, seed: int | None = None, max_ticks: int | None = None) -> EpisodeReport:
         env, client = self.env, self.env.client
@@ -235,19 +235,27 @@ class LatencyAwareRunner:
 
 
 def run_in_process(env: Any, planner: ChunkPlanner, *, execute_ticks: int = 8, seed: int | None = None,
-                   max_steps: int | None = None) -> float:
-    """The same planner in the plain simulator, synchronously (no latency): plan, run ``execute_ticks``
-    actions, replan. The reference for the bridged return."""
-    obs, _ = env.reset(seed=seed)
+                   lead_ticks: int = 0) -> float:
+    """The same planner in the plain simulator, the reference for the bridged return; returns the episode return.
+
+    ``lead_ticks=0``: synchronous (the simulator waits for every plan: no latency). ``lead_ticks=d``: replays
+    the runner's schedule without a network or a clock: each plan is made when ``d`` actions are left, with
+    those ``d`` as its committed prefix, and they run while it is "computed" (the cost of latency itself).
+    """
     A = env.action_space.shape[0]
-    ret, steps, done = 0.0, 0, False
-    while not done:
-        chunk = np.asarray(planner.plan_chunk(obs, np.zeros((0, A))))[:execute_ticks]
-        for a in chunk:
-            obs, r, terminated, truncated, _ = env.step(a.astype(env.action_space.dtype))
-            ret += float(r)
-            steps += 1
-            done = terminated or truncated or (max_steps is not None and steps >= max_steps)
-            if done:
-                break
-    return ret
+    obs, _ = env.reset(seed=seed)
+    ret = 0.0
+    new = max(execute_ticks, lead_ticks)
+    queue = np.asarray(planner.plan_chunk(obs, np.zeros((0, A))))[:new]
+    while True:
+        run, committed = queue[: max(len(queue) - lead_ticks, 0)], queue[max(len(queue) - lead_ticks, 0) :]
+        for stage in ("free", "committed"):
+            for a in run:
+                obs, r, terminated, truncated, _ = env.step(a.astype(env.action_space.dtype))
+                ret += float(r)
+                if terminated or truncated:
+                    return ret
+            if stage == "free":
+                chunk = np.asarray(planner.plan_chunk(obs, committed))  # made while `committed` runs
+                run = committed
+        queue = chunk[len(committed) : len(committed) + new]

@@ -27,7 +27,8 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import numpy as np
 import zmq
@@ -289,7 +290,7 @@ class RobotServer:
             overruns=self.clock.overruns, faults=self.faults, **self.counters,
         )
 
-    _HANDLERS = {
+    _HANDLERS: ClassVar[dict[str, Callable[[RobotServer, Envelope], bytes]]] = {
         P.RESET: _reset, P.CHUNK: _chunk, P.HEARTBEAT: _heartbeat, P.HOLD: _hold, P.ESTOP: _estop,
         P.CLEAR_FAULT: _clear_fault, P.TELEMETRY: _telemetry,
     }
