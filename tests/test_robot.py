@@ -291,16 +291,16 @@ def test_robot_env_passes_check_env(task):
     thread = server.start_thread()
     ref = backend.env
     env = RobotEnv(endpoint, timeout_s=2.0, action_space=ref.action_space, observation_space=ref.observation_space,
-                   timing_in_info=False)  # the checker wants equal infos for equal seeds; timing never repeats
+                   live_info=False)  # the checker wants equal infos for equal seeds; timing never repeats
     try:
         check_env(env, skip_render_check=True)
-        env.timing_in_info = True
+        env.live_info = True
         obs, info = env.reset(seed=3)
         assert env.observation_space.contains(obs)
         if task == "Hopper-v5":
             assert backend.spec().action_units == ["200*N*m"] * 3  # motors on hinges, gear 200 (compiled model)
         _, _, _, _, info = env.step(env.action_space.sample())
-        assert {"tick", "obs_age_s", "obs_lag_ticks", "clipped", "faults", "state"} <= set(info)
+        assert {"tick", "obs_age_s", "obs_lag_ticks", "clipped", "faults", "state", "starved_ticks"} <= set(info)
         _, _, terminated, _, info = env.step(np.full(env.action_space.shape, np.nan, np.float32))
         assert terminated and "client safety" in info["fault"] and "NONFINITE" in info["fault"]
         assert server.state == HOLD  # the client's mirror refused it and asked the server to hold

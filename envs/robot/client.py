@@ -204,9 +204,9 @@ class RobotEnv(gym.Env):
     ``action_space``/``observation_space``/``action_units``: what the policy was built for; checked against
     the server's spec at connection (:class:`~diffplan.envs.robot.safety.SpecMismatch`).
 
-    ``timing_in_info=False`` keeps the timing fields (tick, obs_age_s, obs_lag_ticks) out of ``info`` and only
-    in ``last_timing``: gymnasium's ``check_env`` requires equal infos for equal seeds and actions, and timing
-    never repeats.
+    ``live_info=False`` keeps the fields that depend on when the observation was taken (tick, obs_age_s,
+    obs_lag_ticks, state, starved_ticks) out of ``info`` and only in ``last_live``: gymnasium's ``check_env``
+    requires equal infos for equal seeds and actions, and timing never repeats exactly.
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
@@ -214,9 +214,9 @@ class RobotEnv(gym.Env):
     def __init__(self, endpoint: str, *, obs_endpoint: str | None = None, timeout_s: float = 1.0,
                  max_obs_lag_ticks: int = 3, action_space: gym.spaces.Box | None = None,
                  observation_space: gym.Space | None = None, action_units: list[str] | None = None,
-                 timing_in_info: bool = True) -> None:
-        self.timing_in_info = timing_in_info
-        self.last_timing: dict[str, Any] = {}
+                 live_info: bool = True) -> None:
+        self.live_info = live_info
+        self.last_live: dict[str, Any] = {}
         self.client = RobotClient(endpoint, obs_endpoint=obs_endpoint, timeout_s=timeout_s,
                                   max_obs_lag_ticks=max_obs_lag_ticks)
         try:
@@ -265,11 +265,12 @@ class RobotEnv(gym.Env):
     def _transition(self, o: Observation, clipped: int) -> tuple[Any, float, bool, bool, dict[str, Any]]:
         reward = o.ep_return - self._return
         self._return = o.ep_return
-        self.last_timing = {"tick": o.tick, "obs_age_s": time.monotonic() - o.received,
-                            "obs_lag_ticks": self.client.server_tick - o.tick}
-        info = {"clipped": clipped, "state": o.state, "faults": o.faults, "starved_ticks": o.starved_ticks}
-        if self.timing_in_info:
-            info.update(self.last_timing)
+        self.last_live = {"tick": o.tick, "obs_age_s": time.monotonic() - o.received,
+                          "obs_lag_ticks": self.client.server_tick - o.tick, "state": o.state,
+                          "starved_ticks": o.starved_ticks}
+        info: dict[str, Any] = {"clipped": clipped, "faults": o.faults}
+        if self.live_info:
+            info.update(self.last_live)
         terminated = o.terminated
         if o.state in (HOLD, ESTOP):
             terminated = True
