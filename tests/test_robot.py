@@ -8,7 +8,6 @@ import itertools
 import os
 import pickle
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import zmq
 
 from diffplan.envs.robot import protocol as P
 from diffplan.envs.robot.backends import MockBackend, MujocoBackend
+from diffplan.envs.robot.bench import free_port_pair
 from diffplan.envs.robot.client import RobotClient, RobotEnv, RobotError, RobotTimeout, StaleObservation
 from diffplan.envs.robot.relay import FaultRelay
 from diffplan.envs.robot.runner import ChunkPlanner, DelayedPlanner, LatencyAwareRunner
@@ -36,21 +36,6 @@ from diffplan.envs.robot.scheduler import ActionScheduler
 from diffplan.envs.robot.server import HOLD, IDLE, RUNNING, STARVED, ManualClock, RealTimeClock, RobotServer
 
 _names = itertools.count()
-
-
-def free_port_pair() -> int:
-    """A port p with p and p+1 free on 127.0.0.1 (commands and observations)."""
-    for _ in range(50):
-        with socket.socket() as a:
-            a.bind(("127.0.0.1", 0))
-            port = a.getsockname()[1]
-            try:
-                with socket.socket() as b:
-                    b.bind(("127.0.0.1", port + 1))
-                    return port
-            except OSError:
-                continue
-    raise RuntimeError("no free port pair")
 
 
 # ------------------------------------------------------------------------------------------------ protocol
@@ -304,6 +289,10 @@ def test_robot_env_passes_check_env(task):
         _, _, terminated, _, info = env.step(np.full(env.action_space.shape, np.nan, np.float32))
         assert terminated and "client safety" in info["fault"] and "NONFINITE" in info["fault"]
         assert server.state == HOLD  # the client's mirror refused it and asked the server to hold
+        env.reset(seed=4)
+        far = np.full((30, env.action_space.shape[0]), 10.0)  # far outside: the client mirror aborts first
+        _, _, terminated, _, info = env.step_chunk(far)
+        assert terminated and "CLIPPING" in info["fault"] and server.state == HOLD
         with pytest.raises(SpecMismatch, match="action units differ"):
             RobotEnv(endpoint, action_units=["rad"] * ref.action_space.shape[0])
     finally:
@@ -425,3 +414,35 @@ def test_end_to_end_mujoco_subprocess_with_fault_relay():
         relay.close()
         server.kill()
         server.wait(5)
+
+
+# ------------------------------------------------------------------------------ planner protocol + CLI
+def test_diffuser_plan_chunk_inpaints_the_committed_prefix():
+    from tests.conftest import TINY_DIFFUSER
+
+    from diffplan.agents import AGENTS
+    from diffplan.config import load_config
+    from diffplan.envs import make_env
+
+    cfg = load_config(None, TINY_DIFFUSER)
+    env = make_env(cfg.task, seed=0)
+    policy = AGENTS["diffuser"].build(cfg, env.observation_space, env.action_space, None).policy
+    assert isinstance(policy, ChunkPlanner)
+    obs, _ = env.reset(seed=0)
+    committed = np.array([[0.5, -0.25], [0.1, 0.2], [-1.0, 1.0]], np.float32)
+    chunk = policy.plan_chunk(obs, committed)
+    assert chunk.shape == (cfg.horizon, 2) and np.all(np.isfinite(chunk))
+    np.testing.assert_array_equal(chunk[:3], committed)
+    assert policy.plan_chunk(obs, np.zeros((0, 2))).shape == (cfg.horizon, 2)
+    env.close()
+
+
+def test_cli_serve_and_deploy_refuse_bad_input(capsys, tmp_path):
+    from diffplan.cli import main
+
+    assert main(["serve", "--env", "mock", "--margin", "0.7"]) == 2
+    assert "safety margin must be in [0, 0.5)" in capsys.readouterr().err
+    assert main(["deploy", str(tmp_path / "missing"), "--robot", "tcp://127.0.0.1:1"]) == 2
+    assert "error" in capsys.readouterr().err
+    with pytest.raises(TypeError, match="does not implement plan_chunk"):
+        LatencyAwareRunner(object.__new__(RobotEnv), object())

@@ -47,7 +47,8 @@ def _write(result: dict[str, Any], out: str | None) -> dict[str, Any]:
     return result
 
 
-def _free_port_pair() -> int:
+def free_port_pair() -> int:
+    """A port p with p and p+1 free on 127.0.0.1 (commands and observations)."""
     for _ in range(50):
         with socket.socket() as a:
             a.bind(("127.0.0.1", 0))
@@ -64,7 +65,7 @@ def _free_port_pair() -> int:
 @contextmanager
 def served(env: str, hz: float, *extra: str):
     """A ``diffplan serve`` subprocess on 127.0.0.1; yields its command endpoint."""
-    port = _free_port_pair()
+    port = free_port_pair()
     proc = subprocess.Popen(
         [sys.executable, "-m", "diffplan.cli", "serve", "--env", env, "--port", str(port), "--hz", str(hz), *extra],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
@@ -104,17 +105,22 @@ def bench_rtt(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def bench_jitter(args: argparse.Namespace) -> dict[str, Any]:
-    from diffplan.envs.robot.client import RobotClient
+    from diffplan.envs.robot.client import RobotClient, RobotError
 
     results = []
     for hz in (50.0, 100.0):
-        with served(args.env, hz) as endpoint:
+        with served(args.env, hz, "--watchdog-ticks", "1000000") as endpoint:
             client = RobotClient(endpoint, timeout_s=2.0)
             spec = client.connect()
             client.request("RESET", {"seed": 0})
             end = time.monotonic() + args.seconds
+            resets = 0
             while time.monotonic() < end:  # keep the robot RUNNING: 10-tick chunks of the hold action
-                client.submit_chunk(np.tile(spec.hold_action, (10, 1)))
+                try:
+                    client.submit_chunk(np.tile(spec.hold_action, (10, 1)))
+                except RobotError:  # the episode ended (Hopper fell): start the next one
+                    client.request("RESET", {"seed": resets})
+                    resets += 1
                 time.sleep(5.0 / hz)
             t = client.telemetry()
             client.close()

@@ -230,7 +230,6 @@ class RobotEnv(gym.Env):
         self.observation_space = spec.observation_space
         self.action_space = gym.spaces.Box(spec.action_low.astype(np.float32), spec.action_high.astype(np.float32))
         self._return = 0.0
-        self._done = False
 
     def _unflatten(self, flat: np.ndarray) -> Any:
         return gym.spaces.unflatten(self.observation_space, flat)
@@ -238,7 +237,8 @@ class RobotEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict]:
         super().reset(seed=seed)
         reply = self.client.request(P.RESET, {"seed": seed} if seed is not None else {})
-        self._return, self._done = 0.0, False
+        self._return = 0.0
+        self.safety.reset()
         tick = int(reply.body["tick"])
         return self._unflatten(np.asarray(reply.body["obs"])), {"tick": tick, "state": reply.body["state"]}
 
@@ -250,9 +250,11 @@ class RobotEnv(gym.Env):
         if actions.dtype.kind == "f":
             actions = actions.astype(np.float64)
         try:
-            self.safety.check(actions)  # the client's mirror refuses before sending
+            _, report = self.safety.check(actions)  # the client's mirror refuses before sending
         except SafetyError as exc:
             return self._fault(f"client safety: {exc}", hold=True)
+        if report.abort:
+            return self._fault("client safety: CLIPPING: excessive clipping, episode aborted", hold=True)
         try:
             reply = self.client.submit_chunk(actions, base_tick)
         except RobotError as exc:
