@@ -293,8 +293,13 @@ def test_robot_env_passes_check_env(task):
         far = np.full((30, env.action_space.shape[0]), 10.0)  # far outside: the client mirror aborts first
         _, _, terminated, _, info = env.step_chunk(far)
         assert terminated and "CLIPPING" in info["fault"] and server.state == HOLD
-        with pytest.raises(SpecMismatch, match="action units differ"):
-            RobotEnv(endpoint, action_units=["rad"] * ref.action_space.shape[0])
+        with pytest.raises(RobotError, match="SPEC: client expects another robot: action units differ"):
+            RobotEnv(endpoint, action_units=["rad"] * ref.action_space.shape[0])  # refused by the server
+        client = RobotClient(endpoint)
+        spec = client.connect()
+        client.close()
+        with pytest.raises(SpecMismatch, match="action units differ"):  # and by the client's own check
+            check_spec(spec, action_units=["rad"] * ref.action_space.shape[0])
     finally:
         env.close()
         server.stop()
@@ -418,11 +423,10 @@ def test_end_to_end_mujoco_subprocess_with_fault_relay():
 
 # ------------------------------------------------------------------------------ planner protocol + CLI
 def test_diffuser_plan_chunk_inpaints_the_committed_prefix():
-    from tests.conftest import TINY_DIFFUSER
-
     from diffplan.agents import AGENTS
     from diffplan.config import load_config
     from diffplan.envs import make_env
+    from tests.conftest import TINY_DIFFUSER
 
     cfg = load_config(None, TINY_DIFFUSER)
     env = make_env(cfg.task, seed=0)

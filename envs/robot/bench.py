@@ -126,7 +126,7 @@ def bench_jitter(args: argparse.Namespace) -> dict[str, Any]:
             client.close()
         late = np.asarray(t["tick_lateness_s"])
         results.append({"hz": hz, "period_ms": 1000.0 / hz, "ticks": len(late), "overruns": int(t["overruns"]),
-                        "lateness": _stats_ms(late)})
+                        "episode_resets": resets, "lateness": _stats_ms(late)})
     return _write({"benchmark": "robot_jitter", "env": args.env, "seconds_per_rate": args.seconds,
                    "definition": "lateness = actual tick start - scheduled start (monotonic clock); overrun = a tick "
                    "more than one period late (missed periods are dropped, not caught up)",

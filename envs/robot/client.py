@@ -119,9 +119,11 @@ class RobotClient:
                 raise RobotError(str(reply.body.get("code")), str(reply.body.get("message")))
             return reply
 
-    def connect(self) -> RobotSpec:
+    def connect(self, expect: dict[str, Any] | None = None) -> RobotSpec:
+        """HELLO: open a session and get the robot's spec. ``expect`` (action_low, action_high, action_units)
+        lets the server check units and bounds too; a mismatch is refused with code SPEC."""
         self.session = ""
-        reply = self.request(P.HELLO)
+        reply = self.request(P.HELLO, {"expect": expect} if expect else None)
         self.session = str(reply.body["session"])
         self.spec = RobotSpec.from_wire(reply.body["spec"])
         self._last_obs_seq = -1
@@ -219,8 +221,14 @@ class RobotEnv(gym.Env):
         self.last_live: dict[str, Any] = {}
         self.client = RobotClient(endpoint, obs_endpoint=obs_endpoint, timeout_s=timeout_s,
                                   max_obs_lag_ticks=max_obs_lag_ticks)
+        expect: dict[str, Any] = {}
+        if action_space is not None:
+            expect.update(action_low=np.asarray(action_space.low, np.float64),
+                          action_high=np.asarray(action_space.high, np.float64))
+        if action_units is not None:
+            expect["action_units"] = list(action_units)
         try:
-            spec = self.client.connect()
+            spec = self.client.connect(expect)
             check_spec(spec, action_space, observation_space, action_units)
         except Exception:
             self.client.close()

@@ -30,13 +30,14 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+import gymnasium as gym
 import numpy as np
 import zmq
 
 from diffplan.envs.robot import protocol as P
 from diffplan.envs.robot.backends import RobotBackend, make_backend
 from diffplan.envs.robot.protocol import Envelope, ProtocolError, SeqGuard, VersionError
-from diffplan.envs.robot.safety import SafetyConfig, SafetyError, SafetyLayer
+from diffplan.envs.robot.safety import SafetyConfig, SafetyError, SafetyLayer, SpecMismatch, check_spec
 from diffplan.envs.robot.scheduler import ActionScheduler
 
 log = logging.getLogger("diffplan.robot")
@@ -189,7 +190,10 @@ class RobotServer:
             self._latch(HOLD, f"{exc.code}: {exc.message}")
             return self._error(None, exc.code, exc.message)
         if req.type == P.HELLO:
-            return self._hello(req)
+            try:
+                return self._hello(req)
+            except ProtocolError as exc:
+                return self._error(req, exc.code, exc.message)
         if req.session != self.session or not self.session:
             return self._error(req, P.E_SESSION, f"unknown session {req.session!r} (server restarted? send HELLO)")
         try:
@@ -206,6 +210,13 @@ class RobotServer:
             return self._error(req, exc.code, exc.message)
 
     def _hello(self, req: Envelope) -> bytes:
+        expect = req.body.get("expect")
+        if isinstance(expect, dict):  # the server checks the client's units and bounds too
+            try:
+                check_spec(self.spec, gym.spaces.Box(np.asarray(expect["action_low"]), np.asarray(expect["action_high"]))
+                           if "action_low" in expect else None, action_units=expect.get("action_units"))
+            except (SpecMismatch, KeyError, ValueError) as exc:
+                raise ProtocolError(P.E_SPEC, f"client expects another robot: {exc}") from None
         if self.state in (RUNNING, STARVED):
             self._latch(HOLD, "SESSION: a new client took over while running")
         self.session = P.new_session_id()
