@@ -352,7 +352,7 @@ def test_end_to_end_mujoco_subprocess_with_fault_relay():
         report = runner.run_episode(seed=5, max_ticks=60)
         assert report.fault == "" and report.ticks >= 60 and report.plans >= 5
         assert report.plan_ms_p50 >= 3000.0 / hz and report.lead_ticks >= 4  # plans ahead by the latency
-        assert report.starved_ticks <= 6, report  # only while the first plans calibrate the lead
+        assert report.starved_ticks <= 10, report  # only while the first plans calibrate the lead
 
         # Dropped chunk: the schedule runs out (STARVED, held), then the next chunk resumes smoothly.
         client = env.client
@@ -360,8 +360,11 @@ def test_end_to_end_mujoco_subprocess_with_fault_relay():
         relay.add("drop", type=P.CHUNK)
         with pytest.raises(RobotTimeout):
             client.submit_chunk(np.full((3, 2), 0.3), timeout_s=0.1)
-        client.heartbeat()
-        o = client.wait_obs(client.server_tick + 1)
+        for _ in range(30):  # the last plan's actions run out, nothing new arrived: held, STARVED
+            client.heartbeat()
+            o = client.wait_obs(client.server_tick + 1)
+            if o.state != RUNNING:
+                break
         assert o.state == STARVED
         before = client.server_tick
         relay.add("duplicate", type=P.CHUNK)  # the copy is refused as a stale sequence number
@@ -384,7 +387,17 @@ def test_end_to_end_mujoco_subprocess_with_fault_relay():
         assert np.all(jumps <= spec.safety.max_step * (spec.action_high - spec.action_low) + 1e-9)
         assert t["unsafe_blocked"] == 0 and t["clipped_actions"] >= 10
 
-        # Corrupted and wrong-version requests: refused, robot held.
+        # Delayed chunk: the part addressed to ticks that passed meanwhile is trimmed, the rest runs.
+        relay.add("delay", type=P.CHUNK, delay_s=0.1)
+        base = client.server_tick + 1
+        reply = client.submit_chunk(np.full((30, 2), 0.1), base)
+        assert reply.body["first"] > base + 2 and reply.body["last"] == base + 29
+        # Reordered observations: the client never goes back in time.
+        relay.add("reorder", direction="obs", count=3)
+        ticks = [client.wait_obs(client.server_tick + 1).tick for _ in range(4)]
+        assert ticks == sorted(set(ticks))
+
+        # Corrupted requests: refused, robot held.
         relay.add("corrupt", type=P.HEARTBEAT)
         with pytest.raises(RobotError, match="SCHEMA"):
             client.heartbeat()
