@@ -291,6 +291,42 @@ class DiffuserPolicy(Policy):
         state.t = state.t + 1
         return Batch(act=act, state=state)
 
+    # ----------------------------------------------------------------------------------------- chunk planning
+    @torch.inference_mode()
+    def plan_chunk(self, obs: Any, committed: np.ndarray) -> np.ndarray:
+        """Chunk-planning protocol of the robot bridge (:class:`diffplan.envs.robot.runner.ChunkPlanner`).
+
+        Args:
+            obs: one env observation: a dict with observation (O,) [and desired_goal (G,)], or an (O,) array.
+            committed: (k, A) actions already scheduled for the next k ticks; inpainted into the plan's first
+                k action slots, so the plan continues from what the robot will really do meanwhile.
+        Returns:
+            (H, A) planned actions in env units for the next H ticks; rows :k equal ``committed``.
+        """
+        batch = {key: np.asarray(v)[None] for key, v in obs.items()} if isinstance(obs, dict) else np.asarray(obs)[None]
+        o, goal = observation_arrays(batch)  # (1, O), (1, G) | None
+        A, H = self.act_dim, self.cfg.horizon
+        k = min(len(committed), H)
+        device = next(self.model.parameters()).device
+        values = torch.zeros(1, H, A + self.obs_dim, device=device)
+        mask = torch.zeros_like(values, dtype=torch.bool)
+        values[:, 0, A:], mask[:, 0, A:] = self.obs_norm.normalize(torch.as_tensor(o, device=device)), True
+        if k:
+            prefix = torch.as_tensor(np.asarray(committed[:k], np.float32), device=device)
+            values[0, :k, :A], mask[0, :k, :A] = self.act_norm.normalize(prefix), True
+        if goal is not None and self.cfg.goal_conditioned:
+            target = torch.as_tensor(self.goal_state(goal), device=device)
+            values[:, -1, A:], mask[:, -1, A:] = self.obs_norm.normalize(target), True
+        with self.latency.time(1):
+            x = sample(
+                self.ema.model, self.sampling_scheduler, values.shape,
+                cond=self.condition_vector(values) if self.cfg.embed_conditions else None,
+                inpaint=Inpaint(mask, values), generator=self.generator, device=device,
+            )
+        actions = self.act_norm.unnormalize(x[0, :, :A]).cpu().numpy()
+        actions[:k] = committed[:k]  # exact, not normalize/unnormalize round-tripped
+        return actions.astype(np.float32)
+
 
 @dataclass(kw_only=True)
 class DiffuserTrainingStats(TrainingStats):

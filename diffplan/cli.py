@@ -1,4 +1,4 @@
-"""The ``diffplan`` command: data, train, eval, quickstart, bench.
+"""The ``diffplan`` command: data, train, eval, quickstart, bench, serve, deploy.
 
 Examples::
 
@@ -8,6 +8,8 @@ Examples::
     diffplan train configs/diffuser/pointmaze-umaze.yaml train_steps=20000 seed=1
     diffplan train --resume runs/diffuser-pointmaze-umaze-s0-...
     diffplan eval runs/diffuser-pointmaze-umaze-s0-... --episodes 100
+    diffplan serve --env Hopper-v5 --port 5555 --hz 50
+    diffplan deploy runs/quickstart --robot tcp://127.0.0.1:5555
 """
 
 from __future__ import annotations
@@ -156,6 +158,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from diffplan.envs.robot.cli import serve_command
+
+    return serve_command(args)
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from diffplan.envs.robot.cli import deploy_command
+
+    return deploy_command(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diffplan", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -204,6 +218,27 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=50)
     bench.add_argument("--out", default=None, help="JSON file to write")
     bench.set_defaults(func=cmd_bench)
+
+    # The real-robot bridge (needs the 'robot' extra); handlers import it only when run.
+    serve = sub.add_parser("serve", help="serve a MuJoCo env (or a robot backend) as a robot over ZeroMQ")
+    serve.add_argument("--env", required=True, help="task name or gymnasium MuJoCo id (Hopper-v5), or 'mock'")
+    serve.add_argument("--port", type=int, default=5555, help="command port; observations on port+1")
+    serve.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0: all)")
+    serve.add_argument("--hz", type=float, default=50.0, help="control rate (ticks per second)")
+    serve.add_argument("--watchdog-ticks", type=int, default=5, help="silent ticks before the server holds")
+    serve.add_argument("--margin", type=float, default=0.02, help="bound margin, fraction of each range")
+    serve.add_argument("--max-step", type=float, default=0.25, help="rate limit per tick, fraction of range")
+    serve.add_argument("--seed", type=int, default=0)
+    serve.set_defaults(func=cmd_serve)
+    deploy = sub.add_parser("deploy", help="drive a served robot with a trained chunk planner")
+    deploy.add_argument("run_dir")
+    deploy.add_argument("overrides", nargs="*", help="key=value overrides of execution settings")
+    deploy.add_argument("--robot", required=True, help="tcp://host:port of `diffplan serve`")
+    deploy.add_argument("--episodes", type=int, default=1)
+    deploy.add_argument("--seed", type=int, default=0)
+    deploy.add_argument("--execute-ticks", type=int, default=8, help="new actions per plan (at least the lead)")
+    deploy.add_argument("--timeout", type=float, default=1.0, help="deadline of every request (s)")
+    deploy.set_defaults(func=cmd_deploy)
     return parser
 
 

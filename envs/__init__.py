@@ -7,8 +7,12 @@ protocol of :mod:`diffplan.envs.maze`; any other name is passed to ``gymnasium.m
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import gymnasium as gym
-from tianshou.env import BaseVectorEnv, DummyVectorEnv, SubprocVectorEnv
+
+if TYPE_CHECKING:  # imported where used: a robot server (diffplan.envs.robot) starts without torch/tianshou
+    from tianshou.env import BaseVectorEnv
 
 
 def is_maze_task(task: str) -> bool:
@@ -33,6 +37,8 @@ def make_env(task: str, seed: int = 0) -> gym.Env:
 
 def make_vector_env(task: str, n: int, seed: int = 0, subproc: bool = False) -> BaseVectorEnv:
     """``n`` envs in a Tianshou vector env (Dummy by default: PointMaze steps are cheaper than a process hop)."""
+    from tianshou.env import DummyVectorEnv, SubprocVectorEnv
+
     if is_maze_task(task):
         from diffplan.envs.maze import make_maze_vector_env
 
