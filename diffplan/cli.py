@@ -198,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("overrides", nargs="*")
     bench.add_argument("--episodes", type=int, default=50)
     bench.add_argument("--repeats", type=int, default=50)
+    bench.add_argument("--steps", type=int, default=300, help="env steps timed for the decision latency (plan)")
     bench.add_argument("--out", default=None, help="JSON file to write")
     bench.set_defaults(func=cmd_bench)
     return parser
