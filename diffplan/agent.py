@@ -42,7 +42,9 @@ class Agent:
 
 
 class WindowSampler:
-    """Serves trajectory windows of a :class:`~diffplan.data.SequenceDataset` to ``Algorithm.update``.
+    """Serves trajectory windows of a :class:`~diffplan.data.SequenceDataset` (or samples of any dataset with
+    ``sample(n, generator) -> dict`` holding ``indices``, e.g. a :class:`~diffplan.data.TransitionDataset`) to
+    ``Algorithm.update``.
 
     Tianshou's offline update samples ``buffer.sample(n)``; a ``ReplayBuffer`` would have to rebuild H-step
     windows with H python-level ``buffer.next`` calls per batch, while the SequenceDataset gathers them in one

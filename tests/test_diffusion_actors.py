@@ -264,6 +264,7 @@ def test_goal_conditioned_policy_without_goal_is_refused(tiny_maze_dataset):
 def tiny_hopper_dataset(tmp_path_factory) -> str:
     """Random Hopper-v5 rollouts (about 300 steps) as a Minari dataset on disk; returns its path."""
     import os
+    import warnings
 
     import minari
     from minari.data_collector import EpisodeBuffer
@@ -292,10 +293,12 @@ def tiny_hopper_dataset(tmp_path_factory) -> str:
                 infos={},
             ))
             steps, e = steps + len(actions), e + 1
-        minari.create_dataset_from_buffers(
-            "test/hopper-random-v0", buffers, env=env, algorithm_name="random", ref_min_score=0.0,
-            ref_max_score=100.0,
-        )
+        with warnings.catch_warnings():  # minari warns about every unset optional field (author email, ...)
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"minari\..*")
+            minari.create_dataset_from_buffers(
+                "test/hopper-random-v0", buffers, env=env, eval_env=env, algorithm_name="random",
+                ref_min_score=0.0, ref_max_score=100.0,
+            )
         env.close()
     finally:
         if old is None:
