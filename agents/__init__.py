@@ -12,6 +12,9 @@ from types import ModuleType
 
 _MODULES: dict[str, str] = {
     "diffuser": "diffplan.agents.diffuser",
+    "diffusion_bc": "diffplan.agents.diffusion_bc",
+    "diffusion_ql": "diffplan.agents.diffusion_ql",
+    "idql": "diffplan.agents.idql",
 }
 
 

@@ -1,6 +1,8 @@
 """Benchmarks behind ``diffplan bench``; each writes a JSON result (never run by the tests).
 
-* ``plan <run>``: planning latency at batch 1 (median ms per replan) on evaluation states.
+* ``plan <run>``: planning latency at batch 1 (median ms per replan) on evaluation states, and the decision
+  latency: ms per ``policy(obs, state)`` call (one env step, batch 1) along ``--steps`` steps of a real episode,
+  which for chunk-executing or replan-every-k agents includes the calls that only read a cached plan.
 * ``train <config> [k=v]``: gradient steps per second of a config on this machine.
 * ``curve <run> [<run> ...]``: the learning curves kept in each run's ``results.json`` (score and success vs
   training minutes and gradient steps) as one JSON file and a PNG beside it.
@@ -66,16 +68,17 @@ def bench_plan(args: argparse.Namespace) -> dict[str, Any]:
     policy.reseed(0)
     for i in range(args.repeats + 3):
         obs, _ = env.reset(seed=i)
-        observation = np.asarray(obs["observation"], np.float32)[None]
-        goal = np.asarray(obs["desired_goal"], np.float32)[None] if "desired_goal" in obs else None
+        observation, goal = observation_arrays(Batch(obs=_as_batch(obs)).obs)
         t0 = time.perf_counter()
         policy.plan(observation, goal)
         if i >= 3:  # warm-up calls excluded
             times.append((time.perf_counter() - t0) * 1000)
+    decision_ms = _decision_latency(policy, env, getattr(args, "steps", 300))
     env.close()
     cfg = exp.cfg
     result = {
         "benchmark": "plan",
+        "agent": cfg.agent,
         "run": str(args.path),
         "horizon": getattr(cfg, "horizon", None),
         "sampling_steps": getattr(cfg, "sampling_steps", None),
@@ -83,9 +86,40 @@ def bench_plan(args: argparse.Namespace) -> dict[str, Any]:
         "repeats": len(times),
         "plan_ms_median": float(np.median(times)),
         "plan_ms_p90": float(np.percentile(times, 90)),
+        "decision_steps": len(decision_ms),
+        "decision_ms_median": float(np.median(decision_ms)),
+        "decision_ms_mean": float(np.mean(decision_ms)),
+        "decision_ms_p90": float(np.percentile(decision_ms, 90)),
         **_machine(),
     }
     return _write(result, args.out)
+
+
+def _as_batch(obs: Any) -> Any:
+    """One env observation with a leading batch dim, as the Collector passes it (Dict -> Batch)."""
+    if isinstance(obs, dict):
+        return Batch({k: np.asarray(v)[None] for k, v in obs.items()})
+    return np.asarray(obs)[None]
+
+
+def _decision_latency(policy: Policy, env: Any, steps: int) -> list[float]:
+    """ms of each ``policy(batch, state)`` call along ``steps`` env steps at batch 1 (episodes restart as needed).
+
+    The observation is wrapped like the Collector does (a Batch of the Dict observation, leading batch dim).
+    """
+    policy.eval()
+    times: list[float] = []
+    state, (obs, _) = None, env.reset(seed=0)
+    for _ in range(steps):
+        batch = Batch(obs=_as_batch(obs))
+        t0 = time.perf_counter()
+        out = policy(batch, state)
+        times.append((time.perf_counter() - t0) * 1000)
+        state = out.get("state", None)
+        obs, _, terminated, truncated, _ = env.step(np.asarray(out.act)[0])
+        if terminated or truncated:
+            state, (obs, _) = None, env.reset()
+    return times
 
 
 def bench_train(args: argparse.Namespace) -> dict[str, Any]:

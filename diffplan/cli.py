@@ -216,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("overrides", nargs="*", help="key=value overrides (curve: more run directories)")
     bench.add_argument("--episodes", type=int, default=50)
     bench.add_argument("--repeats", type=int, default=50)
+    bench.add_argument("--steps", type=int, default=300, help="env steps timed for the decision latency (plan)")
     bench.add_argument("--out", default=None, help="JSON file to write")
     bench.set_defaults(func=cmd_bench)
 

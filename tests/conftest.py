@@ -68,3 +68,32 @@ TINY_DIFFUSER = [
     "torch_threads=1",
 ]
 """Overrides that make the Diffuser agent tiny enough for unit tests."""
+
+_TINY_COMMON = [
+    "task=pointmaze-umaze",
+    "batch_size=8",
+    "train_steps=6",
+    "eval_every=0",
+    "checkpoint_every=0",
+    "log_every=2",
+    "eval_episodes=2",
+    "eval_envs=2",
+    "final_eval_episodes=2",
+    "ema_start=2",
+    "ema_every=1",
+    "torch_threads=1",
+    "hidden=16",
+    "depth=2",
+]
+
+TINY_DIFFUSION_BC = [
+    "agent=diffusion_bc", *_TINY_COMMON, "chunk=4", "execute_steps=2", "diffusion_steps=10", "sampling_steps=3",
+    "time_dim=8",
+]
+"""Overrides that make the diffusion BC agent tiny enough for unit tests."""
+
+TINY_DIFFUSION_QL = ["agent=diffusion_ql", *_TINY_COMMON, "n_candidates=4", "time_dim=8"]
+"""Overrides that make the Diffusion-QL agent tiny enough for unit tests."""
+
+TINY_IDQL = ["agent=idql", *TINY_DIFFUSION_QL[1:]]
+"""Overrides that make the IDQL agent tiny enough for unit tests."""

@@ -20,9 +20,14 @@ from diffplan.data import load_episodes
 from diffplan.envs import make_env, make_vector_env
 from diffplan.envs.maze import make_maze_env
 
-from .conftest import TINY_DIFFUSER
+from .conftest import TINY_DIFFUSER, TINY_DIFFUSION_BC, TINY_DIFFUSION_QL, TINY_IDQL
 
-TINY = {"diffuser": TINY_DIFFUSER}
+TINY = {
+    "diffuser": TINY_DIFFUSER,
+    "diffusion_bc": TINY_DIFFUSION_BC,
+    "diffusion_ql": TINY_DIFFUSION_QL,
+    "idql": TINY_IDQL,
+}
 
 
 def _build(name, dataset, extra=()):

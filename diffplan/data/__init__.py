@@ -11,6 +11,7 @@ from diffplan.data.normalizer import (
 )
 from diffplan.data.sequences import SequenceDataset, discounted_returns_to_go
 from diffplan.data.sources import load_d4rl, load_episodes, load_minari, minari_root
+from diffplan.data.transitions import TransitionDataset
 
 __all__ = [
     "D4RL_REF_SCORES",
@@ -21,6 +22,7 @@ __all__ = [
     "LimitsNormalizer",
     "Normalizer",
     "SequenceDataset",
+    "TransitionDataset",
     "d4rl_ref_scores",
     "discounted_returns_to_go",
     "load_d4rl",

@@ -18,6 +18,7 @@ from diffplan.diffusion.schedules import (
     cosine_beta_schedule,
     linear_beta_schedule,
     make_betas,
+    vp_beta_schedule,
 )
 
 __all__ = [
@@ -41,4 +42,5 @@ __all__ = [
     "make_scheduler",
     "randn_tensor",
     "sample",
+    "vp_beta_schedule",
 ]

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["BETA_SCHEDULES", "cosine_beta_schedule", "linear_beta_schedule", "make_betas"]
+__all__ = ["BETA_SCHEDULES", "cosine_beta_schedule", "linear_beta_schedule", "make_betas", "vp_beta_schedule"]
 
 
 def linear_beta_schedule(n: int, beta_start: float = 1e-4, beta_end: float = 2e-2) -> torch.Tensor:
@@ -38,9 +38,26 @@ def cosine_beta_schedule(n: int, s: float = 0.008) -> torch.Tensor:
     return betas.clamp(min=0.0, max=0.999)
 
 
+def vp_beta_schedule(n: int, beta_min: float = 0.1, beta_max: float = 10.0) -> torch.Tensor:
+    """Discretized variance-preserving SDE (Song et al., 2021, eq. 11 with beta(s) linear from beta_min to
+    beta_max on s in [0, 1]), the schedule Diffusion-QL and IDQL use with very few steps. Returns (n,) float64.
+
+    beta_t = 1 - exp(-beta_min / n - (beta_max - beta_min) (2t - 1) / (2 n^2)), t = 1..n: the exact one-step
+    decay of the SDE over [(t-1)/n, t/n]. With n = 5 the last a_bar is exp(-5.05) ~ 0.0064, so five steps
+    still end near pure noise, which a linear schedule of 5 steps does not.
+    """
+    _check_n(n)
+    if not 0.0 < beta_min <= beta_max:
+        raise ValueError(f"need 0 < beta_min <= beta_max, got {beta_min=}, {beta_max=}")
+    t = torch.arange(1, n + 1, dtype=torch.float64)
+    alphas = torch.exp(-beta_min / n - 0.5 * (beta_max - beta_min) * (2 * t - 1) / n**2)
+    return 1.0 - alphas
+
+
 BETA_SCHEDULES: dict[str, Callable[[int], torch.Tensor]] = {
     "linear": linear_beta_schedule,
     "cosine": cosine_beta_schedule,
+    "vp": vp_beta_schedule,
 }
 """Schedule name -> ``f(n) -> betas (n,)``; :func:`make_betas` picks from here."""
 

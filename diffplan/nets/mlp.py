@@ -6,23 +6,28 @@ import torch
 from torch import nn
 
 from diffplan.nets.embeddings import SinusoidalPosEmb
+from diffplan.nets.temporal_unet import _activation
 
 __all__ = ["MLP", "MLPDenoiser"]
 
 
 class MLP(nn.Sequential):
-    """``depth`` hidden layers (Linear + Mish) of width ``hidden``, then a Linear to ``out_dim``.
+    """``depth`` hidden layers (Linear + activation, Mish by default) of width ``hidden``, then a Linear to
+    ``out_dim``.
 
-    (B, in_dim) -> (B, out_dim); depth = 0 is a single Linear.
+    (B, in_dim) -> (B, out_dim); depth = 0 is a single Linear. ``activation``: mish | silu | gelu (SiLU is
+    several times faster than PyTorch's CPU Mish, forward and backward).
     """
 
-    def __init__(self, in_dim: int, out_dim: int, hidden: int = 256, depth: int = 2) -> None:
+    def __init__(
+        self, in_dim: int, out_dim: int, hidden: int = 256, depth: int = 2, activation: str = "mish"
+    ) -> None:
         if depth < 0:
             raise ValueError(f"depth must be >= 0, got {depth}")
         layers: list[nn.Module] = []
         width = in_dim
         for _ in range(depth):
-            layers += [nn.Linear(width, hidden), nn.Mish()]
+            layers += [nn.Linear(width, hidden), _activation(activation)]
             width = hidden
         layers.append(nn.Linear(width, out_dim))
         super().__init__(*layers)
@@ -38,17 +43,23 @@ class MLPDenoiser(nn.Module):
     """
 
     def __init__(
-        self, x_dim: int, cond_dim: int = 0, hidden: int = 256, depth: int = 3, time_dim: int = 32
+        self,
+        x_dim: int,
+        cond_dim: int = 0,
+        hidden: int = 256,
+        depth: int = 3,
+        time_dim: int = 32,
+        activation: str = "mish",
     ) -> None:
         super().__init__()
         self.x_dim, self.cond_dim = x_dim, cond_dim
         self.time_mlp = nn.Sequential(
             SinusoidalPosEmb(time_dim),
             nn.Linear(time_dim, 2 * time_dim),
-            nn.Mish(),
+            _activation(activation),
             nn.Linear(2 * time_dim, time_dim),
         )
-        self.net = MLP(x_dim + time_dim + cond_dim, x_dim, hidden, depth)
+        self.net = MLP(x_dim + time_dim + cond_dim, x_dim, hidden, depth, activation)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         B = x.shape[0]
