@@ -83,8 +83,12 @@ def evaluate(
     seed: int = 0,
     ref_min: float | None = None,
     ref_max: float | None = None,
+    max_episode_steps: int = 1000,
 ) -> EvalResult:
     """Run ``n_episodes`` through a Tianshou Collector over ``make_venv(n_envs, seed)``.
+
+    ``max_episode_steps`` must cover the longest episode: the Collector reads each episode's length and its
+    ``info["success"]`` back from the buffer, so a shorter per-env buffer silently truncates both.
 
     A fresh vector env with the same seed gives every evaluation the same start/goal pairs, and the policy's
     planning noise is reseeded, so two evaluations of the same weights agree exactly.
@@ -97,8 +101,7 @@ def evaluate(
         latency: LatencyTracker | None = getattr(policy, "latency", None)
         if latency is not None:
             latency.clear()
-        # The buffer only has to exist; a planner's state is copied into it every step, so keep it small.
-        buffer = VectorReplayBuffer(64 * n_envs, n_envs)
+        buffer = VectorReplayBuffer((max_episode_steps + 1) * n_envs, n_envs)
         collector = Collector(policy, venv, buffer, collect_stats_class=SuccessStats)
         start = time.perf_counter()
         collector.reset()

@@ -248,3 +248,18 @@ def test_plot_plans_and_figure_to_array():
     assert img.std() > 0  # something was drawn
     one = figure_to_array(plot_plans("pointmaze-large", plans[0]))
     assert one.shape[2] == 3
+
+
+def test_evaluate_sees_whole_episodes():
+    """Lengths and success come from the whole episode, not from the tail a small buffer would keep."""
+    from diffplan.bench import GoToGoalPolicy
+    from diffplan.evaluation import evaluate
+
+    space = make_maze_vector_env("pointmaze-umaze", 1).action_space[0]
+    result = evaluate(
+        GoToGoalPolicy(space), lambda n, s: make_maze_vector_env("pointmaze-umaze", n, s), 4, n_envs=2, seed=3,
+        ref_min=0.0, ref_max=300.0,
+    )
+    assert np.all(result.lengths == 300)
+    # reward is 1 per step inside the goal radius, so "reached the goal at some step" == "return > 0"
+    np.testing.assert_array_equal(result.successes, result.returns > 0)
