@@ -20,9 +20,9 @@ from diffplan.data import load_episodes
 from diffplan.envs import make_env, make_vector_env
 from diffplan.envs.maze import make_maze_env
 
-from .conftest import TINY_DIFFUSER
+from .conftest import TINY_DIFFUSER, tiny_baseline
 
-TINY = {"diffuser": TINY_DIFFUSER}
+TINY = {"diffuser": TINY_DIFFUSER, **{name: tiny_baseline(name) for name in ("bc", "td3bc", "cql")}}
 
 
 def _build(name, dataset, extra=()):

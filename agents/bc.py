@@ -1,0 +1,59 @@
+"""Behaviour cloning: Tianshou's ``OfflineImitationLearning`` (MSE regression of dataset actions).
+
+The learning is Tianshou's; this file chooses the network (a 256x256 MLP with a tanh head, observations
+standardised with the dataset's mean/std as in CORL's BC) and plugs it into diffplan's build contract. It is the
+floor every offline agent is compared against.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gymnasium as gym
+import torch
+from tianshou.algorithm.imitation.imitation_base import ImitationPolicy, OfflineImitationLearning
+from tianshou.algorithm.optim import AdamOptimizerFactory
+from tianshou.utils.net.continuous import ContinuousActorDeterministic
+
+from diffplan.agent import Agent
+from diffplan.data import Episodes
+from diffplan.offline_rl import (
+    BaselineConfig,
+    BaselinePolicyMixin,
+    episodes_to_buffer,
+    flat_obs_dim,
+    input_net,
+    obs_normalizer,
+)
+
+
+@dataclass
+class BCConfig(BaselineConfig):
+    """Behaviour cloning (CORL's BC settings: 256x256, Adam 3e-4, batch 256, normalised states)."""
+
+    agent: str = "bc"
+
+
+class BCPolicy(BaselinePolicyMixin, ImitationPolicy):
+    """Tianshou's imitation policy: ``act = tanh(MLP(normalise(obs)))``, (B, A)."""
+
+
+CONFIG = BCConfig
+
+
+def build(
+    cfg: BCConfig, observation_space: gym.Space, action_space: gym.spaces.Box, episodes: Episodes | None = None
+) -> Agent:
+    """Build BC; ``episodes=None`` builds an empty shell to load weights into."""
+    torch.manual_seed(cfg.seed)
+    if episodes is not None:
+        episodes.check_spaces(observation_space, action_space)
+    obs_dim, act_dim = flat_obs_dim(observation_space), int(action_space.shape[0])
+    norm = obs_normalizer(episodes, obs_dim, cfg.normalize_obs)
+    actor = ContinuousActorDeterministic(
+        preprocess_net=input_net(obs_dim, cfg.hidden, norm), action_shape=act_dim, max_action=1.0
+    ).to(cfg.device)
+    policy = BCPolicy(actor=actor, action_space=action_space, observation_space=observation_space)
+    algorithm = OfflineImitationLearning(policy=policy, optim=AdamOptimizerFactory(lr=cfg.lr))
+    algorithm.generator = torch.Generator().manual_seed(cfg.seed)  # the runner checkpoints it
+    return Agent(policy, algorithm, None if episodes is None else episodes_to_buffer(episodes))
