@@ -550,11 +550,12 @@ def _part_episodes(env: str, kind: str, steps: int | None, seed: int, n_envs: in
             import minari
 
             ds = minari.load_dataset(dataset_id)
+            ids = list(ds.episode_indices)
+            seeds = [m.get("seed", -1) for m in ds.storage.get_episode_metadata(ids)]
             return [
                 {"observations": ep.observations, "actions": ep.actions, "rewards": ep.rewards,
-                 "terminations": ep.terminations, "truncations": ep.truncations,
-                 "seed": -1 if ep.seed is None else int(ep.seed)}
-                for ep in ds.iterate_episodes()
+                 "terminations": ep.terminations, "truncations": ep.truncations, "seed": int(seed)}
+                for ep, seed in zip(ds.iterate_episodes(ids), seeds, strict=True)
             ]
     n = steps if steps is not None else DEFAULT_STEPS
     return rollout(env, actor_sampler(load_actor(env, kind, policy_dir)), n, seed, n_envs, progress,
@@ -618,9 +619,12 @@ def _normalize_steps(steps: int | None) -> int | None:
 
 
 def dataset_id_for(task: str, steps: int | None = None) -> str:
-    """``diffplan/<task>[-<N>k]-v0``: no size suffix at the default (D4RL) size."""
+    """``diffplan/<task>[-<N>k]-v0``: no size suffix at the default (D4RL) size; ``-<N>steps`` for sizes that
+    are not whole thousands (tests, quick looks)."""
     from diffplan.run import recipe_dataset_id
 
+    if steps is not None and steps % 1000:
+        return f"diffplan/{task}-{steps}steps-v0"
     return recipe_dataset_id(task, steps if steps is not None else DEFAULT_STEPS)
 
 
