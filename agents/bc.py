@@ -10,21 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import gymnasium as gym
-import torch
 from tianshou.algorithm.imitation.imitation_base import ImitationPolicy, OfflineImitationLearning
 from tianshou.algorithm.optim import AdamOptimizerFactory
 from tianshou.utils.net.continuous import ContinuousActorDeterministic
 
 from diffplan.agent import Agent
 from diffplan.data import Episodes
-from diffplan.offline_rl import (
-    BaselineConfig,
-    BaselinePolicyMixin,
-    episodes_to_buffer,
-    flat_obs_dim,
-    input_net,
-    obs_normalizer,
-)
+from diffplan.offline_rl import BaselineConfig, BaselinePolicyMixin, finish, input_net, prepare
 
 
 @dataclass
@@ -45,15 +37,9 @@ def build(
     cfg: BCConfig, observation_space: gym.Space, action_space: gym.spaces.Box, episodes: Episodes | None = None
 ) -> Agent:
     """Build BC; ``episodes=None`` builds an empty shell to load weights into."""
-    torch.manual_seed(cfg.seed)
-    if episodes is not None:
-        episodes.check_spaces(observation_space, action_space)
-    obs_dim, act_dim = flat_obs_dim(observation_space), int(action_space.shape[0])
-    norm = obs_normalizer(episodes, obs_dim, cfg.normalize_obs)
+    obs_dim, act_dim, norm = prepare(cfg, observation_space, action_space, episodes)
     actor = ContinuousActorDeterministic(
         preprocess_net=input_net(obs_dim, cfg.hidden, norm), action_shape=act_dim, max_action=1.0
-    ).to(cfg.device)
+    )
     policy = BCPolicy(actor=actor, action_space=action_space, observation_space=observation_space)
-    algorithm = OfflineImitationLearning(policy=policy, optim=AdamOptimizerFactory(lr=cfg.lr))
-    algorithm.generator = torch.Generator().manual_seed(cfg.seed)  # the runner checkpoints it
-    return Agent(policy, algorithm, None if episodes is None else episodes_to_buffer(episodes))
+    return finish(OfflineImitationLearning(policy=policy, optim=AdamOptimizerFactory(lr=cfg.lr)), cfg, episodes)

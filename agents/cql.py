@@ -12,11 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import gymnasium as gym
-import torch
 from tianshou.algorithm import CQL
-from tianshou.algorithm.modelfree.sac import AutoAlpha, SACPolicy
+from tianshou.algorithm.modelfree.sac import SACPolicy
 from tianshou.algorithm.optim import AdamOptimizerFactory
-from tianshou.utils.net.continuous import ContinuousActorProbabilistic, ContinuousCritic
+from tianshou.utils.net.continuous import ContinuousActorProbabilistic
 
 from diffplan.agent import Agent
 from diffplan.data import Episodes
@@ -24,10 +23,11 @@ from diffplan.offline_rl import (
     BaselineConfig,
     BaselinePolicyMixin,
     TDLossMixin,
-    episodes_to_buffer,
-    flat_obs_dim,
+    auto_alpha,
+    finish,
     input_net,
-    obs_normalizer,
+    prepare,
+    twin_critics,
 )
 
 
@@ -71,32 +71,21 @@ def build(
     cfg: CQLConfig, observation_space: gym.Space, action_space: gym.spaces.Box, episodes: Episodes | None = None
 ) -> Agent:
     """Build CQL; ``episodes=None`` builds an empty shell to load weights into."""
-    torch.manual_seed(cfg.seed)
-    if episodes is not None:
-        episodes.check_spaces(observation_space, action_space)
-    obs_dim, act_dim = flat_obs_dim(observation_space), int(action_space.shape[0])
-    norm = obs_normalizer(episodes, obs_dim, cfg.normalize_obs)
+    obs_dim, act_dim, norm = prepare(cfg, observation_space, action_space, episodes)
     actor = ContinuousActorProbabilistic(
         preprocess_net=input_net(obs_dim, cfg.hidden, norm), action_shape=act_dim, unbounded=True,
         conditioned_sigma=True,
     )
     policy = CQLPolicy(actor=actor, action_space=action_space, observation_space=observation_space)
-
-    def critic() -> ContinuousCritic:
-        return ContinuousCritic(preprocess_net=input_net(obs_dim, cfg.hidden, norm, act_dim))
-
     algorithm = CQLAlgorithm(
         policy=policy,
         policy_optim=AdamOptimizerFactory(lr=cfg.actor_lr),
-        critic=critic(),
-        critic_optim=AdamOptimizerFactory(lr=cfg.lr),
-        critic2=critic(),
-        critic2_optim=AdamOptimizerFactory(lr=cfg.lr),
+        **twin_critics(obs_dim, act_dim, cfg.hidden, cfg.lr, norm),
         cql_alpha_lr=cfg.cql_alpha_lr,
         cql_weight=cfg.cql_weight,
         tau=cfg.tau,
         gamma=cfg.gamma,
-        alpha=AutoAlpha(target_entropy=-float(act_dim), log_alpha=0.0, optim=AdamOptimizerFactory(lr=cfg.alpha_lr)),
+        alpha=auto_alpha(act_dim, cfg.alpha_lr),
         temperature=cfg.temperature,
         with_lagrange=cfg.with_lagrange,
         lagrange_threshold=cfg.lagrange_threshold,
@@ -104,10 +93,5 @@ def build(
         max_action=float(action_space.high.max()),
         num_repeat_actions=cfg.num_repeat_actions,
         calibrated=cfg.calibrated,
-    ).to(cfg.device)
-    algorithm.generator = torch.Generator().manual_seed(cfg.seed)  # the runner checkpoints it
-    buffer = None
-    if episodes is not None:
-        # Tianshou's trainer calls process_buffer once; diffplan's runner samples the buffer directly.
-        buffer = algorithm.process_buffer(episodes_to_buffer(episodes))
-    return Agent(policy, algorithm, buffer)
+    )
+    return finish(algorithm, cfg, episodes)

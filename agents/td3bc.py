@@ -10,11 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import gymnasium as gym
-import torch
 from tianshou.algorithm import TD3BC
 from tianshou.algorithm.modelfree.ddpg import ContinuousDeterministicPolicy
 from tianshou.algorithm.optim import AdamOptimizerFactory
-from tianshou.utils.net.continuous import ContinuousActorDeterministic, ContinuousCritic
+from tianshou.utils.net.continuous import ContinuousActorDeterministic
 
 from diffplan.agent import Agent
 from diffplan.data import Episodes
@@ -22,10 +21,10 @@ from diffplan.offline_rl import (
     BaselineConfig,
     BaselinePolicyMixin,
     TDLossMixin,
-    episodes_to_buffer,
-    flat_obs_dim,
+    finish,
     input_net,
-    obs_normalizer,
+    prepare,
+    twin_critics,
 )
 
 
@@ -59,32 +58,20 @@ def build(
     cfg: TD3BCConfig, observation_space: gym.Space, action_space: gym.spaces.Box, episodes: Episodes | None = None
 ) -> Agent:
     """Build TD3+BC; ``episodes=None`` builds an empty shell to load weights into."""
-    torch.manual_seed(cfg.seed)
-    if episodes is not None:
-        episodes.check_spaces(observation_space, action_space)
-    obs_dim, act_dim = flat_obs_dim(observation_space), int(action_space.shape[0])
-    norm = obs_normalizer(episodes, obs_dim, cfg.normalize_obs)
+    obs_dim, act_dim, norm = prepare(cfg, observation_space, action_space, episodes)
     actor = ContinuousActorDeterministic(
         preprocess_net=input_net(obs_dim, cfg.hidden, norm), action_shape=act_dim, max_action=1.0
     )
     policy = TD3BCPolicy(actor=actor, action_space=action_space, observation_space=observation_space)
-
-    def critic() -> ContinuousCritic:
-        return ContinuousCritic(preprocess_net=input_net(obs_dim, cfg.hidden, norm, act_dim))
-
     algorithm = TD3BCAlgorithm(
         policy=policy,
         policy_optim=AdamOptimizerFactory(lr=cfg.lr),
-        critic=critic(),
-        critic_optim=AdamOptimizerFactory(lr=cfg.lr),
-        critic2=critic(),
-        critic2_optim=AdamOptimizerFactory(lr=cfg.lr),
+        **twin_critics(obs_dim, act_dim, cfg.hidden, cfg.lr, norm),
         tau=cfg.tau,
         gamma=cfg.gamma,
         policy_noise=cfg.policy_noise,
         update_actor_freq=cfg.update_actor_freq,
         noise_clip=cfg.noise_clip,
         alpha=cfg.alpha,
-    ).to(cfg.device)
-    algorithm.generator = torch.Generator().manual_seed(cfg.seed)  # the runner checkpoints it
-    return Agent(policy, algorithm, None if episodes is None else episodes_to_buffer(episodes))
+    )
+    return finish(algorithm, cfg, episodes)

@@ -75,7 +75,14 @@ def _make_locomotion(args: argparse.Namespace, env: str) -> int:
         locomotion.retrain(env)
     start = time.perf_counter()
     dataset_id = locomotion.make_dataset(args.name, steps=args.steps, seed=args.seed, dataset_id=args.id)
-    print(f"wrote minari:{dataset_id} in {time.perf_counter() - start:.1f}s")
+    wall = time.perf_counter() - start
+    print(f"wrote minari:{dataset_id} in {wall:.1f}s")
+    if args.json:
+        from diffplan.checkpoint import write_text_atomic
+
+        summary = {**dataset_info(f"minari:{dataset_id}"), "wall_s": round(wall, 1), "load_avg": os.getloadavg()}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(Path(args.json), json.dumps(summary, indent=1, default=float))
     return 0
 
 
@@ -112,7 +119,7 @@ def dataset_info(source: str) -> dict[str, Any]:
         "return_max": float(np.max(returns)),
         "ref_min_score": meta.get("ref_min_score"),
         "ref_max_score": meta.get("ref_max_score"),
-        **{k: meta[k] for k in ("recipe", "maze", "task", "seed", "noisy", "kind", "behaviour") if k in meta},
+        **{k: meta[k] for k in ("recipe", "maze", "task", "seed", "noisy", "kind", "behaviour", "timing") if k in meta},
     }
 
 
@@ -204,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("name", choices=["pointmaze-umaze", "pointmaze-medium", "pointmaze-large", *loco_names])
     make.add_argument("--steps", type=int, default=1_000_000,
                       help="dataset size in env steps (medium-expert: per policy; medium-replay: at most)")
+    make.add_argument("--json", default=None, help="locomotion: write the dataset summary and wall time here")
     make.add_argument("--retrain", action="store_true",
                       help="locomotion: train the behaviour policies again (hours) instead of the shipped ones")
     make.add_argument("--seed", type=int, default=0)

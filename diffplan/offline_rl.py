@@ -22,7 +22,7 @@ import torch
 from tianshou.data import Batch, ReplayBuffer
 from tianshou.utils.net.common import ModuleWithVectorOutput, Net
 
-from diffplan.agent import NormalizerModule, observation_arrays
+from diffplan.agent import Agent, NormalizerModule, observation_arrays
 from diffplan.config import RunConfig
 from diffplan.data import Episodes
 
@@ -114,6 +114,55 @@ def episodes_to_buffer(episodes: Episodes) -> ReplayBuffer:
     # from_data leaves last_index at [0], which makes buffer.next(0) an episode end (see notes/tianshou-minari).
     buf.last_index[0] = len(buf) - 1
     return buf
+
+
+def prepare(
+    cfg: BaselineConfig, observation_space: Any, action_space: Any, episodes: Episodes | None
+) -> tuple[int, int, NormalizerModule | None]:
+    """The start of every baseline's ``build``: seed, check the data against the spaces, and return
+    ``(flat obs dim, action dim, observation normaliser)``."""
+    torch.manual_seed(cfg.seed)
+    if episodes is not None:
+        episodes.check_spaces(observation_space, action_space)
+    obs_dim = flat_obs_dim(observation_space)
+    return obs_dim, int(action_space.shape[0]), obs_normalizer(episodes, obs_dim, cfg.normalize_obs)
+
+
+def twin_critics(
+    obs_dim: int, act_dim: int, hidden: Sequence[int], lr: float, norm: NormalizerModule | None = None
+) -> dict[str, Any]:
+    """``critic, critic_optim, critic2, critic2_optim`` keyword arguments of Tianshou's twin-critic algorithms
+    (SAC, TD3+BC, CQL): two ``Q(s, a)`` MLPs over ``[normalise(obs), act]`` with Adam at ``lr``."""
+    from tianshou.algorithm.optim import AdamOptimizerFactory
+    from tianshou.utils.net.continuous import ContinuousCritic
+
+    def critic() -> ContinuousCritic:
+        return ContinuousCritic(preprocess_net=input_net(obs_dim, hidden, norm, act_dim))
+
+    return {
+        "critic": critic(),
+        "critic_optim": AdamOptimizerFactory(lr=lr),
+        "critic2": critic(),
+        "critic2_optim": AdamOptimizerFactory(lr=lr),
+    }
+
+
+def auto_alpha(act_dim: int, lr: float) -> Any:
+    """SAC's automatic entropy tuning as in Tianshou's examples: target entropy -|A|, log(alpha)=0 at start."""
+    from tianshou.algorithm.modelfree.sac import AutoAlpha
+    from tianshou.algorithm.optim import AdamOptimizerFactory
+
+    return AutoAlpha(target_entropy=-float(act_dim), log_alpha=0.0, optim=AdamOptimizerFactory(lr=lr))
+
+
+def finish(algorithm: Any, cfg: BaselineConfig, episodes: Episodes | None) -> Agent:
+    """The end of every baseline's ``build``: device, the generator the runner checkpoints, the buffer."""
+    algorithm = algorithm.to(cfg.device)
+    algorithm.generator = torch.Generator().manual_seed(cfg.seed)
+    # Tianshou's trainer calls process_buffer once (CQL's Monte-Carlo returns); diffplan's runner samples the
+    # buffer directly, so it is called here.
+    buffer = None if episodes is None else algorithm.process_buffer(episodes_to_buffer(episodes))
+    return Agent(algorithm.policy, algorithm, buffer)
 
 
 class TDLossMixin:

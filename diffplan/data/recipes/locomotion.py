@@ -93,32 +93,23 @@ def build_actor(obs_dim: int, act_dim: int, hidden: tuple[int, ...] = (256, 256)
 
 def _build_sac(env: str, cfg: SACTrainConfig) -> Any:
     from tianshou.algorithm import SAC
-    from tianshou.algorithm.modelfree.sac import AutoAlpha, SACPolicy
+    from tianshou.algorithm.modelfree.sac import SACPolicy
     from tianshou.algorithm.optim import AdamOptimizerFactory
-    from tianshou.utils.net.common import Net
-    from tianshou.utils.net.continuous import ContinuousCritic
+
+    from diffplan.offline_rl import auto_alpha, twin_critics
 
     probe = make_locomotion_env(env, seed=None)
     obs_dim, act_dim = _env_dims(env)
     actor = build_actor(obs_dim, act_dim, cfg.hidden)
-
-    def critic() -> ContinuousCritic:
-        net = Net(state_shape=obs_dim, action_shape=act_dim, hidden_sizes=list(cfg.hidden), concat=True)
-        return ContinuousCritic(preprocess_net=net)
-
     policy = SACPolicy(actor=actor, action_space=probe.action_space, observation_space=probe.observation_space)
     probe.close()
     return SAC(
         policy=policy,
         policy_optim=AdamOptimizerFactory(lr=cfg.lr),
-        critic=critic(),
-        critic_optim=AdamOptimizerFactory(lr=cfg.lr),
-        critic2=critic(),
-        critic2_optim=AdamOptimizerFactory(lr=cfg.lr),
+        **twin_critics(obs_dim, act_dim, cfg.hidden, cfg.lr),
         tau=cfg.tau,
         gamma=cfg.gamma,
-        # Target entropy -|A| and log(alpha)=0 at start, as Tianshou's example with --auto-alpha.
-        alpha=AutoAlpha(target_entropy=-float(act_dim), log_alpha=0.0, optim=AdamOptimizerFactory(lr=cfg.alpha_lr)),
+        alpha=auto_alpha(act_dim, cfg.alpha_lr),
     )
 
 
@@ -272,7 +263,7 @@ def _load_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = dict(f.metadata() or {})
-            return {k: f.get_tensor(k) for k in f.keys()}, meta
+            return {k: f.get_tensor(k) for k in f.keys()}, meta  # noqa: SIM118 (safe_open is no mapping)
     except Exception as exc:  # safetensors raises its own error types for truncated/garbled headers
         raise BehaviourPolicyError(f"corrupt behaviour-policy file {path}: {str(exc).splitlines()[0]}") from exc
 
@@ -389,7 +380,6 @@ def finalize_behaviour(env: str, run_dir: str | Path, policy_dir: str | Path | N
     candidates = [r for r in rows[:-1] if r["env_step"] > 0] or rows[:-1] or rows
     medium_row = min(candidates, key=lambda r: abs(r["return_mean"] - target))
     paths = policy_paths(env, policy_dir)
-    obs_dim, act_dim = _env_dims(env)
     for kind, row in (("expert", expert_row), ("medium", medium_row)):
         tensors, _ = _load_tensors(run / "checkpoints" / row["checkpoint"])
         meta = {"env": env, "kind": kind, "env_step": str(row["env_step"]), "hidden": json.dumps(list(cfg["hidden"])),
@@ -468,7 +458,7 @@ def rollout(
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     envs = [make_locomotion_env(env, seed=None) for _ in range(n_envs)]
-    obs_dim, act_dim = _env_dims(env)
+    _, act_dim = _env_dims(env)
     ep_seeds = [int(s) for s in rng.integers(0, 2**31 - 1, size=n_envs)]
     cur_obs = np.stack([e.reset(seed=s)[0] for e, s in zip(envs, ep_seeds)])
     traj: list[dict[str, list]] = [{"obs": [cur_obs[i]], "act": [], "rew": [], "term": [], "trunc": []} for i in range(n_envs)]
@@ -779,27 +769,46 @@ def retrain(env: str, run_dir: str | Path | None = None, cfg: SACTrainConfig | N
 
 
 def _main(argv: list[str] | None = None) -> None:
+    """``python -m diffplan.data.recipes.locomotion train|finalize ...``: the two halves of ``--retrain``,
+    separately (train in the background for hours, finalize when it is done)."""
     import argparse
 
-    p = argparse.ArgumentParser(description="train a locomotion behaviour policy with Tianshou SAC")
-    p.add_argument("env", choices=sorted(LOCOMOTION_ENVS))
-    p.add_argument("run_dir")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-env-steps", type=int, default=1_000_000)
-    p.add_argument("--time-limit-min", type=float, default=None)
-    p.add_argument("--start-steps", type=int, default=10_000)
-    p.add_argument("--epoch-steps", type=int, default=5_000)
-    p.add_argument("--no-progress", action="store_true")
+    p = argparse.ArgumentParser(description="locomotion behaviour policies (Tianshou SAC)")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train", help="train SAC, checkpointing the actor and its evaluated return")
+    t.add_argument("env", choices=sorted(LOCOMOTION_ENVS))
+    t.add_argument("run_dir")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--max-env-steps", type=int, default=1_000_000)
+    t.add_argument("--time-limit-min", type=float, default=None)
+    t.add_argument("--start-steps", type=int, default=10_000)
+    t.add_argument("--epoch-steps", type=int, default=5_000)
+    t.add_argument("--no-progress", action="store_true")
+    f = sub.add_parser("finalize", help="pick expert/medium, measure reference scores, write the shipped files")
+    f.add_argument("env", choices=sorted(LOCOMOTION_ENVS))
+    f.add_argument("run_dir")
+    f.add_argument("--policy-dir", default=None, help="default: the package's policies/ directory")
+    f.add_argument("--out", default=None, help="also write the summary (returns vs steps, refs) to this JSON file")
     a = p.parse_args(argv)
-    cfg = SACTrainConfig(
-        seed=a.seed,
-        max_env_steps=a.max_env_steps,
-        time_limit_s=None if a.time_limit_min is None else a.time_limit_min * 60,
-        start_steps=a.start_steps,
-        epoch_steps=a.epoch_steps,
-        show_progress=not a.no_progress,
-    )
-    train_behaviour(a.env, a.run_dir, cfg)
+    if a.cmd == "train":
+        cfg = SACTrainConfig(
+            seed=a.seed,
+            max_env_steps=a.max_env_steps,
+            time_limit_s=None if a.time_limit_min is None else a.time_limit_min * 60,
+            start_steps=a.start_steps,
+            epoch_steps=a.epoch_steps,
+            show_progress=not a.no_progress,
+        )
+        train_behaviour(a.env, a.run_dir, cfg)
+    else:
+        torch.set_num_threads(1)
+        info = finalize_behaviour(a.env, a.run_dir, a.policy_dir)
+        if a.out:
+            from diffplan.checkpoint import write_text_atomic
+
+            Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(Path(a.out), json.dumps(info, indent=1))
+        print(json.dumps({k: v for k, v in info.items() if k != "curve"}, indent=1))
 
 
 if __name__ == "__main__":
