@@ -91,9 +91,10 @@ def cmd_data_train_behaviour(args: argparse.Namespace) -> int:
 
     cfg = locomotion.SACTrainConfig(
         seed=args.seed, max_env_steps=args.max_env_steps, epoch_steps=args.epoch_steps,
+        start_steps=min(10_000, args.max_env_steps),
         time_limit_s=None if args.time_limit_min is None else 60 * args.time_limit_min,
     )
-    locomotion.retrain(args.env, args.run_dir, cfg)
+    locomotion.retrain(args.env, args.run_dir, cfg, args.policy_dir)
     return 0
 
 
@@ -225,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("--time-limit-min", type=float, default=None, help="stop at the first evaluation after this")
     tb.add_argument("--epoch-steps", type=int, default=5_000, help="env steps between checkpoints")
     tb.add_argument("--run-dir", default=None, help="default runs/behaviour/<env>-<time>")
+    tb.add_argument("--policy-dir", default=None, help="where the policies go (default: the shipped ones)")
     tb.set_defaults(func=cmd_data_train_behaviour)
     info = data.add_parser("info", help="print size, episodes, returns and reference scores")
     info.add_argument("source", help="minari:<id> | d4rl:<file.hdf5> | <path>")

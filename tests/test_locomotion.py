@@ -177,3 +177,20 @@ def test_baseline_on_locomotion_data(name, policy_dir):
     collector = Collector(agent.policy, venv, VectorReplayBuffer(100, 2))
     collector.reset()
     assert collector.collect(n_step=20).n_collected_steps == 20
+
+
+def test_cli_make_and_errors(policy_dir, tmp_path, monkeypatch, capsys):
+    from diffplan.cli import main
+
+    monkeypatch.setattr(L, "POLICY_DIR", policy_dir)
+    out = tmp_path / "summary.json"
+    assert main(["data", "make", "hopper-random", "--steps", "300", "--json", str(out)]) == 0
+    summary = json.loads(out.read_text())
+    assert summary["steps"] == 300 and summary["kind"] == "random" and summary["wall_s"] > 0
+    assert main(["data", "make", "hopper-medium", "--steps", "300", "--noisy"]) == 2
+    assert "--noisy applies to maze datasets only" in capsys.readouterr().err
+    monkeypatch.setattr(L, "POLICY_DIR", tmp_path / "nowhere")
+    assert main(["data", "make", "walker2d-medium", "--steps", "300"]) == 2
+    assert "train-behaviour walker2d" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["data", "make", "hopper-mediocre"])

@@ -11,9 +11,10 @@ D4RL (Fu et al. 2020, section 5 and appendix C) built its MuJoCo datasets from o
 * ``random``: 1M steps of a randomly initialised policy (here: uniform random actions).
 
 This module is that recipe on Gymnasium's ``Hopper-v5`` / ``Walker2d-v5`` / ``HalfCheetah-v5`` (1000-step limit),
-with Tianshou's own SAC (:class:`tianshou.algorithm.SAC`, the hyperparameters of Tianshou's
-``examples/mujoco/mujoco_sac.py``: two 256x256 critics and a 256x256 tanh-Gaussian actor, Adam 3e-4, automatic
-entropy tuning, batch 256, one gradient step per env step, uniform random actions for the first steps).
+with Tianshou's own SAC (:class:`tianshou.algorithm.SAC`) set up like Tianshou's ``examples/mujoco/mujoco_sac.py``
+with ``--auto-alpha``: two 256x256 critics and a 256x256 tanh-Gaussian actor, automatic entropy tuning (target
+-|A|), batch 256, one gradient step per env step, 10k uniform random steps first, gamma 0.99, tau 0.005. The
+learning rate is the SAC paper's 3e-4 for actor, critics and alpha (Tianshou's example defaults to 1e-3).
 
 Two stages, because training is slow (hours on 2 CPU cores) and rolling out is fast:
 
