@@ -18,13 +18,19 @@ from diffplan.envs import make_env, split_locomotion_task
 
 
 @pytest.fixture(scope="module")
-def policy_dir(tmp_path_factory):
+def sac_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("sac-run")
     cfg = L.SACTrainConfig(
         seed=0, max_env_steps=60, start_steps=50, epoch_steps=20, eval_episodes=1, hidden=(8, 8),
         batch_size=16, show_progress=False,
     )
     L.train_behaviour("hopper", run, cfg)
+    return run
+
+
+@pytest.fixture(scope="module")
+def policy_dir(sac_run, tmp_path_factory):
+    run = sac_run
     out = tmp_path_factory.mktemp("policies")
     L.finalize_behaviour("hopper", run, out, ref_episodes=2)
     return out
@@ -68,6 +74,18 @@ def test_finalize_picks_expert_last_and_medium_closest_to_a_third(policy_dir):
     # medium-replay = the replay buffer up to the medium checkpoint (random warm-up included)
     steps = sum(len(e["rewards"]) for e in L.replay_episodes("hopper", None, policy_dir))
     assert steps == info["medium_replay"]["transitions"] == 50 + info["medium"]["env_step"]
+
+
+def test_finalize_best_rule_and_bad_rule(sac_run, tmp_path):
+    rows = [json.loads(line) for line in (sac_run / "log.jsonl").read_text().splitlines()]
+    info = L.finalize_behaviour("hopper", sac_run, tmp_path, ref_episodes=1, expert="best")
+    best = max(rows, key=lambda r: r["return_mean"])
+    assert info["expert"]["env_step"] == best["env_step"] and info["expert"]["rule"] == "best"
+    assert info["medium"]["env_step"] < best["env_step"] or best["env_step"] == rows[0]["env_step"]
+    with pytest.raises(ValueError, match="expert='median'"):
+        L.finalize_behaviour("hopper", sac_run, tmp_path, expert="median")
+    with pytest.raises(FileNotFoundError, match="no finished training run"):
+        L.finalize_behaviour("hopper", tmp_path, tmp_path)
 
 
 def test_same_seed_same_bytes_other_seed_other_data(policy_dir, tmp_path, monkeypatch):
