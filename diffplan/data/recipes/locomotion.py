@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -302,14 +303,8 @@ def load_actor(env: str, kind: str, policy_dir: str | Path | None = None) -> tor
     return actor.eval()
 
 
-class UniformRandomPolicy:
-    """Uniform random actions: the 'random' behaviour and the reference minimum score.
-
-    Built as a Tianshou policy lazily (see :func:`_random_policy`) so the module imports without Tianshou work.
-    """
-
-
 def _random_policy(action_space: Any, seed: int) -> Any:
+    """A Tianshou policy of seeded uniform random actions: the reference minimum score's policy."""
     from tianshou.algorithm.algorithm_base import Policy
     from tianshou.data import Batch
 
@@ -691,8 +686,6 @@ def make_dataset(
     ]
     spec_env = make_locomotion_env(env, seed=None)
     t1 = time.perf_counter()
-    import warnings
-
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=UserWarning, module=r"minari\..*")
         minari.create_dataset_from_buffers(
