@@ -15,6 +15,10 @@ _MODULES: dict[str, str] = {
     "diffusion_bc": "diffplan.agents.diffusion_bc",
     "diffusion_ql": "diffplan.agents.diffusion_ql",
     "idql": "diffplan.agents.idql",
+    # Tianshou's own offline-RL baselines (one file each, as the registry maps a name to a module).
+    "bc": "diffplan.agents.bc",
+    "td3bc": "diffplan.agents.td3bc",
+    "cql": "diffplan.agents.cql",
 }
 
 

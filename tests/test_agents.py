@@ -20,13 +20,14 @@ from diffplan.data import load_episodes
 from diffplan.envs import make_env, make_vector_env
 from diffplan.envs.maze import make_maze_env
 
-from .conftest import TINY_DIFFUSER, TINY_DIFFUSION_BC, TINY_DIFFUSION_QL, TINY_IDQL
+from .conftest import TINY_DIFFUSER, TINY_DIFFUSION_BC, TINY_DIFFUSION_QL, TINY_IDQL, tiny_baseline
 
 TINY = {
     "diffuser": TINY_DIFFUSER,
     "diffusion_bc": TINY_DIFFUSION_BC,
     "diffusion_ql": TINY_DIFFUSION_QL,
     "idql": TINY_IDQL,
+    **{name: tiny_baseline(name) for name in ("bc", "td3bc", "cql")},
 }
 
 
