@@ -153,7 +153,7 @@ class _Timer:
     def __init__(self, tracker: LatencyTracker, batch_size: int) -> None:
         self.tracker, self.batch_size = tracker, batch_size
 
-    def __enter__(self) -> _Timer:
+    def __enter__(self):
         self.start = time.perf_counter()
         return self
 

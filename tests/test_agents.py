@@ -86,7 +86,7 @@ class _CountingDiffuser:
 
 
 def test_diffuser_replans_only_reset_envs(tiny_maze_dataset):
-    cfg, env, agent = _build("diffuser", tiny_maze_dataset)
+    cfg, _env, agent = _build("diffuser", tiny_maze_dataset)
     policy = agent.policy
     counter = _CountingDiffuser(policy)
     # env 0 ends after 5 steps, env 1 after 12: the Collector zeroes row 0 of the Batch state -> replan row 0 only
@@ -104,7 +104,7 @@ def test_diffuser_replans_only_reset_envs(tiny_maze_dataset):
 
 
 def test_diffuser_replan_every_k(tiny_maze_dataset):
-    cfg, env, agent = _build("diffuser", tiny_maze_dataset, ["replan_every=4"])
+    cfg, _env, agent = _build("diffuser", tiny_maze_dataset, ["replan_every=4"])
     counter = _CountingDiffuser(agent.policy)
     venv = make_vector_env(cfg.task, 2, seed=0)
     collector = Collector(agent.policy, venv, VectorReplayBuffer(100, 2))
@@ -114,7 +114,7 @@ def test_diffuser_replan_every_k(tiny_maze_dataset):
 
 
 def test_diffuser_plan_is_inpainted_with_start_and_goal(tiny_maze_dataset):
-    cfg, env, agent = _build("diffuser", tiny_maze_dataset, ["park_radius=0"])
+    cfg, _env, agent = _build("diffuser", tiny_maze_dataset, ["park_radius=0"])
     obs = np.array([[-1.0, 1.0, 0.2, -0.1], [0.5, -1.0, 0.0, 0.0]], np.float32)
     goal = np.array([[1.0, 1.0], [-1.0, -1.0]], np.float32)
     plan_obs, plan_act, lengths = agent.policy.plan(obs, goal)
@@ -126,7 +126,7 @@ def test_diffuser_plan_is_inpainted_with_start_and_goal(tiny_maze_dataset):
 
 
 def test_diffuser_pd_tracking_follows_the_plan(tiny_maze_dataset):
-    cfg, env, agent = _build("diffuser", tiny_maze_dataset, ["kp=1.0", "kd=1.0"])
+    cfg, _env, agent = _build("diffuser", tiny_maze_dataset, ["kp=1.0", "kd=1.0"])
     policy = agent.policy
     state = policy.initial_state(1)
     state.plan_obs[0, :, 0] = np.linspace(0, 0.5, cfg.horizon)  # x moves right, y stays
