@@ -12,6 +12,7 @@ from types import ModuleType
 
 _MODULES: dict[str, str] = {
     "diffuser": "diffplan.agents.diffuser",
+    "decision_diffuser": "diffplan.agents.decision_diffuser",
 }
 
 

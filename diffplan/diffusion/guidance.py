@@ -37,7 +37,9 @@ class ValueGuide:
     step; the total displacement x - x_t is added to the step mean. Adding it to the mean rather than to the
     model input (Diffuser) keeps guidance a pure post-hoc shift of p(x_prev | x_t), as in classifier guidance
     (Dhariwal & Nichol, 2021, Alg. 1: mean + s * Sigma * grad log p(y | x_t)); it avoids a second denoiser call.
-    With ``scale_grad_by_std`` the final step to x0 (std 0) is unguided, as in Diffuser.
+    With ``scale_grad_by_std`` the final step to x0 (std 0) is unguided, as in Diffuser; for the same reason a
+    deterministic sampler (DDIM with eta=0, every std 0) is not guided at all: guide DDPM steps, or set
+    ``scale_grad_by_std=False``.
 
     value_fn: ``(x (B, H, D), t (B,) long) -> values (B,) or (B, 1)``, higher is better; differentiable in x.
     """
