@@ -213,7 +213,7 @@ class DecisionDiffuserPolicy(Policy):
                 inpaint=Inpaint(mask, known),
                 generator=self.generator,
                 device=device,
-                model_fn=classifier_free(self.ema.model, cfg.guidance_weight),
+                model_fn=classifier_free(self.ema.model, cfg.guidance_weight, one_call=True),
             )
             act = self.act_norm.unnormalize(self.action(x[:, k], x[:, k + 1]))
             plan = self.obs_norm.unnormalize(x).cpu().numpy()

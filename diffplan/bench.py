@@ -65,8 +65,9 @@ def bench_plan(args: argparse.Namespace) -> dict[str, Any]:
     policy.reseed(0)
     for i in range(args.repeats + 3):
         obs, _ = env.reset(seed=i)
-        observation = np.asarray(obs["observation"], np.float32)[None]
-        goal = np.asarray(obs["desired_goal"], np.float32)[None] if "desired_goal" in obs else None
+        observation, goal = observation_arrays(
+            Batch({k: v[None] for k, v in obs.items()}) if isinstance(obs, dict) else obs[None]
+        )
         t0 = time.perf_counter()
         policy.plan(observation, goal)
         if i >= 3:  # warm-up calls excluded

@@ -177,6 +177,9 @@ def test_cfg_weights_through_the_unet_and_its_training_null():
     assert torch.equal(draw(cond=y, model_fn=classifier_free(net, 0.0)), draw(cond=None))
     assert torch.equal(draw(cond=y, model_fn=classifier_free(net, 1.0)), draw(cond=y))
     assert not torch.allclose(draw(cond=y), draw(cond=None))
+    two_calls, one_call = classifier_free(net, 1.7)(x, t, y), classifier_free(net, 1.7, one_call=True)(x, t, y)
+    torch.testing.assert_close(one_call, two_calls, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(two_calls, net(x, t, None) + 1.7 * (net(x, t, y) - net(x, t, None)))
 
 
 def test_decision_diffuser_guidance_weight(tiny_hopper_dataset):
