@@ -73,10 +73,12 @@ class ValueGuide:
     def __call__(
         self, x_t: torch.Tensor, t: torch.Tensor, mean: torch.Tensor, std: torch.Tensor
     ) -> torch.Tensor:
+        active = (t >= self.t_stopgrad).reshape((-1,) + (1,) * (x_t.dim() - 1)).to(x_t.device)
+        if not bool(active.any()) or (self.scale_grad_by_std and not bool((std != 0).any())):
+            return mean  # every row's guidance would be zero: skip the value-gradient passes
         with torch.inference_mode(False):
             start = x_t.detach().clone()
             x = start
-            active = (t >= self.t_stopgrad).reshape((-1,) + (1,) * (x_t.dim() - 1)).to(x_t.device)
             for _ in range(self.n_guide_steps):
                 _, grad = self.gradients(x, t)
                 if self.scale_grad_by_std:
