@@ -19,7 +19,7 @@ from tianshou.utils.torch_utils import policy_within_training_step
 from diffplan.agents import AGENTS
 from diffplan.config import ConfigError, load_config
 from diffplan.data import Episodes, load_episodes
-from diffplan.diffusion import Inpaint, ValueGuide, make_scheduler, noised, sample
+from diffplan.diffusion import ValueGuide, make_scheduler, noised, sample
 from diffplan.envs import make_env
 from diffplan.nets import TemporalUnet1d, TemporalValueNet
 
@@ -110,7 +110,7 @@ class _FirstActionValue(torch.nn.Module):
 
 
 def test_diffuser_guidance_sign_and_best_candidate(tiny_hopper_dataset):
-    cfg, env, agent = _agent(TINY_VALUE_DIFFUSER, tiny_hopper_dataset, ["n_candidates=6", "t_stopgrad=0"])
+    _cfg, env, agent = _agent(TINY_VALUE_DIFFUSER, tiny_hopper_dataset, ["n_candidates=6", "t_stopgrad=0"])
     policy = agent.policy
     policy.value_net = _FirstActionValue()
     obs = np.stack([env.reset(seed=i)[0] for i in range(3)]).astype(np.float32)
@@ -133,7 +133,7 @@ def test_diffuser_guidance_sign_and_best_candidate(tiny_hopper_dataset):
 
 
 def test_diffuser_replans_every_step_and_executes_the_first_action(tiny_hopper_dataset):
-    cfg, env, agent = _agent(TINY_VALUE_DIFFUSER, tiny_hopper_dataset)
+    cfg, _env, agent = _agent(TINY_VALUE_DIFFUSER, tiny_hopper_dataset)
     policy, calls = agent.policy, []
     plan = policy.plan
 
@@ -152,7 +152,7 @@ def test_diffuser_replans_every_step_and_executes_the_first_action(tiny_hopper_d
 
 
 def test_value_net_learns_in_the_agent_update(tiny_hopper_dataset):
-    cfg, env, agent = _agent(TINY_VALUE_DIFFUSER, tiny_hopper_dataset, ["lr=3e-3"])
+    _cfg, _env, agent = _agent(TINY_VALUE_DIFFUSER, tiny_hopper_dataset, ["lr=3e-3"])
     with policy_within_training_step(agent.policy):
         losses = [agent.algorithm.update(buffer=agent.batch_source, sample_size=32).value_loss for _ in range(40)]
     assert np.mean(losses[-8:]) < 0.7 * np.mean(losses[:8]), losses
@@ -184,7 +184,7 @@ def test_cfg_weights_through_the_unet_and_its_training_null():
 
 def test_decision_diffuser_guidance_weight(tiny_hopper_dataset):
     """At w=0 the plan ignores the return condition; at w=1 it follows it."""
-    cfg, env, agent = _agent(TINY_DECISION_DIFFUSER, tiny_hopper_dataset)
+    _cfg, env, agent = _agent(TINY_DECISION_DIFFUSER, tiny_hopper_dataset)
     policy = agent.policy
     with policy_within_training_step(policy):
         for _ in range(3):
@@ -219,14 +219,14 @@ def test_inverse_dynamics_recovers_actions_of_a_linear_system():
     data = Episodes.from_list(episodes, source="linear")
     cfg = load_config(
         None,
-        [*TINY_DECISION_DIFFUSER, "horizon=4", "history=0", "inv_hidden=64", "lr=5e-3", "normalizer=gaussian"],
+        [*TINY_DECISION_DIFFUSER, "horizon=4", "history=0", "inv_hidden=64", "lr=1e-2", "normalizer=gaussian"],
     )
     obs_space = gym.spaces.Box(-np.inf, np.inf, (O,), np.float32)
     act_space = gym.spaces.Box(-1, 1, (A,), np.float32)
     agent = AGENTS["decision_diffuser"].build(cfg, obs_space, act_space, data)
     with policy_within_training_step(agent.policy):
-        for _ in range(120):
-            agent.algorithm.update(buffer=agent.batch_source, sample_size=32)
+        for _ in range(60):
+            agent.algorithm.update(buffer=agent.batch_source, sample_size=64)
     policy = agent.policy
     with torch.no_grad():
         s, s2 = (policy.obs_norm.normalize(torch.as_tensor(v)) for v in (data.obs, data.next_obs))
