@@ -13,6 +13,10 @@ from types import ModuleType
 _MODULES: dict[str, str] = {
     "diffuser": "diffplan.agents.diffuser",
     "decision_diffuser": "diffplan.agents.decision_diffuser",
+    # Tianshou's own offline-RL baselines (one file each, as the registry maps a name to a module).
+    "bc": "diffplan.agents.bc",
+    "td3bc": "diffplan.agents.td3bc",
+    "cql": "diffplan.agents.cql",
 }
 
 

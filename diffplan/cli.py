@@ -45,13 +45,56 @@ def _print_json(data: dict[str, Any]) -> None:
 
 def cmd_data_make(args: argparse.Namespace) -> int:
     from diffplan.data.recipes.pointmaze import generate_pointmaze_dataset
+    from diffplan.envs import split_locomotion_task
     from diffplan.run import recipe_dataset_id
+
+    loco = split_locomotion_task(args.name)
+    if loco is not None:
+        return _make_locomotion(args, loco[0])
+    if args.retrain:
+        print("diffplan: error: --retrain applies to locomotion datasets only", file=sys.stderr)
+        return 2
 
     dataset_id = generate_pointmaze_dataset(
         args.name, num_steps=args.steps, seed=args.seed, noisy=args.noisy, progress=True,
         dataset_id=args.id or recipe_dataset_id(args.name, args.steps, args.noisy),
     )
     print(f"wrote minari:{dataset_id}")
+    return 0
+
+
+def _make_locomotion(args: argparse.Namespace, env: str) -> int:
+    import time
+
+    from diffplan.data.recipes import locomotion
+
+    if args.noisy:
+        print("diffplan: error: --noisy applies to maze datasets only", file=sys.stderr)
+        return 2
+    if args.retrain:
+        locomotion.retrain(env)
+    start = time.perf_counter()
+    dataset_id = locomotion.make_dataset(args.name, steps=args.steps, seed=args.seed, dataset_id=args.id)
+    wall = time.perf_counter() - start
+    print(f"wrote minari:{dataset_id} in {wall:.1f}s")
+    if args.json:
+        from diffplan.checkpoint import write_text_atomic
+
+        summary = {**dataset_info(f"minari:{dataset_id}"), "wall_s": round(wall, 1), "load_avg": os.getloadavg()}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(Path(args.json), json.dumps(summary, indent=1, default=float))
+    return 0
+
+
+def cmd_data_train_behaviour(args: argparse.Namespace) -> int:
+    from diffplan.data.recipes import locomotion
+
+    cfg = locomotion.SACTrainConfig(
+        seed=args.seed, max_env_steps=args.max_env_steps, epoch_steps=args.epoch_steps,
+        start_steps=min(10_000, args.max_env_steps),
+        time_limit_s=None if args.time_limit_min is None else 60 * args.time_limit_min,
+    )
+    locomotion.retrain(args.env, args.run_dir, cfg, args.policy_dir)
     return 0
 
 
@@ -77,7 +120,7 @@ def dataset_info(source: str) -> dict[str, Any]:
         "return_max": float(np.max(returns)),
         "ref_min_score": meta.get("ref_min_score"),
         "ref_max_score": meta.get("ref_max_score"),
-        **{k: meta[k] for k in ("recipe", "maze", "task", "seed", "noisy") if k in meta},
+        **{k: meta[k] for k in ("recipe", "maze", "task", "seed", "noisy", "kind", "behaviour", "timing") if k in meta},
     }
 
 
@@ -162,13 +205,29 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="make or inspect datasets").add_subparsers(dest="data_command", required=True)
-    make = data.add_parser("make", help="generate a local Minari dataset (D4RL maze2d recipe)")
-    make.add_argument("name", choices=["pointmaze-umaze", "pointmaze-medium", "pointmaze-large"])
-    make.add_argument("--steps", type=int, default=1_000_000, help="dataset size in env steps")
+    from diffplan.envs import LOCOMOTION_ENVS, LOCOMOTION_KINDS
+
+    loco_names = [f"{e}-{k}" for e in LOCOMOTION_ENVS for k in LOCOMOTION_KINDS]
+    make = data.add_parser("make", help="generate a local Minari dataset (D4RL maze2d / locomotion recipes)")
+    make.add_argument("name", choices=["pointmaze-umaze", "pointmaze-medium", "pointmaze-large", *loco_names])
+    make.add_argument("--steps", type=int, default=1_000_000,
+                      help="dataset size in env steps (medium-expert: per policy; medium-replay: at most)")
+    make.add_argument("--json", default=None, help="locomotion: write the dataset summary and wall time here")
+    make.add_argument("--retrain", action="store_true",
+                      help="locomotion: train the behaviour policies again (hours) instead of the shipped ones")
     make.add_argument("--seed", type=int, default=0)
     make.add_argument("--noisy", action="store_true", help="Gaussian action noise 0.5, as D4RL's noisy variant")
     make.add_argument("--id", default=None, help="Minari dataset id (default diffplan/<name>[-noisy][-<N>k]-v0)")
     make.set_defaults(func=cmd_data_make)
+    tb = data.add_parser("train-behaviour", help="train a locomotion env's SAC behaviour policies (slow)")
+    tb.add_argument("env", choices=sorted(LOCOMOTION_ENVS))
+    tb.add_argument("--seed", type=int, default=0)
+    tb.add_argument("--max-env-steps", type=int, default=1_000_000)
+    tb.add_argument("--time-limit-min", type=float, default=None, help="stop at the first evaluation after this")
+    tb.add_argument("--epoch-steps", type=int, default=5_000, help="env steps between checkpoints")
+    tb.add_argument("--run-dir", default=None, help="default runs/behaviour/<env>-<time>")
+    tb.add_argument("--policy-dir", default=None, help="where the policies go (default: the shipped ones)")
+    tb.set_defaults(func=cmd_data_train_behaviour)
     info = data.add_parser("info", help="print size, episodes, returns and reference scores")
     info.add_argument("source", help="minari:<id> | d4rl:<file.hdf5> | <path>")
     info.set_defaults(func=cmd_data_info)

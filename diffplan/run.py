@@ -43,10 +43,16 @@ EVAL_SEED = 12_345
 """Seed of the evaluation environments: every evaluation of every run sees the same start/goal pairs."""
 
 _RECIPE_ID = re.compile(r"^diffplan/(?P<task>pointmaze-(?:umaze|medium|large))(?P<noisy>-noisy)?(?:-(?P<k>\d+)k)?-v0$")
+_LOCO_RECIPE_ID = re.compile(
+    r"^diffplan/(?P<task>(?:hopper|walker2d|halfcheetah)-(?:random|medium|medium-replay|medium-expert|expert))"
+    r"(?:-(?P<k>\d+)k)?-v0$"
+)
 
 
 def recipe_dataset_id(task: str, steps: int = 1_000_000, noisy: bool = False) -> str:
-    """Minari id of a generated maze dataset: ``diffplan/<task>[-noisy][-<N>k]-v0`` (no size suffix for 1M)."""
+    """Minari id of a generated dataset: ``diffplan/<task>[-noisy][-<N>k]-v0`` (no size suffix for 1M).
+
+    The same scheme names the maze and the locomotion recipes' datasets (``diffplan/hopper-medium-v0``)."""
     if steps != 1_000_000 and steps % 1000:
         raise ValueError(f"generated dataset sizes are whole thousands of steps, got {steps}")
     size = "" if steps == 1_000_000 else f"-{steps // 1000}k"
@@ -62,6 +68,14 @@ def resolve_episodes(cfg: RunConfig, progress: bool = True) -> Episodes:
     """Load the config's dataset, generating it first when it is one of ours and not on disk yet."""
     source = cfg.dataset or default_dataset(cfg)
     if source.startswith("minari:"):
+        loco = _LOCO_RECIPE_ID.match(source[len("minari:"):])
+        if loco:
+            from diffplan.data.recipes.locomotion import ensure_dataset as ensure_locomotion
+
+            ensure_locomotion(
+                loco["task"], steps=int(loco["k"]) * 1000 if loco["k"] else None, seed=0,
+                dataset_id=source[len("minari:"):], progress=progress,
+            )
         match = _RECIPE_ID.match(source[len("minari:"):])
         if match:
             from diffplan.data.recipes.pointmaze import ensure_dataset

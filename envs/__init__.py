@@ -2,7 +2,8 @@
 
 ``make_env(task, seed)`` returns a gymnasium env; ``make_vector_env(task, n, seed)`` a Tianshou vector env
 of ``n`` such envs with seeds ``seed .. seed+n-1``. Maze tasks (``pointmaze-*``) follow the evaluation
-protocol of :mod:`diffplan.envs.maze`; any other name is passed to ``gymnasium.make``.
+protocol of :mod:`diffplan.envs.maze`; locomotion dataset tasks (``hopper-medium``, ``walker2d-random``, ...)
+map to Gymnasium's v5 MuJoCo envs with D4RL's 1000-step limit; any other name is passed to ``gymnasium.make``.
 """
 
 from __future__ import annotations
@@ -15,12 +16,50 @@ def is_maze_task(task: str) -> bool:
     return task.startswith("pointmaze-")
 
 
+# D4RL's locomotion datasets, rebuilt on Gymnasium's v5 MuJoCo envs (the -v2 envs D4RL used need mujoco-py).
+LOCOMOTION_ENVS: dict[str, str] = {"hopper": "Hopper-v5", "walker2d": "Walker2d-v5", "halfcheetah": "HalfCheetah-v5"}
+LOCOMOTION_KINDS: tuple[str, ...] = ("random", "medium", "medium-replay", "medium-expert", "expert")
+# D4RL's episode limit; Gymnasium's v5 default is the same, it is passed explicitly so it cannot drift.
+LOCOMOTION_MAX_STEPS = 1000
+
+
+def split_locomotion_task(task: str) -> tuple[str, str] | None:
+    """``"hopper-medium-replay"`` -> ``("hopper", "medium-replay")``; None if ``task`` is no locomotion task."""
+    env, _, kind = task.partition("-")
+    if env in LOCOMOTION_ENVS and kind in LOCOMOTION_KINDS:
+        return env, kind
+    return None
+
+
+def is_locomotion_task(task: str) -> bool:
+    return split_locomotion_task(task) is not None
+
+
+def locomotion_gym_id(env: str) -> str:
+    """Gymnasium id of a locomotion env name (``"hopper"`` -> ``"Hopper-v5"``), with a clear error."""
+    if env not in LOCOMOTION_ENVS:
+        raise ValueError(f"unknown locomotion env {env!r}; expected one of {sorted(LOCOMOTION_ENVS)}")
+    return LOCOMOTION_ENVS[env]
+
+
+def make_locomotion_env(env: str, seed: int | None = 0) -> gym.Env:
+    """Gymnasium's v5 env for ``env`` (``hopper``, ``walker2d``, ``halfcheetah``), reset and action space seeded."""
+    e = gym.make(locomotion_gym_id(env), max_episode_steps=LOCOMOTION_MAX_STEPS)
+    if seed is not None:
+        e.reset(seed=seed)
+        e.action_space.seed(seed)
+    return e
+
+
 def make_env(task: str, seed: int = 0) -> gym.Env:
     """One environment for ``task`` (a maze task name or a gymnasium id)."""
     if is_maze_task(task):
         from diffplan.envs.maze import make_maze_env
 
         return make_maze_env(task, seed=seed)
+    loco = split_locomotion_task(task)
+    if loco is not None:
+        return make_locomotion_env(loco[0], seed)
     try:
         env = gym.make(task)
     except gym.error.Error as exc:

@@ -160,3 +160,12 @@ TINY_DECISION_DIFFUSER = [
     "inv_hidden=16",
 ]
 """Decision Diffuser on Hopper, tiny."""
+
+
+def tiny_baseline(agent: str) -> list[str]:
+    """Overrides that make a Tianshou baseline (bc, td3bc, cql) tiny enough for unit tests."""
+    return [
+        f"agent={agent}", "task=pointmaze-umaze", "hidden=[16,16]", "batch_size=8", "train_steps=4",
+        "eval_every=0", "checkpoint_every=0", "log_every=2", "eval_episodes=2", "eval_envs=2",
+        "final_eval_episodes=2", "plot_plans=0", "torch_threads=1",
+    ]
