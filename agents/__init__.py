@@ -15,6 +15,7 @@ _MODULES: dict[str, str] = {
     "diffusion_bc": "diffplan.agents.diffusion_bc",
     "diffusion_ql": "diffplan.agents.diffusion_ql",
     "idql": "diffplan.agents.idql",
+    "decision_diffuser": "diffplan.agents.decision_diffuser",
     # Tianshou's own offline-RL baselines (one file each, as the registry maps a name to a module).
     "bc": "diffplan.agents.bc",
     "td3bc": "diffplan.agents.td3bc",

@@ -1,5 +1,13 @@
 """Diffuser (Janner et al., 2022): plan a whole trajectory by denoising it, then execute the plan.
 
+Two settings of the paper share this file:
+
+* goal reaching (maze2d): start and goal inpainted, plan executed open loop or tracked (below);
+* reward maximization (locomotion, ``value_guided=True``): a value function J(x_t, t) trained on noisy
+  trajectories to predict the discounted return-to-go of the window; sampling ascends its gradient (the core's
+  :class:`~diffplan.diffusion.ValueGuide`), ``n_candidates`` plans are drawn per decision and the one with the
+  highest value is used, its first action executed, and the policy replans at every step (``replan_every=1``).
+
 The model denoises a horizon-H trajectory ``x = [a_t, s_t]_{t=0..H-1}`` of shape (B, H, A + O) (actions
 first, as in Diffuser). Planning is conditioning by inpainting: the current state is written into step 0
 and, for goal-reaching tasks (Diffuser's maze2d setting), the goal state (goal position, zero velocity)
@@ -38,13 +46,23 @@ from diffplan.agent import (
     LatencyTracker,
     NormalizerModule,
     WindowSampler,
+    fit_normalizers,
     observation_arrays,
+    planning_scheduler,
     split_observation_space,
 )
 from diffplan.config import ConfigError, RunConfig
 from diffplan.data import Episodes, SequenceDataset
-from diffplan.diffusion import Inpaint, denoising_loss, loss_weights, make_scheduler, sample
-from diffplan.nets import TemporalUnet1d
+from diffplan.diffusion import (
+    Inpaint,
+    ValueGuide,
+    denoising_loss,
+    loss_weights,
+    make_scheduler,
+    noised,
+    sample,
+)
+from diffplan.nets import TemporalUnet1d, TemporalValueNet
 
 TRACKING_MODES = ("pd", "action")
 
@@ -115,7 +133,31 @@ class DiffuserConfig(RunConfig):
     park_radius: float = 0.2
     """Cut a plan where it first comes within this distance of the goal, then hold at the goal (0: off)."""
     n_candidates: int = 1
-    """Plans sampled per decision; the one reaching the goal earliest is executed (goal tasks)."""
+    """Plans sampled per decision; the one executed is, with value guidance, the one of highest value, else
+    (goal tasks) the one reaching the goal earliest. Diffuser samples 64 for locomotion."""
+    clip_sample: float = 1.0
+    """Clamp x0 estimates to +-clip_sample while sampling (0: off). Right for the limits normalizer (data in
+    [-1, 1]); with the gaussian one values past 1 are ordinary and Diffuser's locomotion setting does not clip."""
+    value_guided: bool = False
+    """Train a value function on noisy trajectories alongside the denoiser (same update) and guide sampling
+    with its gradient: Diffuser's reward-maximizing planner for tasks without goals."""
+    value_discount: float = 0.997
+    """Discount of the return-to-go the value function predicts (Diffuser's locomotion planner: 0.997)."""
+    termination_penalty: float = 0.0
+    """Added to the reward of terminal steps in the value targets (Diffuser: -100, falling is costly)."""
+    guide_scale: float = 0.1
+    """Step size of each value-gradient step (Diffuser locomotion: 0.1; 0.0001 on hopper-medium-expert)."""
+    n_guide_steps: int = 2
+    """Value-gradient steps per denoising step."""
+    t_stopgrad: int = 2
+    """No guidance at diffusion timesteps t < t_stopgrad (the last, nearly clean steps)."""
+    scale_grad_by_std: bool = True
+    """Scale the value gradient by the step's variance std^2, as Diffuser (guidance fades as noise does);
+    needs stochastic steps, so sampler=ddpm."""
+    value_dim: int = 32
+    """Base channel width of the value network."""
+    value_dim_mults: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    """Channel multipliers of the value network's levels (each halves the horizon)."""
 
     def validate(self) -> None:
         if self.tracking not in TRACKING_MODES:
@@ -128,6 +170,24 @@ class DiffuserConfig(RunConfig):
             )
         if self.n_candidates < 1 or self.sampling_steps < 1 or self.horizon < 2:
             raise ConfigError("n_candidates, sampling_steps must be >= 1 and horizon >= 2")
+        if self.clip_sample < 0:
+            raise ConfigError(f"clip_sample={self.clip_sample} must be >= 0 (0: no clipping)")
+        if self.value_guided:
+            if self.tracking != "action":
+                raise ConfigError(
+                    f"value_guided plans are executed by their actions: set tracking=action (got {self.tracking!r})"
+                )
+            if self.sampler == "ddim" and self.scale_grad_by_std and self.guide_scale:
+                raise ConfigError(
+                    "value guidance with scale_grad_by_std needs stochastic steps, but sampler='ddim' steps "
+                    "have std 0 (no guidance at all); use sampler=ddpm or scale_grad_by_std=false"
+                )
+            if self.n_guide_steps < 0 or self.t_stopgrad < 0:
+                raise ConfigError("n_guide_steps and t_stopgrad must be >= 0")
+            if not 0.0 <= self.value_discount <= 1.0:
+                raise ConfigError(f"value_discount={self.value_discount} must be in [0, 1]")
+            if not self.value_dim_mults:
+                raise ConfigError("value_dim_mults must not be empty")
 
 
 class DiffuserPolicy(Policy):
@@ -143,24 +203,25 @@ class DiffuserPolicy(Policy):
         observation_space: gym.Space,
         action_space: gym.spaces.Box,
         goal_dim: int,
+        value_net: TemporalValueNet | None = None,
     ) -> None:
         super().__init__(action_space=action_space, observation_space=observation_space)
         self.cfg = cfg
         self.model = model
+        self.value_net = value_net
         self.ema = EMA(model, cfg.ema_decay, cfg.ema_every, cfg.ema_start)
         self.obs_norm, self.act_norm = obs_norm, act_norm
         self.act_dim = int(action_space.shape[0])
         self.obs_dim = split_observation_space(observation_space)[0]
         self.goal_dim = goal_dim
-        self.sampling_scheduler = make_scheduler(
-            cfg.sampler,
-            cfg.diffusion_steps,
-            beta_schedule=cfg.beta_schedule,
-            prediction_type="epsilon" if cfg.predict_epsilon else "sample",
+        self.sampling_scheduler = planning_scheduler(
+            cfg.sampler, cfg.diffusion_steps, cfg.sampling_steps, beta_schedule=cfg.beta_schedule,
+            predict_epsilon=cfg.predict_epsilon, clip_sample=cfg.clip_sample,
         )
-        self.sampling_scheduler.set_timesteps(cfg.sampling_steps if cfg.sampler == "ddim" else None)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.latency = LatencyTracker()
+        self.last_values: torch.Tensor | None = None
+        """(M*K,) predicted values of the last call's candidates (value guidance only)."""
         self.record_plans = 0
         """How many of the next plans to keep in ``recorded_plans`` (for drawing)."""
         self.recorded_plans: list[dict[str, np.ndarray]] = []
@@ -178,7 +239,7 @@ class DiffuserPolicy(Policy):
 
     @torch.inference_mode()
     def plan(self, obs: np.ndarray, goal: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Sample plans for M envs in one batched call.
+        """Sample plans for M envs in one batched call (``n_candidates`` each, the best kept).
 
         Args:
             obs: (M, O) current states; goal: (M, G) goal positions or None.
@@ -199,12 +260,20 @@ class DiffuserPolicy(Policy):
                 target = torch.as_tensor(self.goal_state(goal), device=device)
                 values[:, -1, A:] = self.obs_norm.normalize(target).repeat_interleave(K, 0)
                 mask[:, -1, A:] = True
+            inpaint = Inpaint(mask, values)
+            guide = None
+            if self.value_net is not None and cfg.guide_scale and cfg.n_guide_steps:
+                guide = ValueGuide(
+                    self.value_net, cfg.guide_scale, cfg.n_guide_steps, cfg.t_stopgrad,
+                    cfg.scale_grad_by_std, inpaint=inpaint,
+                )
             x = sample(
                 self.ema.model,
                 self.sampling_scheduler,
                 values.shape,
                 cond=self.condition_vector(values) if cfg.embed_conditions else None,
-                inpaint=Inpaint(mask, values),
+                inpaint=inpaint,
+                guide=guide,
                 generator=self.generator,
                 device=device,
             )
@@ -216,8 +285,11 @@ class DiffuserPolicy(Policy):
                 dist = np.linalg.norm(plan_obs[..., : self.goal_dim] - goals[:, None], axis=-1)  # (M*K, H)
                 arrived = dist < cfg.park_radius
                 lengths = np.where(arrived.any(1), arrived.argmax(1) + 1, H)
-            # Best of K: the plan that reaches the goal earliest (ties: the first sampled).
-            best = lengths.reshape(M, K).argmin(1) + np.arange(M) * K
+            if self.value_net is not None:  # best of K: the highest predicted value of the clean plan
+                self.last_values = self.value_net(x, torch.zeros(len(x), dtype=torch.long, device=device))
+                best = self.last_values.reshape(M, K).argmax(1).cpu().numpy() + np.arange(M) * K
+            else:  # best of K: the plan that reaches the goal earliest (ties: the first sampled)
+                best = lengths.reshape(M, K).argmin(1) + np.arange(M) * K
             plan_obs, plan_act, lengths = plan_obs[best], plan_act[best], lengths[best]
         if self.record_plans > 0:
             for i in range(min(M, self.record_plans)):
@@ -332,6 +404,7 @@ class DiffuserPolicy(Policy):
 class DiffuserTrainingStats(TrainingStats):
     loss: float
     a0_loss: float = 0.0
+    value_loss: float | None = None
 
 
 class DiffuserAlgorithm(OfflineAlgorithm[DiffuserPolicy]):
@@ -355,6 +428,11 @@ class DiffuserAlgorithm(OfflineAlgorithm[DiffuserPolicy]):
         self.optim = self._create_optimizer(
             policy.model, AdamOptimizerFactory(lr=cfg.lr), max_grad_norm=cfg.grad_clip or None
         )
+        self.value_optim = None
+        if policy.value_net is not None:
+            self.value_optim = self._create_optimizer(
+                policy.value_net, AdamOptimizerFactory(lr=cfg.lr), max_grad_norm=cfg.grad_clip or None
+            )
 
     def _update_with_batch(self, batch: Batch) -> DiffuserTrainingStats:
         policy, A = self.policy, self.policy.act_dim
@@ -363,21 +441,41 @@ class DiffuserAlgorithm(OfflineAlgorithm[DiffuserPolicy]):
         mask[:, 0, A:] = True
         if policy.goal_dim and self.cfg.goal_conditioned:
             mask[:, -1, A:] = True
+        inpaint = Inpaint(mask, x0)
         loss, info = denoising_loss(
             policy.model,
             self.scheduler,
             x0,
             cond=policy.condition_vector(x0) if self.cfg.embed_conditions else None,
-            inpaint=Inpaint(mask, x0),
+            inpaint=inpaint,
             weights=self.weights,
             mask=None if self.cfg.loss_on_padding or "mask" not in batch else torch.as_tensor(batch.mask),
             generator=self.generator,
             action_dim=A,
         )
         self.optim.step(loss)
+        value_loss = None
+        if policy.value_net is not None and self.value_optim is not None:
+            value_loss = float(self.value_update(x0, torch.as_tensor(batch.returns), inpaint))
         self.num_updates += 1
         policy.ema.update(policy.model, int(self.num_updates))
-        return DiffuserTrainingStats(loss=float(loss.detach()), a0_loss=float(info.get("a0_loss", 0.0)))
+        return DiffuserTrainingStats(
+            loss=float(loss.detach()), a0_loss=float(info.get("a0_loss", 0.0)), value_loss=value_loss
+        )
+
+    def value_update(self, x0: torch.Tensor, returns: torch.Tensor, inpaint: Inpaint) -> torch.Tensor:
+        """One regression step of the value net on noisy windows x_t (B, H, D) at random t -> returns (B, 1).
+
+        The inputs are noised exactly as the denoiser's (same scheduler, start state kept clean), so the value
+        is trained on what it sees during guided sampling.
+        """
+        net = self.policy.value_net
+        assert net is not None and self.value_optim is not None
+        x_t, t, _ = noised(self.scheduler, x0, inpaint=inpaint, generator=self.generator)
+        target = (returns.reshape(-1) - net.target_mean) / net.target_std
+        loss = torch.nn.functional.mse_loss(net.standardized(x_t, t), target)
+        self.value_optim.step(loss)
+        return loss.detach()
 
 
 CONFIG = DiffuserConfig
@@ -393,15 +491,12 @@ def build(
     torch.manual_seed(cfg.seed)
     obs_dim, goal_dim = split_observation_space(observation_space)
     act_dim = int(action_space.shape[0])
-    if episodes is not None:
-        episodes.check_spaces(observation_space, action_space)
+    obs_norm, act_norm = fit_normalizers(cfg.normalizer, observation_space, action_space, episodes)
     if cfg.tracking == "pd" and obs_dim < 2 * act_dim:
         raise ConfigError(
             f"tracking='pd' needs observations [position ({act_dim}), velocity ({act_dim}), ...] but the "
             f"observation has {obs_dim} dims; use tracking=action"
         )
-    obs_norm = NormalizerModule(cfg.normalizer, None if episodes is None else episodes.obs, dim=obs_dim)
-    act_norm = NormalizerModule(cfg.normalizer, None if episodes is None else episodes.act, dim=act_dim)
     n_conditions = 2 if goal_dim and cfg.goal_conditioned else 1
     model = TemporalUnet1d(
         act_dim + obs_dim,
@@ -410,8 +505,15 @@ def build(
         cond_dim=n_conditions * obs_dim if cfg.embed_conditions else 0,
         activation=cfg.activation,
     ).to(cfg.device)
+    value_net = None
+    if cfg.value_guided:
+        value_net = TemporalValueNet(
+            act_dim + obs_dim, cfg.horizon, dim=cfg.value_dim, dim_mults=tuple(cfg.value_dim_mults),
+            activation=cfg.activation,
+        ).to(cfg.device)
     policy = DiffuserPolicy(
         model=model,
+        value_net=value_net,
         cfg=cfg,
         obs_norm=obs_norm,
         act_norm=act_norm,
@@ -425,7 +527,10 @@ def build(
     if episodes is not None:
         dataset = SequenceDataset(
             episodes, cfg.horizon, obs_norm.normalizer, act_norm.normalizer,
-            use_padding=cfg.use_padding, device=cfg.device,
+            use_padding=cfg.use_padding, discount=cfg.value_discount,
+            termination_penalty=cfg.termination_penalty, device=cfg.device,
         )
+        if value_net is not None:  # every step starts a window (with padding): these are the value targets
+            value_net.set_target_stats(dataset.returns_to_go)
         source = WindowSampler(dataset, generator)
     return Agent(policy=policy, algorithm=algorithm, batch_source=source)

@@ -24,6 +24,7 @@ from tianshou.data import Batch
 from torch import nn
 
 from diffplan.data.normalizer import NORMALIZERS, Normalizer
+from diffplan.diffusion import NoiseScheduler, make_scheduler
 
 
 class BatchSource(Protocol):
@@ -274,3 +275,40 @@ def action_level_data(
         )
         source = WindowSampler(dataset, generator)
     return ActionLevelData(encoder, act_norm, act_dim, generator, source)
+
+
+def fit_normalizers(
+    kind: str, observation_space: gym.Space, action_space: gym.spaces.Box, episodes: Any | None
+) -> tuple[NormalizerModule, NormalizerModule]:
+    """Observation and action normalizers fitted on ``episodes`` after checking them against the env's spaces;
+    ``episodes=None`` (a shell to load a checkpoint into) gives placeholders of the right size."""
+    obs_dim, act_dim = split_observation_space(observation_space)[0], int(np.prod(action_space.shape))
+    if episodes is not None:
+        episodes.check_spaces(observation_space, action_space)
+    obs_norm = NormalizerModule(kind, None if episodes is None else episodes.obs, dim=obs_dim)
+    act_norm = NormalizerModule(kind, None if episodes is None else episodes.act, dim=act_dim)
+    return obs_norm, act_norm
+
+
+def planning_scheduler(
+    sampler: str,
+    diffusion_steps: int,
+    sampling_steps: int,
+    *,
+    beta_schedule: str,
+    predict_epsilon: bool,
+    clip_sample: float,
+) -> NoiseScheduler:
+    """The scheduler a planner samples with: ``sampling_steps`` DDIM steps, or every DDPM step.
+
+    ``clip_sample`` 0 turns x0 clipping off (data normalized beyond [-1, 1], e.g. Gaussian normalization).
+    """
+    scheduler = make_scheduler(
+        sampler,
+        diffusion_steps,
+        beta_schedule=beta_schedule,
+        prediction_type="epsilon" if predict_epsilon else "sample",
+        clip_sample=clip_sample or None,
+    )
+    scheduler.set_timesteps(sampling_steps if sampler == "ddim" else None)
+    return scheduler

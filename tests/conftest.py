@@ -101,6 +101,98 @@ TINY_DIFFUSION_QL = ["agent=diffusion_ql", *_TINY_COMMON, "n_candidates=4", "tim
 TINY_IDQL = ["agent=idql", *TINY_DIFFUSION_QL[1:]]
 """Overrides that make the IDQL agent tiny enough for unit tests."""
 
+@pytest.fixture(scope="session")
+def tiny_hopper_dataset(tmp_path_factory) -> str:
+    """Random-action Hopper-v5 rollouts (12 episodes, real MuJoCo) as a Minari dataset, as a plain path.
+
+    Reference scores are fixed numbers (random min, an arbitrary max) so the normalized-score path is exercised.
+    """
+    import gymnasium as gym
+    import minari
+    import numpy as np
+    from minari.data_collector import EpisodeBuffer
+
+    env = gym.make("Hopper-v5")
+    env.action_space.seed(0)
+    buffers = []
+    for i in range(12):
+        obs, _ = env.reset(seed=i)
+        observations, actions, rewards, terms, truncs = [obs], [], [], [], []
+        for step in range(60):
+            act = env.action_space.sample()
+            obs, rew, term, trunc, _ = env.step(act)
+            trunc = trunc or step == 59
+            observations.append(obs), actions.append(act), rewards.append(rew)
+            terms.append(term), truncs.append(trunc and not term)
+            if term or trunc:
+                break
+        buffers.append(
+            EpisodeBuffer(
+                id=i, seed=i, observations=np.asarray(observations, np.float64),
+                actions=np.asarray(actions, np.float32), rewards=np.asarray(rewards),
+                terminations=np.asarray(terms), truncations=np.asarray(truncs),
+            )
+        )
+    root = tmp_path_factory.mktemp("session-minari-hopper")
+    old = os.environ.get("MINARI_DATASETS_PATH")
+    os.environ["MINARI_DATASETS_PATH"] = str(root)
+    try:
+        minari.create_dataset_from_buffers(
+            "diffplan/hopper-tiny-v0", buffers, env=env, eval_env=env, algorithm_name="random",
+            description="random Hopper-v5 rollouts for tests", author="diffplan tests",
+            author_email="tests@example.com", code_permalink="https://example.com",
+            ref_min_score=-20.0, ref_max_score=3000.0,
+        )
+    finally:
+        env.close()
+        if old is None:
+            del os.environ["MINARI_DATASETS_PATH"]
+        else:
+            os.environ["MINARI_DATASETS_PATH"] = old
+    return str(root / "diffplan" / "hopper-tiny-v0")
+
+
+TINY_LOCOMOTION = [
+    "task=Hopper-v5",
+    "horizon=8",
+    "dim=8",
+    "dim_mults=[1,2]",
+    "diffusion_steps=6",
+    "sampling_steps=3",
+    "batch_size=8",
+    "ema_start=2",
+    "ema_every=1",
+    "torch_threads=1",
+]
+"""Overrides that make a locomotion planner tiny (with TINY_DIFFUSER's run settings for the rest)."""
+
+TINY_VALUE_DIFFUSER = [
+    *TINY_DIFFUSER,
+    *TINY_LOCOMOTION,
+    "value_guided=true",
+    "tracking=action",
+    "replan_every=1",
+    "sampler=ddpm",
+    "n_candidates=4",
+    "normalizer=gaussian",
+    "clip_sample=0",
+    "action_weight=10",
+    "value_dim=8",
+    "value_dim_mults=[1,2]",
+    "termination_penalty=-100",
+]
+"""Value-guided Diffuser on Hopper, tiny."""
+
+TINY_DECISION_DIFFUSER = [
+    "agent=decision_diffuser",
+    *[o for o in TINY_DIFFUSER if o.split("=")[0] not in ("agent", "task", "plot_plans")],
+    *TINY_LOCOMOTION,
+    "history=2",
+    "inv_hidden=16",
+]
+"""Decision Diffuser on Hopper, tiny."""
+
+
 def tiny_baseline(agent: str) -> list[str]:
     """Overrides that make a Tianshou baseline (bc, td3bc, cql) tiny enough for unit tests."""
     return [

@@ -20,14 +20,33 @@ from diffplan.data import load_episodes
 from diffplan.envs import make_env, make_vector_env
 from diffplan.envs.maze import make_maze_env
 
-from .conftest import TINY_DIFFUSER, TINY_DIFFUSION_BC, TINY_DIFFUSION_QL, TINY_IDQL, tiny_baseline
+from .conftest import (
+    TINY_DECISION_DIFFUSER,
+    TINY_DIFFUSER,
+    TINY_DIFFUSION_BC,
+    TINY_DIFFUSION_QL,
+    TINY_IDQL,
+    TINY_VALUE_DIFFUSER,
+    tiny_baseline,
+)
 
 TINY = {
     "diffuser": TINY_DIFFUSER,
+    "decision_diffuser": TINY_DECISION_DIFFUSER,
     "diffusion_bc": TINY_DIFFUSION_BC,
     "diffusion_ql": TINY_DIFFUSION_QL,
     "idql": TINY_IDQL,
     **{name: tiny_baseline(name) for name in ("bc", "td3bc", "cql")},
+}
+PLANNERS = ("diffuser", "decision_diffuser")
+"""Agents that time their planning calls (``policy.latency``)."""
+DATASET = {"decision_diffuser": "tiny_hopper_dataset"}
+"""Dataset fixture of each agent's smoke test (default: tiny_maze_dataset)."""
+VARIANTS = {"diffuser-value-guided": (TINY_VALUE_DIFFUSER, "tiny_hopper_dataset")}
+"""Further settings of an agent that the smoke test also covers: id -> (overrides, dataset fixture)."""
+CASES = {
+    **{name: (TINY[name], DATASET.get(name, "tiny_maze_dataset")) for name in sorted(AGENTS)},
+    **VARIANTS,
 }
 
 
@@ -42,9 +61,14 @@ def test_every_agent_has_a_tiny_setting():
     assert set(AGENTS) <= set(TINY)
 
 
-@pytest.mark.parametrize("name", sorted(AGENTS))
-def test_agent_smoke(name, tiny_maze_dataset, tmp_path):
-    cfg, env, agent = _build(name, tiny_maze_dataset)
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_agent_smoke(case, request, tmp_path):
+    overrides, fixture = CASES[case]
+    dataset = request.getfixturevalue(fixture)
+    cfg = load_config(None, [*overrides, f"dataset={dataset}"])
+    name = cfg.agent
+    env = make_env(cfg.task)
+    agent = AGENTS[name].build(cfg, env.observation_space, env.action_space, load_episodes(dataset))
     before = {k: v.clone() for k, v in agent.policy.model.state_dict().items()}
     with policy_within_training_step(agent.policy):
         for _ in range(2):
@@ -60,13 +84,16 @@ def test_agent_smoke(name, tiny_maze_dataset, tmp_path):
     assert result.n_collected_steps == 30
     acts = collector.buffer.act[:30]
     assert np.all(np.abs(acts) <= 1.0 + 1e-6)
+    if name in PLANNERS:  # decision latency is measured, per planning call
+        latency = agent.policy.latency.summary()
+        assert latency["plan_ms_median"] > 0 and latency["plans"] >= 3
 
     # save / load round trip: a fresh shell loaded from the state dict acts identically
     torch.save(agent.algorithm.state_dict(), tmp_path / "a.pt")
     shell = AGENTS[name].build(cfg, env.observation_space, env.action_space, None)
     shell.algorithm.load_state_dict(torch.load(tmp_path / "a.pt", weights_only=True))
-    obs, _ = make_maze_env(cfg.task, seed=3).reset(seed=3)
-    batch = Batch(obs=Batch({k: v[None] for k, v in obs.items()}))
+    obs, _ = make_env(cfg.task, seed=3).reset(seed=3)
+    batch = Batch(obs=Batch({k: v[None] for k, v in obs.items()}) if isinstance(obs, dict) else obs[None])
     agent.policy.reseed(0), shell.policy.reseed(0)
     np.testing.assert_allclose(agent.policy(batch).act, shell.policy(batch).act, atol=1e-6)
 

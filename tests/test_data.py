@@ -719,6 +719,12 @@ def test_returns_to_go():
     np.testing.assert_allclose(ds.returns_to_go.numpy(), [2.75, 3.5, 3.0, 8.0, 8.0])
     np.testing.assert_allclose(ds.get([0, 1, 3])["returns"].numpy(), [[2.75], [3.5], [8.0]])
     assert "goal" not in ds.get([0])
+    # Terminal penalty (episode 0 ends terminal, episode 1 by timeout) and returns from a later window step.
+    ds = SequenceDataset(ep, 2, norm, norm, discount=0.5, termination_penalty=-100.0, returns_offset=1)
+    np.testing.assert_allclose(ds.returns_to_go.numpy(), [-22.25, -46.5, -97.0, 8.0, 8.0])
+    np.testing.assert_allclose(ds.get([0, 2, 3, 4])["returns"].numpy(), [[-46.5], [-97.0], [8.0], [8.0]])
+    with pytest.raises(ValueError, match="returns_offset"):
+        SequenceDataset(ep, 2, norm, norm, returns_offset=2)
 
     # Long episodes: the doubling scan matches a plain reverse loop, and discount 0 / 1 are exact.
     rng = np.random.default_rng(13)

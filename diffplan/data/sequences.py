@@ -56,6 +56,10 @@ class SequenceDataset:
         obs_normalizer / act_normalizer: fitted normalizers for observations (O) and actions (A).
         use_padding: see above.
         discount: for ``returns`` (discounted return-to-go from the window start).
+        termination_penalty: added to the reward of terminal steps for ``returns`` only (Diffuser and Decision
+            Diffuser use -100 on locomotion, so falling over is worth less than any surviving trajectory).
+        returns_offset: ``returns`` is the return-to-go from this step of the window (clamped to the episode's
+            last step), e.g. the current step of a window whose first steps are history.
         device: where the preloaded tensors live and batches are returned.
     """
 
@@ -68,6 +72,8 @@ class SequenceDataset:
         *,
         use_padding: bool = True,
         discount: float = 0.99,
+        termination_penalty: float = 0.0,
+        returns_offset: int = 0,
         device: str | torch.device = "cpu",
     ) -> None:
         if horizon < 1:
@@ -76,6 +82,9 @@ class SequenceDataset:
         self.horizon = int(horizon)
         self.use_padding = use_padding
         self.discount = float(discount)
+        if not 0 <= returns_offset < horizon:
+            raise ValueError(f"returns_offset must be in [0, horizon={horizon}), got {returns_offset}")
+        self.returns_offset = int(returns_offset)
         self.device = torch.device(device)
         self.action_dim = episodes.act_dim
         self.obs_dim = episodes.obs_dim
@@ -86,7 +95,8 @@ class SequenceDataset:
         obs_n = np.asarray(obs_normalizer.normalize(episodes.obs), dtype=np.float32)
         self.data = torch.from_numpy(np.concatenate([act_n, obs_n], axis=1)).to(self.device)  # (N, A+O)
         self.rewards = torch.from_numpy(episodes.rew).to(self.device)  # (N,)
-        rtg = discounted_returns_to_go(episodes.rew, episodes.lengths, self.discount)
+        rew = episodes.rew + np.float32(termination_penalty) * episodes.terminal
+        rtg = discounted_returns_to_go(rew, episodes.lengths, self.discount)
         self.returns_to_go = torch.from_numpy(rtg.astype(np.float32)).to(self.device)  # (N,)
         # Goals stay raw: the agent decides how (and whether) to normalize them.
         self.goal = (
@@ -125,7 +135,8 @@ class SequenceDataset:
         Returns:
             ``traj`` (B, H, A+O) float32 normalized ``[actions, observations]``;
             ``mask`` (B, H) bool, True on real (non-padded) steps;
-            ``returns`` (B, 1) float32 discounted return-to-go from the window start (unnormalized);
+            ``returns`` (B, 1) float32 discounted return-to-go from the window start (unnormalized; from step
+            ``returns_offset`` if set);
             ``goal`` (B, G) float32 raw goal at the window start (only if the data has goals);
             ``indices`` (B,) int64 window ids.
         """
@@ -142,7 +153,8 @@ class SequenceDataset:
             traj[..., : self.action_dim] = torch.where(
                 mask[..., None], traj[..., : self.action_dim], self.pad_action
             )
-        batch = {"traj": traj, "mask": mask, "returns": self.returns_to_go[start][:, None], "indices": ids}
+        returns = self.returns_to_go[torch.minimum(start + self.returns_offset, last)][:, None]
+        batch = {"traj": traj, "mask": mask, "returns": returns, "indices": ids}
         if self.goal is not None:
             batch["goal"] = self.goal[start]
         return batch

@@ -1,7 +1,7 @@
 """Algorithm-agnostic diffusion core: noise schedules, DDPM/DDIM schedulers, the sampling loop, guidance, losses."""
 
 from diffplan.diffusion.guidance import Guide, ValueGuide, classifier_free
-from diffplan.diffusion.losses import denoising_loss, loss_weights
+from diffplan.diffusion.losses import denoising_loss, loss_weights, noised
 from diffplan.diffusion.sampling import Denoiser, Inpaint, sample
 from diffplan.diffusion.schedulers import (
     SCHEDULERS,
@@ -40,6 +40,7 @@ __all__ = [
     "loss_weights",
     "make_betas",
     "make_scheduler",
+    "noised",
     "randn_tensor",
     "sample",
     "vp_beta_schedule",

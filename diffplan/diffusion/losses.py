@@ -9,7 +9,7 @@ import torch
 from diffplan.diffusion.sampling import Denoiser, Inpaint
 from diffplan.diffusion.schedulers import NoiseScheduler, randn_tensor
 
-__all__ = ["denoising_loss", "loss_weights"]
+__all__ = ["denoising_loss", "loss_weights", "noised"]
 
 
 def loss_weights(
@@ -34,6 +34,33 @@ def loss_weights(
     weights = discounts[:, None].repeat(1, transition_dim)
     weights[0, :action_dim] = action_weight
     return weights.float()
+
+
+def noised(
+    scheduler: NoiseScheduler,
+    x0: torch.Tensor,
+    *,
+    inpaint: Inpaint | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A training input at a random noise level: ``(x_t (B, H, D), t (B,) long, eps (B, H, D))``.
+
+    t ~ U{0..T-1} and eps ~ N(0, I) per sample, x_t = add_noise(x0, eps, t), and the inpainted (known) entries
+    re-applied, as at sampling time. Shared by the denoising loss and by anything else trained on noisy
+    samples (Diffuser's value function, classifiers for guidance), so they all see the inputs sampling shows.
+    """
+    t = torch.randint(
+        0,
+        scheduler.num_train_steps,
+        (x0.shape[0],),
+        generator=generator,
+        device=generator.device if generator is not None else x0.device,
+    ).to(x0.device)
+    eps = randn_tensor(x0.shape, generator, x0.device, x0.dtype)
+    x_t = scheduler.add_noise(x0, eps, t)
+    if inpaint is not None:
+        x_t = inpaint.apply(x_t)
+    return x_t, t, eps
 
 
 def denoising_loss(
@@ -68,17 +95,7 @@ def denoising_loss(
         (loss, info): the scalar loss (differentiable) and {"loss": float, "a0_loss": float (if action_dim)}.
     """
     B = x0.shape[0]
-    t = torch.randint(
-        0,
-        scheduler.num_train_steps,
-        (B,),
-        generator=generator,
-        device=generator.device if generator is not None else x0.device,
-    ).to(x0.device)
-    eps = randn_tensor(x0.shape, generator, x0.device, x0.dtype)
-    x_t = scheduler.add_noise(x0, eps, t)
-    if inpaint is not None:
-        x_t = inpaint.apply(x_t)
+    x_t, t, eps = noised(scheduler, x0, inpaint=inpaint, generator=generator)
     out = denoiser(x_t, t, cond)
     target = eps if scheduler.prediction_type == "epsilon" else x0
     err = (out - target) ** 2  # (B, H, D)

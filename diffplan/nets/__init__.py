@@ -4,6 +4,7 @@ from diffplan.nets.critic import TwinQ, ValueNet
 from diffplan.nets.embeddings import SinusoidalPosEmb
 from diffplan.nets.mlp import MLP, MLPDenoiser
 from diffplan.nets.temporal_unet import Conv1dBlock, ResidualTemporalBlock, TemporalUnet1d
+from diffplan.nets.value import TemporalValueNet
 
 __all__ = [
     "MLP",
@@ -12,6 +13,7 @@ __all__ = [
     "ResidualTemporalBlock",
     "SinusoidalPosEmb",
     "TemporalUnet1d",
+    "TemporalValueNet",
     "TwinQ",
     "ValueNet",
 ]

@@ -28,6 +28,13 @@ def _activation(name: str) -> nn.Module:
     return ACTIVATIONS[name]()
 
 
+def time_mlp(dim: int, activation: str = "mish") -> nn.Sequential:
+    """Diffusion-timestep embedding t (B,) -> (B, dim): sinusoidal features through a 4x-wide MLP (Diffuser's)."""
+    return nn.Sequential(
+        SinusoidalPosEmb(dim), nn.Linear(dim, 4 * dim), _activation(activation), nn.Linear(4 * dim, dim)
+    )
+
+
 class Conv1dBlock(nn.Module):
     """Conv1d -> GroupNorm -> activation on (B, C_in, H) -> (B, C_out, H) ('same' padding, odd kernel)."""
 
@@ -111,9 +118,7 @@ class TemporalUnet1d(nn.Module):
         self.dim_mults = tuple(dim_mults)
         self.horizon_divisor = 2 ** (len(self.dim_mults) - 1)
 
-        self.time_mlp = nn.Sequential(
-            SinusoidalPosEmb(dim), nn.Linear(dim, 4 * dim), _activation(activation), nn.Linear(4 * dim, dim)
-        )
+        self.time_mlp = time_mlp(dim, activation)
         embed_dim = dim
         self.cond_mlp: nn.Module | None = None
         if cond_dim > 0:
