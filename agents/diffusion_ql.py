@@ -86,9 +86,9 @@ class DiffusionQLConfig(RunConfig):
     depth: int = 3
     """Hidden layers of the denoiser and critic MLPs."""
     time_dim: int = 16
+    """Timestep-embedding width of the denoiser (the paper's 16)."""
     activation: str = "silu"
     """MLP activation: silu | mish (the paper's) | gelu. PyTorch's CPU Mish made a training step ~2x slower."""
-    """Timestep-embedding width of the denoiser (the paper's 16)."""
     normalizer: str = "limits"
     """Normalizer of observations, goals and actions: limits (to [-1, 1]) | gaussian."""
     goal_conditioned: bool = True
