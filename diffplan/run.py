@@ -239,13 +239,17 @@ def train(
                 bar.write(_eval_line(step, summary))
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and not last:
                 save_checkpoint(run_dir, step, _checkpoint_state(exp, step, history, train_time), config_yaml)
-        save_checkpoint(run_dir, step, _checkpoint_state(exp, step, history, train_time), config_yaml)
+        # Saved before the final evaluation so that a crash in it loses no training, and saved again after it
+        # (same weights and RNG state, so resuming stays exact) so that a resumed run's history keeps this eval.
+        final_state = _checkpoint_state(exp, step, history, train_time)
+        save_checkpoint(run_dir, step, final_state, config_yaml)
     finally:
         bar.close()
 
     final = exp.evaluate(cfg.final_eval_episodes, cfg.plot_plans)
     summary = _log_eval(writer, exp, final, step)
     history.append({"step": step, "train_time_s": train_time, **summary})
+    save_checkpoint(run_dir, step, {**final_state, "history": json.dumps(history, default=float)}, config_yaml)
     writer.flush()
     writer.close()
     results = {

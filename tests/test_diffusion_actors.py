@@ -18,6 +18,7 @@ from torch import nn
 
 from diffplan.agents import AGENTS
 from diffplan.agents.diffusion_ql import (
+    cosine_lr,
     expectile_loss,
     pessimistic_next_value,
     select_candidates,
@@ -90,6 +91,31 @@ def test_iql_critic_target_and_value_step(tiny_maze_dataset):
     _constant_head(policy.critic_target.q2, 6.0)
     loss = algo.iql_value_step(cond, torch.zeros(2, policy.act_dim))
     assert loss == pytest.approx(0.3 * 9.0)
+
+
+def test_cosine_lr_decay_follows_num_updates(tiny_maze_dataset):
+    assert cosine_lr(1.0, 0, 100) == pytest.approx(1.0)
+    assert cosine_lr(1.0, 50, 100) == pytest.approx(0.5)
+    assert cosine_lr(1.0, 100, 100) == pytest.approx(0.0)
+    assert cosine_lr(1.0, 500, 100) == pytest.approx(0.0)  # held at 0 past the end
+    cfg, _, agent = _build("idql", tiny_maze_dataset, ["lr_decay=true", "train_steps=4", "lr=0.001"])
+    algo = agent.algorithm
+    with policy_within_training_step(agent.policy):
+        for _ in range(2):
+            algo.update(buffer=agent.batch_source, sample_size=8)
+    lrs = [[g["lr"] for g in o._optim.param_groups] for o in (algo.actor_optim, algo.critic_optim, algo.value_optim)]
+    assert lrs == [[pytest.approx(0.0005)], [pytest.approx(cfg.critic_lr / 2)], [pytest.approx(cfg.critic_lr / 2)]]
+    # the schedule is a function of the saved num_updates, so a restored algorithm continues it
+    clone = AGENTS["idql"].build(cfg, *_spaces(cfg), load_episodes(cfg.dataset)).algorithm
+    clone.load_state_dict(algo.state_dict())
+    with policy_within_training_step(clone.policy):
+        clone.update(buffer=agent.batch_source, sample_size=8)
+    assert clone.actor_optim._optim.param_groups[0]["lr"] == pytest.approx(cosine_lr(0.001, 3, 4))
+
+
+def _spaces(cfg):
+    env = make_env(cfg.task)
+    return env.observation_space, env.action_space
 
 
 # ------------------------------------------------------------------------------------------- gradient

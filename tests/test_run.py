@@ -30,8 +30,10 @@ def test_resume_continues_exactly(tiny_maze_dataset, tmp_path):
     train(_cfg(tiny_maze_dataset, straight, f"train_steps={n}", "final_eval_episodes=1"), progress=False)
     halves = tmp_path / "halves"
     train(_cfg(tiny_maze_dataset, halves, f"train_steps={n // 2}", "final_eval_episodes=1"), progress=False)
-    train(_cfg(tiny_maze_dataset, halves, f"train_steps={n}", "final_eval_episodes=1"), resume=halves,
-          progress=False)
+    resumed = train(_cfg(tiny_maze_dataset, halves, f"train_steps={n}", "final_eval_episodes=1"), resume=halves,
+                    progress=False)
+    # the first run's final evaluation stays in the resumed run's history (learning curves span the resume)
+    assert [h["step"] for h in resumed["history"]] == [n // 2, n]
     a, exp_a = _weights(straight)
     b, _ = _weights(halves)
     assert a.keys() == b.keys()

@@ -4,13 +4,18 @@
 #   diffplan data make <task>):
 #   benchmarks/locomotion/run.sh <agent> <task> <train minutes> [key=value overrides...]
 # e.g. benchmarks/locomotion/run.sh decision_diffuser hopper-medium 20 dim=16 sampling_steps=10
+# RUN_TAG=-250k names the run and its JSON <agent>-<task><tag> (to keep results of different datasets apart).
 set -euo pipefail
 agent=$1 task=$2 minutes=$3
 shift 3
-run=runs/bench/${agent}-${task}
-out=benchmarks/locomotion/${agent}-${task}
+run=runs/bench/${agent}-${task}${RUN_TAG:-}
+out=benchmarks/locomotion/${agent}-${task}${RUN_TAG:-}
 diffplan train "configs/${agent}/${task}.yaml" torch_threads=1 max_train_minutes="${minutes}" train_steps=1000000 \
   eval_every=0 checkpoint_every=0 final_eval_episodes=20 eval_envs=20 run_dir="${run}" "$@" --no-progress
 cp "${run}/results.json" "${out}.json"
-diffplan bench plan "${run}" torch_threads=1 --repeats 20 --out "${out}-latency.json" > /dev/null
-echo "wrote ${out}.json and ${out}-latency.json"
+case $agent in
+  bc | td3bc | cql) echo "wrote ${out}.json" ;;  # Tianshou's baselines have no plan(): one MLP call per step
+  *)
+    diffplan bench plan "${run}" torch_threads=1 --repeats 20 --steps 100 --out "${out}-latency.json" > /dev/null
+    echo "wrote ${out}.json and ${out}-latency.json" ;;
+esac
