@@ -174,7 +174,10 @@ def _print_final(results: dict[str, Any]) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     from diffplan.run import eval_run
 
-    _print_json(eval_run(args.path, episodes=args.episodes, overrides=args.overrides, seed=args.seed))
+    summary = eval_run(
+        args.path, episodes=args.episodes, overrides=args.overrides, seed=args.seed, progress=not args.no_progress
+    )
+    _print_json(summary)
     return 0
 
 
@@ -261,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed", type=int, default=None,
         help="seed of the start/goal draws (default: the benchmark episodes; tune settings on another seed)",
     )
+    ev.add_argument("--no-progress", action="store_true")
     ev.set_defaults(func=cmd_eval)
 
     qs = sub.add_parser("quickstart", help="make a small maze dataset, train a planner, evaluate it")

@@ -74,6 +74,22 @@ class EvalResult:
         return out
 
 
+def _progress_stats(bar: Any, n_episodes: int) -> type[SuccessStats]:
+    """SuccessStats that also advance ``bar`` by env steps and show finished episodes: the Collector builds its
+    stats object from a class with no arguments, so the bar travels in a subclass made here."""
+
+    class ProgressStats(SuccessStats):
+        def update_at_step_batch(self, step_batch: Any, refresh_sequence_stats: bool = False) -> None:
+            super().update_at_step_batch(step_batch, refresh_sequence_stats)
+            bar.update(len(step_batch))
+
+        def update_at_episode_done(self, episode_batch: Any, episode_return: float, **kwargs: Any) -> None:
+            super().update_at_episode_done(episode_batch, episode_return, **kwargs)
+            bar.set_description(f"eval {len(self.successes)}/{n_episodes} episodes")
+
+    return ProgressStats
+
+
 def evaluate(
     policy: Any,
     make_venv: Callable[[int, int], BaseVectorEnv],
@@ -84,6 +100,7 @@ def evaluate(
     ref_min: float | None = None,
     ref_max: float | None = None,
     max_episode_steps: int = 1000,
+    progress: bool = False,
 ) -> EvalResult:
     """Run ``n_episodes`` through a Tianshou Collector over ``make_venv(n_envs, seed)``.
 
@@ -91,8 +108,11 @@ def evaluate(
     ``info["success"]`` back from the buffer, so a shorter per-env buffer silently truncates both.
 
     A fresh vector env with the same seed gives every evaluation the same start/goal pairs, and the policy's
-    planning noise is reseeded, so two evaluations of the same weights agree exactly.
+    planning noise is reseeded, so two evaluations of the same weights agree exactly. ``progress`` shows a bar
+    of env steps and finished episodes (a locomotion evaluation with a planner can take many minutes).
     """
+    from tqdm.auto import tqdm
+
     n_envs = max(1, min(n_envs, n_episodes))
     venv = make_venv(n_envs, seed)
     try:
@@ -102,13 +122,15 @@ def evaluate(
         if latency is not None:
             latency.clear()
         buffer = VectorReplayBuffer((max_episode_steps + 1) * n_envs, n_envs)
-        collector = Collector(policy, venv, buffer, collect_stats_class=SuccessStats)
+        bar = tqdm(desc=f"eval 0/{n_episodes} episodes", unit="step", disable=not progress, leave=False)
+        collector = Collector(policy, venv, buffer, collect_stats_class=_progress_stats(bar, n_episodes))
         start = time.perf_counter()
         collector.reset()
         policy.eval()
         stats = collector.collect(n_episode=n_episodes)
         wall = time.perf_counter() - start
     finally:
+        bar.close()
         venv.close()
     returns = np.asarray(stats.returns, dtype=np.float64)
     return EvalResult(

@@ -111,6 +111,8 @@ class Experiment:
     run_dir: Path
     ref_min: float | None
     ref_max: float | None
+    progress: bool = False
+    """Show progress bars (evaluations too)."""
 
     def make_venv(self, n: int, seed: int) -> Any:
         return make_vector_env(self.cfg.task, n, seed)
@@ -124,7 +126,7 @@ class Experiment:
             policy.record_plans = record_plans
         return evaluate(
             policy, self.make_venv, n_episodes, n_envs=self.cfg.eval_envs, seed=seed,
-            ref_min=self.ref_min, ref_max=self.ref_max,
+            ref_min=self.ref_min, ref_max=self.ref_max, progress=self.progress,
         )
 
     def plan_figure(self) -> Any | None:
@@ -154,7 +156,7 @@ def setup(cfg: RunConfig, *, with_data: bool = True, progress: bool = True) -> E
     finally:
         env.close()
     ref_min, ref_max = _reference_scores(episodes) if episodes is not None else (None, None)
-    return Experiment(cfg, agent, episodes, _run_dir(cfg), ref_min, ref_max)
+    return Experiment(cfg, agent, episodes, _run_dir(cfg), ref_min, ref_max, progress)
 
 
 def _log_eval(writer: SummaryWriter, exp: Experiment, result: EvalResult, step: int) -> dict[str, Any]:
@@ -282,11 +284,13 @@ def _eval_line(step: int, summary: dict[str, Any]) -> str:
     return " | ".join(parts)
 
 
-def load_trained(path: str | os.PathLike, overrides: list[str] | None = None) -> Experiment:
+def load_trained(
+    path: str | os.PathLike, overrides: list[str] | None = None, progress: bool = False
+) -> Experiment:
     """Rebuild a trained agent from a run directory or checkpoint (no dataset needed: normalizers are saved)."""
     state, config_yaml = load_checkpoint(path)
     cfg = load_config(None, overrides, base=yaml.safe_load(config_yaml))
-    exp = setup(cfg, with_data=False, progress=False)
+    exp = setup(cfg, with_data=False, progress=progress)
     exp.agent.algorithm.load_state_dict(state["algorithm"])
     exp.ref_min, exp.ref_max = state.get("ref_min_score"), state.get("ref_max_score")
     src = Path(path)
@@ -295,8 +299,12 @@ def load_trained(path: str | os.PathLike, overrides: list[str] | None = None) ->
 
 
 def eval_run(
-    path: str | os.PathLike, episodes: int = 50, overrides: list[str] | None = None, seed: int | None = None
+    path: str | os.PathLike,
+    episodes: int = 50,
+    overrides: list[str] | None = None,
+    seed: int | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a trained run or checkpoint (``seed`` None: the benchmark episodes); returns the summary."""
-    exp = load_trained(path, overrides)
+    exp = load_trained(path, overrides, progress=progress)
     return exp.evaluate(episodes, seed=EVAL_SEED if seed is None else seed).to_dict()

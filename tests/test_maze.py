@@ -263,3 +263,23 @@ def test_evaluate_sees_whole_episodes():
     assert np.all(result.lengths == 300)
     # reward is 1 per step inside the goal radius, so "reached the goal at some step" == "return > 0"
     np.testing.assert_array_equal(result.successes, result.returns > 0)
+
+
+def test_evaluate_progress_bar_counts_steps_and_changes_nothing(capsys):
+    from diffplan.bench import GoToGoalPolicy
+    from diffplan.evaluation import evaluate
+
+    space = make_maze_vector_env("pointmaze-umaze", 1).action_space[0]
+
+    def run(progress):
+        return evaluate(
+            GoToGoalPolicy(space), lambda n, s: make_maze_vector_env("pointmaze-umaze", n, s), 2, n_envs=2, seed=3,
+            progress=progress,
+        )
+
+    quiet = run(False)
+    assert "eval" not in capsys.readouterr().err
+    shown = run(True)
+    err = capsys.readouterr().err
+    assert "eval 2/2 episodes" in err and "600" in err  # two 300-step episodes, counted in env steps
+    np.testing.assert_array_equal(quiet.returns, shown.returns)
