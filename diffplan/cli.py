@@ -175,7 +175,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from diffplan.run import eval_run
 
     summary = eval_run(
-        args.path, episodes=args.episodes, overrides=args.overrides, seed=args.seed, progress=not args.no_progress
+        args.path, episodes=args.episodes, overrides=args.overrides, seed=args.seed,
+        progress=not args.no_progress, video=args.video,
     )
     _print_json(summary)
     return 0
@@ -265,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="seed of the start/goal draws (default: the benchmark episodes; tune settings on another seed)",
     )
     ev.add_argument("--no-progress", action="store_true")
+    ev.add_argument("--video", default=None, help="also write the first episode as an animated GIF to this path")
     ev.set_defaults(func=cmd_eval)
 
     qs = sub.add_parser("quickstart", help="make a small maze dataset, train a planner, evaluate it")

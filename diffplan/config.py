@@ -70,6 +70,12 @@ class RunConfig:
     """Where logs, checkpoints and results go. Empty: ``runs/<agent>-<task>-<seed>-<timestamp>``."""
     plot_plans: int = 8
     """Plans drawn into TensorBoard at each evaluation (0: none)."""
+    video_frames: int = 0
+    """After the final evaluation, log one protocol episode as an animated GIF to TensorBoard (``eval/rollout``,
+    also ``videos/`` in the run directory) with at most this many frames (0: no video). MuJoCo renders in
+    software on a machine without a GPU (0.1-0.4 s a frame on a 2-core CPU), hence the cap."""
+    video_every: int = 4
+    """Env steps between two video frames."""
 
 
 def _registry() -> dict[str, Any]:

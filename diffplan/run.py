@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from diffplan.agent import Agent
 from diffplan.checkpoint import (
     load_checkpoint,
+    write_bytes_atomic,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -252,6 +253,8 @@ def train(
     summary = _log_eval(writer, exp, final, step)
     history.append({"step": step, "train_time_s": train_time, **summary})
     save_checkpoint(run_dir, step, {**final_state, "history": json.dumps(history, default=float)}, config_yaml)
+    if cfg.video_frames > 0:
+        log_rollout_video(writer, exp, step)
     writer.flush()
     writer.close()
     results = {
@@ -271,6 +274,25 @@ def train(
     }
     write_text_atomic(run_dir / "results.json", json.dumps(results, indent=2, default=float))
     return results
+
+
+def log_rollout_video(writer: SummaryWriter, exp: Experiment, step: int) -> Path | None:
+    """Render one evaluation episode into TensorBoard (``eval/rollout``) and ``run_dir/videos/step_<N>.gif``.
+
+    A machine that cannot render gets a warning, not a failed run: the training is already saved.
+    """
+    from diffplan.video import RenderError, add_gif, gif_bytes, record_episode
+
+    cfg = exp.cfg
+    try:
+        frames = record_episode(exp.agent.policy, cfg.task, EVAL_SEED, cfg.video_every, cfg.video_frames)
+    except RenderError as exc:
+        log.warning("no rollout video: %s", exc)
+        return None
+    add_gif(writer, "eval/rollout", frames, step)
+    path = exp.run_dir / "videos" / f"step_{step:08d}.gif"
+    write_bytes_atomic(path, gif_bytes(frames))
+    return path
 
 
 def _eval_line(step: int, summary: dict[str, Any]) -> str:
@@ -304,7 +326,21 @@ def eval_run(
     overrides: list[str] | None = None,
     seed: int | None = None,
     progress: bool = False,
+    video: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a trained run or checkpoint (``seed`` None: the benchmark episodes); returns the summary."""
+    """Evaluate a trained run or checkpoint (``seed`` None: the benchmark episodes); returns the summary.
+
+    ``video``: also write the first episode of that seed as an animated GIF there (``video_frames`` frames, or
+    100 when the run's config has none).
+    """
+    from diffplan.video import gif_bytes, record_episode
+
     exp = load_trained(path, overrides, progress=progress)
-    return exp.evaluate(episodes, seed=EVAL_SEED if seed is None else seed).to_dict()
+    seed = EVAL_SEED if seed is None else seed
+    summary = exp.evaluate(episodes, seed=seed).to_dict()
+    if video is not None:
+        cfg = exp.cfg
+        frames = record_episode(exp.agent.policy, cfg.task, seed, cfg.video_every, cfg.video_frames or 100)
+        write_bytes_atomic(video, gif_bytes(frames))
+        summary["video"] = str(video)
+    return summary

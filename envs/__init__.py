@@ -46,26 +46,32 @@ def locomotion_gym_id(env: str) -> str:
     return LOCOMOTION_ENVS[env]
 
 
-def make_locomotion_env(env: str, seed: int | None = 0) -> gym.Env:
-    """Gymnasium's v5 env for ``env`` (``hopper``, ``walker2d``, ``halfcheetah``), reset and action space seeded."""
-    e = gym.make(locomotion_gym_id(env), max_episode_steps=LOCOMOTION_MAX_STEPS)
+def make_locomotion_env(
+    env: str, seed: int | None = 0, render_mode: str | None = None, render_size: int = 160
+) -> gym.Env:
+    """Gymnasium's v5 env for ``env`` (``hopper``, ``walker2d``, ``halfcheetah``), reset and action space seeded.
+
+    ``render_size``: square frame side when ``render_mode`` is set (small: software GL renders every pixel).
+    """
+    extra = {"render_mode": render_mode, "width": render_size, "height": render_size} if render_mode else {}
+    e = gym.make(locomotion_gym_id(env), max_episode_steps=LOCOMOTION_MAX_STEPS, **extra)
     if seed is not None:
         e.reset(seed=seed)
         e.action_space.seed(seed)
     return e
 
 
-def make_env(task: str, seed: int = 0) -> gym.Env:
-    """One environment for ``task`` (a maze task name or a gymnasium id)."""
+def make_env(task: str, seed: int = 0, render_mode: str | None = None) -> gym.Env:
+    """One environment for ``task`` (a maze task name or a gymnasium id); ``render_mode`` e.g. "rgb_array"."""
     if is_maze_task(task):
         from diffplan.envs.maze import make_maze_env
 
-        return make_maze_env(task, seed=seed)
+        return make_maze_env(task, seed=seed, render_mode=render_mode)
     loco = split_locomotion_task(task)
     if loco is not None:
-        return make_locomotion_env(loco[0], seed)
+        return make_locomotion_env(loco[0], seed, render_mode=render_mode)
     try:
-        env = gym.make(task)
+        env = gym.make(task, render_mode=render_mode) if render_mode else gym.make(task)
     except gym.error.Error as exc:
         from diffplan.envs.maze import MAZE_TASKS
 

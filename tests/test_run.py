@@ -123,3 +123,50 @@ def test_eval_of_corrupt_checkpoint_is_a_clear_error(tiny_maze_dataset, tmp_path
     ckpt.write_bytes(data[: len(data) // 3] if bad == "truncate" else b"\0" * 100)
     assert main(["eval", str(run_dir), "--episodes", "1"]) == 2
     assert "corrupt or truncated" in capsys.readouterr().err
+
+
+def _can_render() -> bool:
+    from diffplan.envs import make_env
+    from diffplan.video import FrameRecorder, RenderError, _use_headless_gl
+
+    _use_headless_gl()
+    try:
+        env = FrameRecorder(make_env("pointmaze-umaze", render_mode="rgb_array"))
+        env.reset(seed=0)
+        env.close()
+    except RenderError:
+        return False
+    return True
+
+
+def test_rollout_video_in_tensorboard_and_eval_gif(tiny_maze_dataset, tmp_path, capsys):
+    """A GIF of one protocol episode: a frame at reset and every `video_every` steps, capped at video_frames."""
+    if not _can_render():
+        pytest.skip("MuJoCo has no OpenGL platform here (MUJOCO_GL=egl needs Mesa's libEGL)")
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = tmp_path / "video-run"
+    train(_cfg(tiny_maze_dataset, run_dir, "video_frames=3", "video_every=100"), progress=False)
+    gifs = list((run_dir / "videos").glob("*.gif"))
+    assert len(gifs) == 1
+    with Image.open(gifs[0]) as gif:
+        assert gif.n_frames == 3 and max(gif.size) <= 160
+    acc = EventAccumulator(str(run_dir / "tb"))
+    acc.Reload()
+    assert "eval/rollout" in acc.Tags()["images"]
+
+    out = tmp_path / "eval.gif"
+    assert main(["eval", str(run_dir), "video_frames=2", "--episodes", "1", "--no-progress", "--video", str(out)]) == 0
+    assert json.loads(capsys.readouterr().out)["video"] == str(out)
+    with Image.open(out) as gif:
+        assert gif.n_frames == 2
+
+
+def test_gif_of_bad_frames_is_refused():
+    import numpy as np
+
+    from diffplan.video import gif_bytes
+
+    with pytest.raises(ValueError, match=r"\(T, H, W, 3\)"):
+        gif_bytes(np.zeros((4, 8, 8), dtype=np.uint8))
