@@ -27,10 +27,10 @@ from tqdm.auto import tqdm
 from diffplan.agent import Agent
 from diffplan.checkpoint import (
     load_checkpoint,
-    write_bytes_atomic,
     rng_state,
     save_checkpoint,
     set_rng_state,
+    write_bytes_atomic,
     write_text_atomic,
 )
 from diffplan.config import RunConfig, config_to_dict, load_config
