@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from tianshou.algorithm.algorithm_base import Policy
 from tianshou.data import Batch
 
@@ -29,13 +27,9 @@ from diffplan.checkpoint import CheckpointError, write_text_atomic
 
 
 def _machine() -> dict[str, Any]:
-    import os
+    from diffplan.run import machine_info
 
-    return {
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.machine()} {os.cpu_count()}-core CPU, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} torch thread(s)",
-    }
+    return machine_info()
 
 
 def _write(result: dict[str, Any], out: str | None) -> dict[str, Any]:

@@ -180,6 +180,18 @@ def _log_eval(writer: SummaryWriter, exp: Experiment, result: EvalResult, step: 
     return summary
 
 
+def machine_info() -> dict[str, Any]:
+    """Date, machine and load of a measurement (benchmark JSON and results.json carry it)."""
+    import platform
+
+    return {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()} {os.cpu_count()}-core CPU, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} torch thread(s)",
+        "load_avg_1_5_15": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
 def _checkpoint_state(exp: Experiment, step: int, history: list[dict], train_time: float) -> dict[str, Any]:
     algorithm = exp.agent.algorithm
     return {
@@ -271,6 +283,7 @@ def train(
         "final": summary,
         "history": history,
         "run_dir": str(run_dir),
+        **machine_info(),
     }
     write_text_atomic(run_dir / "results.json", json.dumps(results, indent=2, default=float))
     return results

@@ -52,8 +52,10 @@ def collect(folder: Path = HERE) -> list[dict]:
 
 def markdown(rows: list[dict]) -> str:
     lines = [
-        "| dataset | agent | normalized score | episodes | episode length | train | gradient steps | decision ms "
-        "(median / mean) |",
+        (
+            "| dataset | agent | normalized score | episodes | episode length | train | gradient steps "
+            "| decision ms (median / mean) |"
+        ),
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
