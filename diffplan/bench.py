@@ -24,12 +24,7 @@ from tianshou.data import Batch
 
 from diffplan.agent import observation_arrays
 from diffplan.checkpoint import CheckpointError, write_text_atomic
-
-
-def _machine() -> dict[str, Any]:
-    from diffplan.run import machine_info
-
-    return machine_info()
+from diffplan.run import machine_info
 
 
 def _write(result: dict[str, Any], out: str | None) -> dict[str, Any]:
@@ -84,7 +79,7 @@ def bench_plan(args: argparse.Namespace) -> dict[str, Any]:
         "decision_ms_median": float(np.median(decision_ms)),
         "decision_ms_mean": float(np.mean(decision_ms)),
         "decision_ms_p90": float(np.percentile(decision_ms, 90)),
-        **_machine(),
+        **machine_info(),
     }
     return _write(result, args.out)
 
@@ -143,7 +138,7 @@ def bench_train(args: argparse.Namespace) -> dict[str, Any]:
         "steps": n,
         "steps_per_s": n / wall,
         "ms_per_step": 1000 * wall / n,
-        **_machine(),
+        **machine_info(),
     }
     return _write(result, args.out)
 
@@ -170,7 +165,7 @@ def bench_maze(args: argparse.Namespace) -> dict[str, Any]:
         "planner": planner.to_dict(),
         "go_to_goal_baseline": baseline.to_dict(),
         "hard_episodes": int(hard.sum()),
-        **_machine(),
+        **machine_info(),
     }
     if hard.any() and planner.normalized is not None and len(planner.normalized) == len(hard):
         result["planner_hard"] = {
@@ -226,7 +221,7 @@ def bench_curve(args: argparse.Namespace) -> dict[str, Any]:
             "run": str(run), "gradient_steps": trained["gradient_steps"], "train_time_s": trained["train_time_s"],
             "steps_per_s": trained.get("steps_per_s"), "final": trained["final"],
         }
-    result = _write({"benchmark": "curve", "runs": runs, "curves": curves, **_machine()}, args.out)
+    result = _write({"benchmark": "curve", "runs": runs, "curves": curves, **machine_info()}, args.out)
     if args.out:
         plot_learning_curves(curves).savefig(Path(args.out).with_suffix(".png"), dpi=90)
     return result

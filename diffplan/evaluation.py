@@ -115,6 +115,7 @@ def evaluate(
 
     n_envs = max(1, min(n_envs, n_episodes))
     venv = make_venv(n_envs, seed)
+    bar = tqdm(desc=f"eval 0/{n_episodes} episodes", unit="step", disable=not progress, leave=False)
     try:
         if hasattr(policy, "reseed"):
             policy.reseed(seed)
@@ -122,7 +123,6 @@ def evaluate(
         if latency is not None:
             latency.clear()
         buffer = VectorReplayBuffer((max_episode_steps + 1) * n_envs, n_envs)
-        bar = tqdm(desc=f"eval 0/{n_episodes} episodes", unit="step", disable=not progress, leave=False)
         collector = Collector(policy, venv, buffer, collect_stats_class=_progress_stats(bar, n_episodes))
         start = time.perf_counter()
         collector.reset()

@@ -294,18 +294,25 @@ def log_rollout_video(writer: SummaryWriter, exp: Experiment, step: int) -> Path
 
     A machine that cannot render gets a warning, not a failed run: the training is already saved.
     """
-    from diffplan.video import RenderError, add_gif, gif_bytes, record_episode
+    from diffplan.video import RenderError, add_gif
 
-    cfg = exp.cfg
+    path = exp.run_dir / "videos" / f"step_{step:08d}.gif"
     try:
-        frames = record_episode(exp.agent.policy, cfg.task, EVAL_SEED, cfg.video_every, cfg.video_frames)
+        frames = _write_rollout_gif(exp, EVAL_SEED, path, exp.cfg.video_frames)
     except RenderError as exc:
         log.warning("no rollout video: %s", exc)
         return None
     add_gif(writer, "eval/rollout", frames, step)
-    path = exp.run_dir / "videos" / f"step_{step:08d}.gif"
-    write_bytes_atomic(path, gif_bytes(frames))
     return path
+
+
+def _write_rollout_gif(exp: Experiment, seed: int, path: str | os.PathLike, max_frames: int) -> np.ndarray:
+    """Record the first protocol episode of ``seed`` and write it as a GIF to ``path``; returns the frames."""
+    from diffplan.video import gif_bytes, record_episode
+
+    frames = record_episode(exp.agent.policy, exp.cfg.task, seed, exp.cfg.video_every, max_frames)
+    write_bytes_atomic(path, gif_bytes(frames))
+    return frames
 
 
 def _eval_line(step: int, summary: dict[str, Any]) -> str:
@@ -346,14 +353,10 @@ def eval_run(
     ``video``: also write the first episode of that seed as an animated GIF there (``video_frames`` frames, or
     100 when the run's config has none).
     """
-    from diffplan.video import gif_bytes, record_episode
-
     exp = load_trained(path, overrides, progress=progress)
     seed = EVAL_SEED if seed is None else seed
     summary = exp.evaluate(episodes, seed=seed).to_dict()
     if video is not None:
-        cfg = exp.cfg
-        frames = record_episode(exp.agent.policy, cfg.task, seed, cfg.video_every, cfg.video_frames or 100)
-        write_bytes_atomic(video, gif_bytes(frames))
+        _write_rollout_gif(exp, seed, video, exp.cfg.video_frames or 100)
         summary["video"] = str(video)
     return summary
