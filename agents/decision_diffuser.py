@@ -27,29 +27,27 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-from tianshou.algorithm.algorithm_base import OfflineAlgorithm, Policy, TrainingStats
+from tianshou.algorithm.algorithm_base import TrainingStats
 from tianshou.algorithm.optim import AdamOptimizerFactory
 from tianshou.data import Batch
 
-from diffplan.agent import (
-    EMA,
-    Agent,
-    LatencyTracker,
+from diffplan.agent import Agent, DiffusionAgentConfig, DiffusionAlgorithm, DiffusionPolicy
+from diffplan.config import ConfigError
+from diffplan.data import (
+    Episodes,
     NormalizerModule,
+    SequenceDataset,
     WindowSampler,
-    fit_normalizers,
     observation_arrays,
-    planning_scheduler,
     split_observation_space,
 )
-from diffplan.config import ConfigError, RunConfig
-from diffplan.data import Episodes, SequenceDataset
-from diffplan.diffusion import Inpaint, classifier_free, denoising_loss, loss_weights, make_scheduler, sample
+from diffplan.data.conditioning import fit_normalizers
+from diffplan.diffusion import Inpaint, classifier_free, denoising_loss, loss_weights, sample
 from diffplan.nets import MLP, TemporalUnet1d
 
 
 @dataclass
-class DecisionDiffuserConfig(RunConfig):
+class DecisionDiffuserConfig(DiffusionAgentConfig):
     """Decision Diffuser. Defaults follow the public locomotion config (anuragajay/decision-diffuser,
     ``code/config/locomotion_config.py``) where a 2-core CPU allows, and say where they differ."""
 
@@ -60,11 +58,7 @@ class DecisionDiffuserConfig(RunConfig):
     history: int = 4
     """k: past states inpainted before the current one (0: the current state only, as the public code)."""
     diffusion_steps: int = 200
-    """Training diffusion steps T (public config: 200)."""
-    beta_schedule: str = "cosine"
-    """Noise schedule: cosine | linear."""
-    predict_epsilon: bool = True
-    """Model predicts the noise (True, public config) or the clean sequence x0."""
+    """Training diffusion steps T (public config: 200; it predicts the noise, predict_epsilon=True)."""
     loss_discount: float = 1.0
     """Per-step loss weight discount**t over the horizon."""
     dim: int = 32
@@ -104,16 +98,9 @@ class DecisionDiffuserConfig(RunConfig):
     """Sampler: ddim (deterministic, eta=0; few steps) | ddpm (all T steps, as the public code)."""
     sampling_steps: int = 20
     """Denoising steps per plan with ddim."""
-    ema_decay: float = 0.995
-    """EMA decay of the planning weights."""
-    ema_every: int = 10
-    """Update the EMA every this many gradient steps."""
-    ema_start: int = 1000
-    """Before this step the EMA copies the model."""
-    grad_clip: float = 0.0
-    """Clip the gradient norm to this value (0: off)."""
 
     def validate(self) -> None:
+        super().validate()
         divisor = 2 ** (len(self.dim_mults) - 1)
         if self.horizon % divisor:
             raise ConfigError(
@@ -135,7 +122,7 @@ class DecisionDiffuserConfig(RunConfig):
             )
 
 
-class DecisionDiffuserPolicy(Policy):
+class DecisionDiffuserPolicy(DiffusionPolicy[DecisionDiffuserConfig]):
     """Plans a return-conditioned state sequence with CFG every step; inverse dynamics gives the action."""
 
     def __init__(
@@ -149,26 +136,12 @@ class DecisionDiffuserPolicy(Policy):
         observation_space: gym.Space,
         action_space: gym.spaces.Box,
     ) -> None:
-        super().__init__(action_space=action_space, observation_space=observation_space)
-        self.cfg = cfg
-        self.model = model
+        super().__init__(model=model, cfg=cfg, observation_space=observation_space, action_space=action_space)
         self.inv_dyn = inv_dyn
-        self.ema = EMA(model, cfg.ema_decay, cfg.ema_every, cfg.ema_start)
         self.obs_norm, self.act_norm = obs_norm, act_norm
-        self.act_dim = int(action_space.shape[0])
         self.obs_dim = split_observation_space(observation_space)[0]
         self.register_buffer("returns_scale", torch.ones(()))
         """Divisor of returns-to-go into the condition; fitted on the dataset, saved with the weights."""
-        self.sampling_scheduler = planning_scheduler(
-            cfg.sampler, cfg.diffusion_steps, cfg.sampling_steps, beta_schedule=cfg.beta_schedule,
-            predict_epsilon=cfg.predict_epsilon, clip_sample=cfg.clip_sample,
-        )
-        self.generator = torch.Generator().manual_seed(cfg.seed)
-        self.latency = LatencyTracker()
-
-    def reseed(self, seed: int) -> None:
-        """Restart the planning noise stream, so evaluations are repeatable."""
-        self.generator.manual_seed(seed)
 
     def action(self, s: torch.Tensor, s_next: torch.Tensor) -> torch.Tensor:
         """Inverse dynamics on normalized states (..., O) x2 -> normalized actions (..., A)."""
@@ -246,30 +219,20 @@ class DecisionDiffuserTrainingStats(TrainingStats):
     inv_loss: float
 
 
-class DecisionDiffuserAlgorithm(OfflineAlgorithm[DecisionDiffuserPolicy]):
+class DecisionDiffuserAlgorithm(DiffusionAlgorithm[DecisionDiffuserPolicy]):
     """Denoising loss with condition dropout on state windows, and the inverse-dynamics regression."""
 
-    def __init__(
-        self, *, policy: DecisionDiffuserPolicy, cfg: DecisionDiffuserConfig, generator: torch.Generator
-    ) -> None:
-        super().__init__(policy=policy)
-        self.cfg = cfg
-        self.generator = generator
-        self.scheduler = make_scheduler(
-            "ddpm",
-            cfg.diffusion_steps,
-            beta_schedule=cfg.beta_schedule,
-            prediction_type="epsilon" if cfg.predict_epsilon else "sample",
-        )
+    def __init__(self, *, policy: DecisionDiffuserPolicy, generator: torch.Generator) -> None:
+        super().__init__(policy=policy, generator=generator)
+        cfg = policy.cfg
         self.register_buffer(
             "weights", loss_weights(cfg.horizon, policy.obs_dim, 0, discount=cfg.loss_discount).float()
         )
-        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
-        clip = cfg.grad_clip or None
-        self.optim = self._create_optimizer(policy.model, AdamOptimizerFactory(lr=cfg.lr), max_grad_norm=clip)
-        self.inv_optim = self._create_optimizer(policy.inv_dyn, AdamOptimizerFactory(lr=cfg.lr), max_grad_norm=clip)
+        self.inv_optim = self._create_optimizer(
+            policy.inv_dyn, AdamOptimizerFactory(lr=cfg.lr), max_grad_norm=cfg.grad_clip or None
+        )
 
-    def _update_with_batch(self, batch: Batch) -> DecisionDiffuserTrainingStats:
+    def train_step(self, batch: Batch, step: int) -> DecisionDiffuserTrainingStats:
         policy, cfg, A, k = self.policy, self.cfg, self.policy.act_dim, self.cfg.history
         traj = torch.as_tensor(batch.traj)
         states, actions = traj[..., A:], traj[..., :A]  # (B, H, O), (B, H, A)
@@ -288,7 +251,7 @@ class DecisionDiffuserAlgorithm(OfflineAlgorithm[DecisionDiffuserPolicy]):
 
         loss, _ = denoising_loss(
             denoiser,
-            self.scheduler,
+            policy.train_scheduler,
             states,
             cond=y,
             inpaint=Inpaint(known[..., None].expand_as(states), states),
@@ -304,8 +267,6 @@ class DecisionDiffuserAlgorithm(OfflineAlgorithm[DecisionDiffuserPolicy]):
         inv_loss = torch.nn.functional.mse_loss(pred, actions[:, :-1][pair])
         self.inv_optim.step(inv_loss)
 
-        self.num_updates += 1
-        policy.ema.update(policy.model, int(self.num_updates))
         return DecisionDiffuserTrainingStats(loss=float(loss.detach()), inv_loss=float(inv_loss.detach()))
 
 
@@ -337,7 +298,7 @@ def build(
         action_space=action_space,
     ).to(cfg.device)
     generator = torch.Generator().manual_seed(cfg.seed)
-    algorithm = DecisionDiffuserAlgorithm(policy=policy, cfg=cfg, generator=generator)
+    algorithm = DecisionDiffuserAlgorithm(policy=policy, generator=generator)
     source = None
     if episodes is not None:
         dataset = SequenceDataset(

@@ -36,29 +36,26 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-from tianshou.algorithm.algorithm_base import OfflineAlgorithm, Policy, TrainingStats
+from tianshou.algorithm.algorithm_base import TrainingStats
 from tianshou.algorithm.optim import AdamOptimizerFactory
 from tianshou.data import Batch
 
-from diffplan.agent import (
-    EMA,
-    Agent,
-    LatencyTracker,
+from diffplan.agent import Agent, DiffusionAgentConfig, DiffusionAlgorithm, DiffusionPolicy
+from diffplan.config import ConfigError
+from diffplan.data import (
+    Episodes,
     NormalizerModule,
+    SequenceDataset,
     WindowSampler,
-    fit_normalizers,
     observation_arrays,
-    planning_scheduler,
     split_observation_space,
 )
-from diffplan.config import ConfigError, RunConfig
-from diffplan.data import Episodes, SequenceDataset
+from diffplan.data.conditioning import fit_normalizers
 from diffplan.diffusion import (
     Inpaint,
     ValueGuide,
     denoising_loss,
     loss_weights,
-    make_scheduler,
     noised,
     sample,
 )
@@ -68,7 +65,7 @@ TRACKING_MODES = ("pd", "action")
 
 
 @dataclass
-class DiffuserConfig(RunConfig):
+class DiffuserConfig(DiffusionAgentConfig):
     """Diffuser planner. Defaults are the maze2d settings of the paper scaled to a 2-core CPU."""
 
     agent: str = "diffuser"
@@ -76,8 +73,6 @@ class DiffuserConfig(RunConfig):
     """Planning horizon H (env steps per plan); must be divisible by 2**(len(dim_mults)-1)."""
     diffusion_steps: int = 100
     """Training diffusion steps T."""
-    beta_schedule: str = "cosine"
-    """Noise schedule: cosine | linear."""
     predict_epsilon: bool = False
     """Model predicts the noise (True) or the clean trajectory x0 (False, Diffuser's maze2d choice)."""
     action_weight: float = 1.0
@@ -105,18 +100,9 @@ class DiffuserConfig(RunConfig):
     Inpainting alone shows the condition only at the two ends of the sequence, and the conv net needs many
     updates to carry it across the horizon; with the embedding, plans follow start and goal after a few
     thousand CPU steps. False: inpainting only, as in the paper."""
-    ema_decay: float = 0.995
-    """EMA decay of the planning weights."""
-    ema_every: int = 10
-    """Update the EMA every this many gradient steps."""
-    ema_start: int = 1000
-    """Before this step the EMA copies the model."""
-    grad_clip: float = 0.0
-    """Clip the gradient norm to this value (0: off)."""
-    sampler: str = "ddim"
-    """Sampler at planning time: ddim (deterministic, eta=0) | ddpm (all T steps)."""
     sampling_steps: int = 20
-    """Denoising steps per plan with ddim."""
+    """Denoising steps per plan with ddim (Diffuser's locomotion setting samples with ddpm and does not clip:
+    sampler=ddpm clip_sample=0)."""
     replan_every: int = 0
     """Make a new plan every this many env steps; 0: once per episode (open loop, as in the paper)."""
     tracking: str = "pd"
@@ -135,9 +121,6 @@ class DiffuserConfig(RunConfig):
     n_candidates: int = 1
     """Plans sampled per decision; the one executed is, with value guidance, the one of highest value, else
     (goal tasks) the one reaching the goal earliest. Diffuser samples 64 for locomotion."""
-    clip_sample: float = 1.0
-    """Clamp x0 estimates to +-clip_sample while sampling (0: off). Right for the limits normalizer (data in
-    [-1, 1]); with the gaussian one values past 1 are ordinary and Diffuser's locomotion setting does not clip."""
     value_guided: bool = False
     """Train a value function on noisy trajectories alongside the denoiser (same update) and guide sampling
     with its gradient: Diffuser's reward-maximizing planner for tasks without goals."""
@@ -160,6 +143,7 @@ class DiffuserConfig(RunConfig):
     """Channel multipliers of the value network's levels (each halves the horizon)."""
 
     def validate(self) -> None:
+        super().validate()
         if self.tracking not in TRACKING_MODES:
             raise ConfigError(f"tracking={self.tracking!r}; valid: {TRACKING_MODES}")
         divisor = 2 ** (len(self.dim_mults) - 1)
@@ -190,7 +174,7 @@ class DiffuserConfig(RunConfig):
                 raise ConfigError("value_dim_mults must not be empty")
 
 
-class DiffuserPolicy(Policy):
+class DiffuserPolicy(DiffusionPolicy[DiffuserConfig]):
     """Plans with the EMA denoiser and tracks the plan; per-env plans travel in Tianshou's ``state``."""
 
     def __init__(
@@ -205,21 +189,11 @@ class DiffuserPolicy(Policy):
         goal_dim: int,
         value_net: TemporalValueNet | None = None,
     ) -> None:
-        super().__init__(action_space=action_space, observation_space=observation_space)
-        self.cfg = cfg
-        self.model = model
+        super().__init__(model=model, cfg=cfg, observation_space=observation_space, action_space=action_space)
         self.value_net = value_net
-        self.ema = EMA(model, cfg.ema_decay, cfg.ema_every, cfg.ema_start)
         self.obs_norm, self.act_norm = obs_norm, act_norm
-        self.act_dim = int(action_space.shape[0])
         self.obs_dim = split_observation_space(observation_space)[0]
         self.goal_dim = goal_dim
-        self.sampling_scheduler = planning_scheduler(
-            cfg.sampler, cfg.diffusion_steps, cfg.sampling_steps, beta_schedule=cfg.beta_schedule,
-            predict_epsilon=cfg.predict_epsilon, clip_sample=cfg.clip_sample,
-        )
-        self.generator = torch.Generator().manual_seed(cfg.seed)
-        self.latency = LatencyTracker()
         self.last_values: torch.Tensor | None = None
         """(M*K,) predicted values of the last call's candidates (value guidance only)."""
         self.record_plans = 0
@@ -227,10 +201,6 @@ class DiffuserPolicy(Policy):
         self.recorded_plans: list[dict[str, np.ndarray]] = []
 
     # ----------------------------------------------------------------------------------------------------- plan
-    def reseed(self, seed: int) -> None:
-        """Restart the planning noise stream, so evaluations are repeatable."""
-        self.generator.manual_seed(seed)
-
     def goal_state(self, goal: np.ndarray) -> np.ndarray:
         """(M, G) goal positions -> (M, O) goal states: the position with every other entry (velocity) 0."""
         state = np.zeros((len(goal), self.obs_dim), dtype=np.float32)
@@ -249,7 +219,7 @@ class DiffuserPolicy(Policy):
         """
         cfg, A, K = self.cfg, self.act_dim, self.cfg.n_candidates
         M, H = len(obs), cfg.horizon
-        device = next(self.model.parameters()).device
+        device = self.device
         with self.latency.time(M):
             values = torch.zeros(M * K, H, A + self.obs_dim, device=device)
             mask = torch.zeros_like(values, dtype=torch.bool)
@@ -379,7 +349,7 @@ class DiffuserPolicy(Policy):
         o, goal = observation_arrays(batch)  # (1, O), (1, G) | None
         A, H = self.act_dim, self.cfg.horizon
         k = min(len(committed), H)
-        device = next(self.model.parameters()).device
+        device = self.device
         values = torch.zeros(1, H, A + self.obs_dim, device=device)
         mask = torch.zeros_like(values, dtype=torch.bool)
         values[:, 0, A:], mask[:, 0, A:] = self.obs_norm.normalize(torch.as_tensor(o, device=device)), True
@@ -407,26 +377,14 @@ class DiffuserTrainingStats(TrainingStats):
     value_loss: float | None = None
 
 
-class DiffuserAlgorithm(OfflineAlgorithm[DiffuserPolicy]):
+class DiffuserAlgorithm(DiffusionAlgorithm[DiffuserPolicy]):
     """Denoising-loss training of the trajectory model on windows served by a :class:`WindowSampler`."""
 
-    def __init__(self, *, policy: DiffuserPolicy, cfg: DiffuserConfig, generator: torch.Generator) -> None:
-        super().__init__(policy=policy)
-        self.cfg = cfg
-        self.generator = generator
-        self.scheduler = make_scheduler(
-            "ddpm",
-            cfg.diffusion_steps,
-            beta_schedule=cfg.beta_schedule,
-            prediction_type="epsilon" if cfg.predict_epsilon else "sample",
-        )
-        A, O = policy.act_dim, policy.obs_dim
+    def __init__(self, *, policy: DiffuserPolicy, generator: torch.Generator) -> None:
+        super().__init__(policy=policy, generator=generator)
+        cfg, A, O = policy.cfg, policy.act_dim, policy.obs_dim
         self.register_buffer(
             "weights", loss_weights(cfg.horizon, A + O, A, cfg.action_weight, cfg.loss_discount).float()
-        )
-        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
-        self.optim = self._create_optimizer(
-            policy.model, AdamOptimizerFactory(lr=cfg.lr), max_grad_norm=cfg.grad_clip or None
         )
         self.value_optim = None
         if policy.value_net is not None:
@@ -434,7 +392,7 @@ class DiffuserAlgorithm(OfflineAlgorithm[DiffuserPolicy]):
                 policy.value_net, AdamOptimizerFactory(lr=cfg.lr), max_grad_norm=cfg.grad_clip or None
             )
 
-    def _update_with_batch(self, batch: Batch) -> DiffuserTrainingStats:
+    def train_step(self, batch: Batch, step: int) -> DiffuserTrainingStats:
         policy, A = self.policy, self.policy.act_dim
         x0 = torch.as_tensor(batch.traj)
         mask = torch.zeros_like(x0, dtype=torch.bool)
@@ -444,7 +402,7 @@ class DiffuserAlgorithm(OfflineAlgorithm[DiffuserPolicy]):
         inpaint = Inpaint(mask, x0)
         loss, info = denoising_loss(
             policy.model,
-            self.scheduler,
+            policy.train_scheduler,
             x0,
             cond=policy.condition_vector(x0) if self.cfg.embed_conditions else None,
             inpaint=inpaint,
@@ -457,8 +415,6 @@ class DiffuserAlgorithm(OfflineAlgorithm[DiffuserPolicy]):
         value_loss = None
         if policy.value_net is not None and self.value_optim is not None:
             value_loss = float(self.value_update(x0, torch.as_tensor(batch.returns), inpaint))
-        self.num_updates += 1
-        policy.ema.update(policy.model, int(self.num_updates))
         return DiffuserTrainingStats(
             loss=float(loss.detach()), a0_loss=float(info.get("a0_loss", 0.0)), value_loss=value_loss
         )
@@ -471,7 +427,7 @@ class DiffuserAlgorithm(OfflineAlgorithm[DiffuserPolicy]):
         """
         net = self.policy.value_net
         assert net is not None and self.value_optim is not None
-        x_t, t, _ = noised(self.scheduler, x0, inpaint=inpaint, generator=self.generator)
+        x_t, t, _ = noised(self.policy.train_scheduler, x0, inpaint=inpaint, generator=self.generator)
         target = (returns.reshape(-1) - net.target_mean) / net.target_std
         loss = torch.nn.functional.mse_loss(net.standardized(x_t, t), target)
         self.value_optim.step(loss)
@@ -522,7 +478,7 @@ def build(
         goal_dim=goal_dim if cfg.goal_conditioned else 0,
     ).to(cfg.device)
     generator = torch.Generator().manual_seed(cfg.seed)
-    algorithm = DiffuserAlgorithm(policy=policy, cfg=cfg, generator=generator)
+    algorithm = DiffuserAlgorithm(policy=policy, generator=generator)
     source = None
     if episodes is not None:
         dataset = SequenceDataset(

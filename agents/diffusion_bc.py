@@ -24,22 +24,13 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-from tianshou.algorithm.algorithm_base import OfflineAlgorithm, Policy, TrainingStats
-from tianshou.algorithm.optim import AdamOptimizerFactory
+from tianshou.algorithm.algorithm_base import TrainingStats
 from tianshou.data import Batch
 
-from diffplan.agent import (
-    EMA,
-    Agent,
-    ConditionEncoder,
-    LatencyTracker,
-    NormalizerModule,
-    action_level_data,
-    observation_arrays,
-    split_observation_space,
-)
-from diffplan.config import ConfigError, RunConfig
-from diffplan.data import Episodes
+from diffplan.agent import Agent, DiffusionAgentConfig, DiffusionAlgorithm, DiffusionPolicy
+from diffplan.config import ConfigError
+from diffplan.data import Episodes, NormalizerModule, observation_arrays, split_observation_space
+from diffplan.data.conditioning import ConditionEncoder, action_level_data
 from diffplan.diffusion import denoising_loss, log_prob, make_scheduler, sample
 from diffplan.nets import MLPDenoiser, TemporalUnet1d
 
@@ -47,7 +38,7 @@ DENOISERS = ("mlp", "unet")
 
 
 @dataclass
-class DiffusionBCConfig(RunConfig):
+class DiffusionBCConfig(DiffusionAgentConfig):
     """Diffusion BC policy. Defaults: Diffusion Policy's low-dim recipe shrunk to a 2-core CPU."""
 
     agent: str = "diffusion_bc"
@@ -61,16 +52,9 @@ class DiffusionBCConfig(RunConfig):
     """K, observations the policy is conditioned on (Diffusion Policy uses 2)."""
     goal_conditioned: bool = True
     """Condition on the goal too (needs a Dict observation with desired_goal)."""
-    diffusion_steps: int = 100
-    """Training diffusion steps T (DDPM)."""
-    beta_schedule: str = "cosine"
-    """Noise schedule: cosine (Diffusion Policy's squaredcos_cap_v2) | linear | vp."""
-    predict_epsilon: bool = True
-    """Model predicts the noise (True, Diffusion Policy) or the clean chunk (False)."""
     sampling_steps: int = 10
-    """DDIM steps per chunk at evaluation; also the steps of the stochastic chain of ``denoising_chain``."""
-    ddim_eta: float = 0.0
-    """DDIM noise scale at evaluation (0: deterministic)."""
+    """DDIM steps per chunk when acting (beta_schedule cosine is Diffusion Policy's squaredcos_cap_v2); also the
+    steps of the stochastic chain of ``denoising_chain``."""
     denoiser: str = "mlp"
     """mlp (MLPDenoiser over the flattened chunk) | unet (TemporalUnet1d over the chunk's time axis)."""
     hidden: int = 256
@@ -89,19 +73,13 @@ class DiffusionBCConfig(RunConfig):
     """Normalizer of observations, goals and actions: limits (to [-1, 1]) | gaussian."""
     loss_on_padding: bool = True
     """Train on chunk steps past an episode's end (zero action): teaches "arrive, then stop"."""
-    ema_decay: float = 0.995
-    """EMA decay of the acting weights."""
     ema_every: int = 1
-    """Update the EMA every this many gradient steps."""
-    ema_start: int = 1000
-    """Before this step the EMA copies the model."""
-    grad_clip: float = 0.0
-    """Clip the gradient norm to this value (0: off)."""
     min_logprob_std: float = 0.1
     """Floor of the step std in ``chain_log_prob`` (DPPO's min_logprob_denoising_std), so near-deterministic
     steps keep a finite, well-conditioned density."""
 
     def validate(self) -> None:
+        super().validate()
         if self.denoiser not in DENOISERS:
             raise ConfigError(f"denoiser={self.denoiser!r}; valid: {DENOISERS}")
         if self.chunk < 1 or self.obs_history < 1 or self.sampling_steps < 1:
@@ -116,7 +94,7 @@ class DiffusionBCConfig(RunConfig):
             )
 
 
-class DiffusionBCPolicy(Policy):
+class DiffusionBCPolicy(DiffusionPolicy[DiffusionBCConfig]):
     """Samples action chunks with the EMA denoiser and plays them receding-horizon; memory in ``state``."""
 
     def __init__(
@@ -129,35 +107,16 @@ class DiffusionBCPolicy(Policy):
         observation_space: gym.Space,
         action_space: gym.spaces.Box,
     ) -> None:
-        super().__init__(action_space=action_space, observation_space=observation_space)
-        self.cfg = cfg
-        self.model = model
-        self.ema = EMA(model, cfg.ema_decay, cfg.ema_every, cfg.ema_start)
+        super().__init__(model=model, cfg=cfg, observation_space=observation_space, action_space=action_space)
         self.encoder, self.act_norm = encoder, act_norm
-        self.act_dim = int(action_space.shape[0])
         self.obs_dim = split_observation_space(observation_space)[0]
-        prediction = "epsilon" if cfg.predict_epsilon else "sample"
-        self.sampling_scheduler = make_scheduler(
-            "ddim", cfg.diffusion_steps, beta_schedule=cfg.beta_schedule, prediction_type=prediction,
-            eta=cfg.ddim_eta,
-        )
-        self.sampling_scheduler.set_timesteps(cfg.sampling_steps)
         # The chain a fine-tuner explores with must be stochastic at every step but the last: the strided
         # DDPM posterior over the same K steps.
         self.chain_scheduler = make_scheduler(
-            "ddpm", cfg.diffusion_steps, beta_schedule=cfg.beta_schedule, prediction_type=prediction
+            "ddpm", cfg.diffusion_steps, beta_schedule=cfg.beta_schedule,
+            prediction_type="epsilon" if cfg.predict_epsilon else "sample",
         )
         self.chain_scheduler.set_timesteps(cfg.sampling_steps)
-        self.generator = torch.Generator().manual_seed(cfg.seed)
-        self.latency = LatencyTracker()
-
-    def reseed(self, seed: int) -> None:
-        """Restart the sampling noise stream, so evaluations are repeatable."""
-        self.generator.manual_seed(seed)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
 
     # ---------------------------------------------------------------------------------------------- sample
     def _history(self, obs: np.ndarray) -> np.ndarray:
@@ -255,34 +214,20 @@ class DiffusionBCTrainingStats(TrainingStats):
     loss: float
 
 
-class DiffusionBCAlgorithm(OfflineAlgorithm[DiffusionBCPolicy]):
+class DiffusionBCAlgorithm(DiffusionAlgorithm[DiffusionBCPolicy]):
     """DDPM denoising loss on (observation history [, goal]) -> action chunk samples."""
 
-    def __init__(self, *, policy: DiffusionBCPolicy, cfg: DiffusionBCConfig, generator: torch.Generator) -> None:
-        super().__init__(policy=policy)
-        self.cfg, self.generator = cfg, generator
-        self.scheduler = make_scheduler(
-            "ddpm", cfg.diffusion_steps, beta_schedule=cfg.beta_schedule,
-            prediction_type="epsilon" if cfg.predict_epsilon else "sample",
-        )
-        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
-        self.optim = self._create_optimizer(
-            policy.model, AdamOptimizerFactory(lr=cfg.lr), max_grad_norm=cfg.grad_clip or None
-        )
-
-    def _update_with_batch(self, batch: Batch) -> DiffusionBCTrainingStats:
+    def train_step(self, batch: Batch, step: int) -> DiffusionBCTrainingStats:
         policy = self.policy
         loss, _ = denoising_loss(
             policy.model,
-            self.scheduler,
+            policy.train_scheduler,
             torch.as_tensor(batch.act),
             cond=policy.encoder(torch.as_tensor(batch.obs), batch.get("goal", None)),
             mask=None if self.cfg.loss_on_padding else torch.as_tensor(batch.mask),
             generator=self.generator,
         )
         self.optim.step(loss)
-        self.num_updates += 1
-        policy.ema.update(policy.model, int(self.num_updates))
         return DiffusionBCTrainingStats(loss=float(loss.detach()))
 
 
@@ -315,5 +260,5 @@ def build(
         model=model, cfg=cfg, encoder=data.encoder, act_norm=data.act_norm,
         observation_space=observation_space, action_space=action_space,
     ).to(cfg.device)
-    algorithm = DiffusionBCAlgorithm(policy=policy, cfg=cfg, generator=data.generator)
+    algorithm = DiffusionBCAlgorithm(policy=policy, generator=data.generator)
     return Agent(policy=policy, algorithm=algorithm, batch_source=data.batch_source)

@@ -30,22 +30,15 @@ import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tianshou.algorithm.algorithm_base import OfflineAlgorithm, Policy, TrainingStats
+from tianshou.algorithm.algorithm_base import TrainingStats
 from tianshou.algorithm.optim import AdamOptimizerFactory
 from tianshou.data import Batch
 
-from diffplan.agent import (
-    EMA,
-    Agent,
-    ConditionEncoder,
-    LatencyTracker,
-    NormalizerModule,
-    action_level_data,
-    observation_arrays,
-)
-from diffplan.config import ConfigError, RunConfig
-from diffplan.data import Episodes
-from diffplan.diffusion import denoising_loss, make_scheduler, sample
+from diffplan.agent import Agent, DiffusionAgentConfig, DiffusionAlgorithm, DiffusionPolicy
+from diffplan.config import ConfigError
+from diffplan.data import Episodes, NormalizerModule, observation_arrays
+from diffplan.data.conditioning import ConditionEncoder, action_level_data
+from diffplan.diffusion import denoising_loss, sample
 from diffplan.nets import MLPDenoiser, TwinQ, ValueNet
 
 CRITICS = ("td", "iql")
@@ -53,7 +46,7 @@ SELECTIONS = ("argmax", "softmax", "expectile")
 
 
 @dataclass
-class DiffusionQLConfig(RunConfig):
+class DiffusionQLConfig(DiffusionAgentConfig):
     """Diffusion-QL. Defaults are the paper's (its public code's) D4RL locomotion settings."""
 
     agent: str = "diffusion_ql"
@@ -85,6 +78,8 @@ class DiffusionQLConfig(RunConfig):
     """Denoising steps T, used for both training and sampling (the paper's 5)."""
     beta_schedule: str = "vp"
     """Noise schedule: vp (the paper's) | linear | cosine."""
+    sampler: str = "ddpm"
+    """Actions are sampled with all T DDPM steps, as in the paper."""
     hidden: int = 256
     """Width of the denoiser and critic MLPs (the paper: 3 hidden layers of 256, Mish)."""
     depth: int = 3
@@ -99,12 +94,8 @@ class DiffusionQLConfig(RunConfig):
     """Condition actor and critics on the goal (needs a Dict observation with desired_goal)."""
     grad_clip: float = 1.0
     """Max gradient norm of actor and critic updates (the paper's per-task 'gn'; 0: off)."""
-    ema_decay: float = 0.995
-    """EMA decay of the actor."""
     ema_every: int = 5
     """Update the EMA every this many gradient steps (the paper's 5)."""
-    ema_start: int = 1000
-    """Before this step the EMA copies the actor."""
     act_with_ema: bool = True
     """Sample evaluation actions with the EMA actor (the paper's code uses the online actor; the EMA is the
     smoother of the two and is what the critic targets already use)."""
@@ -117,6 +108,7 @@ class DiffusionQLConfig(RunConfig):
     """Softmax selection temperature (the paper's code: 1, on raw Q values)."""
 
     def validate(self) -> None:
+        super().validate()
         if self.critic not in CRITICS:
             raise ConfigError(f"critic={self.critic!r}; valid: {CRITICS}")
         if self.selection not in SELECTIONS:
@@ -184,7 +176,7 @@ def select_candidates(
 
 
 # ------------------------------------------------------------------------------------------------- policy
-class DiffusionQLPolicy(Policy):
+class DiffusionQLPolicy(DiffusionPolicy[DiffusionQLConfig]):
     """Samples candidate actions with the diffusion actor and picks one by the target critics."""
 
     def __init__(
@@ -199,28 +191,11 @@ class DiffusionQLPolicy(Policy):
         observation_space: gym.Space,
         action_space: gym.spaces.Box,
     ) -> None:
-        super().__init__(action_space=action_space, observation_space=observation_space)
-        self.cfg = cfg
-        self.model = model
-        self.ema = EMA(model, cfg.ema_decay, cfg.ema_every, cfg.ema_start)
+        super().__init__(model=model, cfg=cfg, observation_space=observation_space, action_space=action_space)
         self.critic = critic
         self.critic_target = copy.deepcopy(critic).requires_grad_(False)
         self.value = value
         self.encoder, self.act_norm = encoder, act_norm
-        self.act_dim = int(action_space.shape[0])
-        self.scheduler = make_scheduler(
-            "ddpm", cfg.diffusion_steps, beta_schedule=cfg.beta_schedule, prediction_type="epsilon"
-        )
-        self.generator = torch.Generator().manual_seed(cfg.seed)
-        self.latency = LatencyTracker()
-
-    def reseed(self, seed: int) -> None:
-        """Restart the sampling noise stream, so evaluations are repeatable."""
-        self.generator.manual_seed(seed)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
 
     def sample_actions(
         self,
@@ -236,7 +211,7 @@ class DiffusionQLPolicy(Policy):
         to the trained actor.
         """
         x = sample(
-            model or self.model, self.scheduler, (cond.shape[0], 1, self.act_dim), cond=cond,
+            model or self.model, self.sampling_scheduler, (cond.shape[0], 1, self.act_dim), cond=cond,
             generator=generator or self.generator, device=cond.device, enable_grad=enable_grad,
         )
         return x[:, 0]
@@ -286,15 +261,13 @@ class DiffusionQLTrainingStats(TrainingStats):
     q_mean: float
 
 
-class DiffusionQLAlgorithm(OfflineAlgorithm[DiffusionQLPolicy]):
+class DiffusionQLAlgorithm(DiffusionAlgorithm[DiffusionQLPolicy]):
     """One Diffusion-QL (or IDQL) gradient step per update: critic(s), then the actor, then the targets."""
 
-    def __init__(self, *, policy: DiffusionQLPolicy, cfg: DiffusionQLConfig, generator: torch.Generator) -> None:
-        super().__init__(policy=policy)
-        self.cfg, self.generator = cfg, generator
-        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
-        clip = cfg.grad_clip or None
-        self.actor_optim = self._create_optimizer(policy.model, AdamOptimizerFactory(lr=cfg.lr), max_grad_norm=clip)
+    def __init__(self, *, policy: DiffusionQLPolicy, generator: torch.Generator) -> None:
+        super().__init__(policy=policy, generator=generator)
+        cfg, clip = policy.cfg, policy.cfg.grad_clip or None
+        self.actor_optim = self.optim
         self.critic_optim = self._create_optimizer(
             policy.critic, AdamOptimizerFactory(lr=cfg.critic_lr), max_grad_norm=clip
         )
@@ -354,7 +327,7 @@ class DiffusionQLAlgorithm(OfflineAlgorithm[DiffusionQLPolicy]):
             q1, q2 = q2, q1
         return -q1.mean() / q2.abs().mean().detach()
 
-    def _update_with_batch(self, batch: Batch) -> DiffusionQLTrainingStats:
+    def train_step(self, batch: Batch, step: int) -> DiffusionQLTrainingStats:
         policy, cfg = self.policy, self.cfg
         goal = batch.get("goal", None)
         cond = policy.encoder(torch.as_tensor(batch.obs), goal)  # (B, C)
@@ -373,15 +346,13 @@ class DiffusionQLAlgorithm(OfflineAlgorithm[DiffusionQLPolicy]):
         critic_loss = F.mse_loss(q1, target) + F.mse_loss(q2, target)
         self.critic_optim.step(critic_loss)
 
-        bc_loss, _ = denoising_loss(policy.model, policy.scheduler, act[:, None], cond=cond, generator=self.generator)
+        bc_loss, _ = denoising_loss(policy.model, policy.train_scheduler, act[:, None], cond=cond, generator=self.generator)
         q_loss = self.q_term(cond) if cfg.eta > 0 else torch.zeros(())
         actor_loss = bc_loss + cfg.eta * q_loss
         self.actor_optim.step(actor_loss)
 
-        self.num_updates += 1
         if cfg.lr_decay:
-            self.apply_lr_decay(int(self.num_updates))
-        policy.ema.update(policy.model, int(self.num_updates))
+            self.apply_lr_decay(step)
         with torch.no_grad():
             for p_target, p in zip(policy.critic_target.parameters(), policy.critic.parameters(), strict=True):
                 p_target.lerp_(p, cfg.tau)
@@ -417,5 +388,5 @@ def build(
         model=model, critic=critic, value=value, cfg=cfg, encoder=data.encoder, act_norm=data.act_norm,
         observation_space=observation_space, action_space=action_space,
     ).to(cfg.device)
-    algorithm = DiffusionQLAlgorithm(policy=policy, cfg=cfg, generator=data.generator)
+    algorithm = DiffusionQLAlgorithm(policy=policy, generator=data.generator)
     return Agent(policy=policy, algorithm=algorithm, batch_source=data.batch_source)

@@ -1,4 +1,4 @@
-"""What every agent shares: the build contract, the training-batch source, EMA and normalizer modules.
+"""The agent contract: what the training loops, the evaluator, the benchmarks and the robot bridge may rely on.
 
 An agent module in ``diffplan.agents`` defines
 
@@ -6,6 +6,19 @@ An agent module in ``diffplan.agents`` defines
 * ``build(cfg, observation_space, action_space, episodes) -> Agent``,
 
 so the runner, CLI, checkpoints and robot bridge never need to know which algorithm they hold.
+
+What an agent *can* do beyond acting is declared by the typed, ``runtime_checkable`` Protocols below (checked
+with ``isinstance``, never discovered with ``hasattr``), and what every diffusion agent shares is owned by two
+small base classes:
+
+* :class:`DiffusionPolicy`: the trained model and its EMA copy, the training and sampling schedulers (built
+  once, from the same config fields), a seeded noise generator, ``reseed`` and latency tracking;
+* :class:`DiffusionAlgorithm`: the update counter, the optimizer of the model, the training-batch generator and
+  the EMA step after every update; a subclass writes only ``train_step`` (its paper's loss).
+
+Whether an agent learns offline (from a batch source) or online (collecting in vector envs) follows from its
+Tianshou algorithm type: an ``OnPolicyAlgorithm`` is trained by the online loop, everything else by the offline
+loop (:mod:`diffplan.training`).
 """
 
 from __future__ import annotations
@@ -14,23 +27,82 @@ import copy
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar, Generic, Protocol, TypeVar, runtime_checkable
 
 import gymnasium as gym
 import numpy as np
 import torch
-from tianshou.algorithm.algorithm_base import Algorithm, Policy
+from tianshou.algorithm.algorithm_base import (
+    Algorithm,
+    OfflineAlgorithm,
+    OnPolicyAlgorithm,
+    Policy,
+    TrainingStats,
+)
+from tianshou.algorithm.optim import AdamOptimizerFactory
 from tianshou.data import Batch
 from torch import nn
 
-from diffplan.data.normalizer import NORMALIZERS, Normalizer
-from diffplan.diffusion import NoiseScheduler, make_scheduler
+from diffplan.config import ConfigError, RunConfig
+from diffplan.diffusion import BETA_SCHEDULES, SCHEDULERS, NoiseScheduler, make_scheduler
+
+# ------------------------------------------------------------------------------------------------ capabilities
 
 
 class BatchSource(Protocol):
     """What Tianshou's ``Algorithm.update(buffer, sample_size)`` needs from a buffer: ``sample``."""
 
     def sample(self, batch_size: int) -> tuple[Batch, np.ndarray]: ...
+
+
+@runtime_checkable
+class Reseedable(Protocol):
+    """A policy whose acting noise can be restarted, so that two evaluations of the same weights agree."""
+
+    def reseed(self, seed: int) -> None: ...
+
+
+@runtime_checkable
+class TimedPolicy(Protocol):
+    """A policy that times its planning calls (evaluation reports the latency)."""
+
+    latency: LatencyTracker
+
+
+@runtime_checkable
+class Planner(Protocol):
+    """A policy that plans for a batch of states in one call (``diffplan bench plan`` times it).
+
+    ``plan(obs (M, O), goal (M, G) | None)`` returns the agent's plan (a chunk, an action, a trajectory ...).
+    """
+
+    latency: LatencyTracker
+
+    def plan(self, obs: np.ndarray, goal: np.ndarray | None) -> Any: ...
+
+
+@runtime_checkable
+class ChunkPlanner(Protocol):
+    """What the robot bridge deploys: ``plan_chunk(obs, committed (k, A)) -> (H, A)`` actions for the next H
+    ticks whose first k rows equal the actions already committed for those ticks."""
+
+    def plan_chunk(self, obs: Any, committed: np.ndarray) -> np.ndarray: ...
+
+
+@runtime_checkable
+class PlanRecorder(Protocol):
+    """A planner that keeps its next ``record_plans`` plans in ``recorded_plans`` (for pictures): each a dict
+    with ``plan`` (H, O) raw states, ``length`` (steps used) and ``goal`` (G,) or None."""
+
+    record_plans: int
+    recorded_plans: list[dict[str, Any]]
+
+
+@runtime_checkable
+class HasGenerator(Protocol):
+    """Owns a ``torch.Generator`` whose state a checkpoint must keep for an exact resume."""
+
+    generator: torch.Generator
 
 
 @dataclass
@@ -41,63 +113,21 @@ class Agent:
     algorithm: Algorithm
     batch_source: BatchSource | None = None
 
+    @property
+    def online(self) -> bool:
+        """True when the algorithm learns from its own env interaction (Tianshou's on-policy type)."""
+        return isinstance(self.algorithm, OnPolicyAlgorithm)
 
-class WindowSampler:
-    """Serves trajectory windows of a :class:`~diffplan.data.SequenceDataset` (or samples of any dataset with
-    ``sample(n, generator) -> dict`` holding ``indices``, e.g. a :class:`~diffplan.data.TransitionDataset`) to
-    ``Algorithm.update``.
-
-    Tianshou's offline update samples ``buffer.sample(n)``; a ``ReplayBuffer`` would have to rebuild H-step
-    windows with H python-level ``buffer.next`` calls per batch, while the SequenceDataset gathers them in one
-    vectorized index. All randomness comes from ``generator`` so a resumed run draws the same batches.
-    """
-
-    def __init__(self, dataset: Any, generator: torch.Generator) -> None:
-        self.dataset = dataset
-        self.generator = generator
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def sample(self, batch_size: int) -> tuple[Batch, np.ndarray]:
-        data = self.dataset.sample(batch_size, self.generator)
-        indices = data.pop("indices")
-        return Batch(**data), np.asarray(indices)
+    def generators(self) -> dict[str, torch.Generator]:
+        """Every generator whose state an exact resume needs, by a stable name."""
+        found: dict[str, torch.Generator] = {}
+        for name, owner in (("algorithm", self.algorithm), ("policy", self.policy)):
+            if isinstance(owner, HasGenerator) and all(g is not owner.generator for g in found.values()):
+                found[name] = owner.generator
+        return found
 
 
-class NormalizerModule(nn.Module):
-    """Holds a fitted :class:`Normalizer` inside a policy so it is saved and restored with the weights.
-
-    The statistics travel through ``get_extra_state`` as a dict of tensors, so a checkpoint still loads with
-    ``torch.load(weights_only=True)``.
-    """
-
-    def __init__(self, kind: str, data: np.ndarray | None = None, dim: int | None = None) -> None:
-        super().__init__()
-        if kind not in NORMALIZERS:
-            raise ValueError(f"unknown normalizer {kind!r}; valid: {sorted(NORMALIZERS)}")
-        self.kind = kind
-        self.normalizer: Normalizer = NORMALIZERS[kind]()
-        if data is not None:
-            self.normalizer.fit(np.asarray(data, dtype=np.float32))
-        elif dim is not None:  # placeholder statistics, replaced when a checkpoint is loaded
-            self.normalizer.fit(np.stack([-np.ones(dim, np.float32), np.ones(dim, np.float32)]))
-
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        return self.normalizer.normalize(x)
-
-    def unnormalize(self, x: torch.Tensor) -> torch.Tensor:
-        return self.normalizer.unnormalize(x)
-
-    def get_extra_state(self) -> dict[str, Any]:
-        return {"kind": self.kind, **self.normalizer.state_dict()}
-
-    def set_extra_state(self, state: dict[str, Any]) -> None:
-        state = dict(state)
-        kind = state.pop("kind")
-        if kind != self.kind:
-            raise ValueError(f"checkpoint normalizer is {kind!r}, the config asks for {self.kind!r}")
-        self.normalizer.load_state_dict(state)
+# --------------------------------------------------------------------------------------------- shared parts
 
 
 class EMA(nn.Module):
@@ -162,153 +192,145 @@ class _Timer:
         self.tracker.records.append(((time.perf_counter() - self.start) * 1000.0, self.batch_size))
 
 
-def split_observation_space(space: gym.Space) -> tuple[int, int]:
-    """``(obs_dim, goal_dim)`` of an env observation space: Dict goal envs -> (observation, desired_goal)."""
-    if isinstance(space, gym.spaces.Dict):
-        obs = space["observation"]
-        goal = space.spaces.get("desired_goal")
-        return int(np.prod(obs.shape)), int(np.prod(goal.shape)) if goal is not None else 0
-    return int(np.prod(space.shape)), 0
-
-
-def observation_arrays(obs: Any) -> tuple[np.ndarray, np.ndarray | None]:
-    """``(obs (N,O), goal (N,G) | None)`` from a Tianshou observation batch (Batch of a Dict space or array)."""
-    if isinstance(obs, Batch | dict):
-        observation = np.asarray(obs["observation"], dtype=np.float32)
-        goal = obs.get("desired_goal", None)
-        return observation, (None if goal is None else np.asarray(goal, dtype=np.float32))
-    return np.asarray(obs, dtype=np.float32), None
-
-
-class ConditionEncoder(nn.Module):
-    """The condition vector of an action-level policy or critic: normalized observation(s) [and goal], flat.
-
-    ``(obs (B, K, O) or (B, O), goal (B, G) | None) -> (B, K*O + G)``. Holds the observation and goal
-    normalizers so they travel with the weights; goals get their own normalizer (fitted on the dataset's
-    goals), since a goal is not an observation (PointMaze: xy only).
-    """
-
-    def __init__(self, obs_norm: NormalizerModule, goal_norm: NormalizerModule | None, history: int = 1) -> None:
-        super().__init__()
-        self.obs_norm, self.goal_norm, self.history = obs_norm, goal_norm, int(history)
-
-    @classmethod
-    def fit(
-        cls, kind: str, episodes: Any, obs_dim: int, goal_dim: int, history: int = 1
-    ) -> ConditionEncoder:
-        """Normalizers of kind ``kind`` fitted on ``episodes`` (an :class:`~diffplan.data.Episodes`), or
-        placeholders of the right size for ``episodes=None`` (a shell to load weights into); ``goal_dim=0``:
-        no goal."""
-        obs_norm = NormalizerModule(kind, None if episodes is None else episodes.obs, dim=obs_dim)
-        goal_norm = None
-        if goal_dim:
-            goal_norm = NormalizerModule(kind, None if episodes is None else episodes.goal, dim=goal_dim)
-        return cls(obs_norm, goal_norm, history)
-
-    @property
-    def dim(self) -> int:
-        """Width K*O [+ G] of the condition vector."""
-        goal_dim = 0 if self.goal_norm is None else self.goal_norm.normalizer.dim
-        return self.history * self.obs_norm.normalizer.dim + goal_dim
-
-    def forward(self, obs_n: torch.Tensor, goal_n: torch.Tensor | None = None) -> torch.Tensor:
-        """Already normalized obs (B, K, O) | (B, O) and goal (B, G) -> (B, K*O [+ G])."""
-        parts = [obs_n.flatten(1)]
-        if self.goal_norm is not None:
-            if goal_n is None:
-                raise ValueError("this policy is goal-conditioned but got no goal")
-            parts.append(goal_n)
-        return torch.cat(parts, dim=-1)
-
-    def encode(
-        self, obs: np.ndarray | torch.Tensor, goal: np.ndarray | torch.Tensor | None, device: Any = "cpu"
-    ) -> torch.Tensor:
-        """Raw env obs (M, K, O) | (M, O) and goal (M, G) | None -> normalized condition (M, K*O [+ G])."""
-        obs_n = self.obs_norm.normalize(torch.as_tensor(obs, dtype=torch.float32, device=device))
-        goal_n = None
-        if self.goal_norm is not None and goal is not None:
-            goal_n = self.goal_norm.normalize(torch.as_tensor(goal, dtype=torch.float32, device=device))
-        return self(obs_n, goal_n)
+# ------------------------------------------------------------------------------------ diffusion base classes
 
 
 @dataclass
-class ActionLevelData:
-    """What an action-level agent (a policy over actions or action chunks, not whole trajectories) builds from
-    its spaces and dataset; see :func:`action_level_data`."""
+class DiffusionAgentConfig(RunConfig):
+    """Fields every diffusion agent shares: the noise process, sampling, EMA and optimisation. Agents override
+    the defaults with their paper's values."""
 
-    encoder: ConditionEncoder
-    act_norm: NormalizerModule
-    act_dim: int
-    generator: torch.Generator
-    """Source of the training batches and noise; checkpointed by the runner as ``algorithm.generator``."""
-    batch_source: WindowSampler | None
+    diffusion_steps: int = 100
+    """Training diffusion steps T (DDPM)."""
+    beta_schedule: str = "cosine"
+    """Noise schedule: cosine | linear | vp."""
+    predict_epsilon: bool = True
+    """The model predicts the noise (True) or the clean sample x0 (False)."""
+    sampler: str = "ddim"
+    """Sampler when acting: ddim (``sampling_steps`` steps) | ddpm (every one of the T steps)."""
+    sampling_steps: int = 10
+    """Denoising steps per sample with the ddim sampler."""
+    ddim_eta: float = 0.0
+    """DDIM noise scale when acting (0: deterministic; 1 over all steps equals DDPM)."""
+    clip_sample: float = 1.0
+    """Clamp x0 estimates to +-clip_sample while sampling (0: off). Right for the limits normalizer (data in
+    [-1, 1]); with the gaussian one values past 1 are ordinary."""
+    ema_decay: float = 0.995
+    """EMA decay of the acting weights."""
+    ema_every: int = 10
+    """Update the EMA every this many gradient steps."""
+    ema_start: int = 1000
+    """Before this step the EMA copies the model."""
+    grad_clip: float = 0.0
+    """Clip the gradient norm of the model's update to this value (0: off)."""
 
-
-def action_level_data(
-    cfg: Any,
-    observation_space: gym.Space,
-    action_space: gym.spaces.Box,
-    episodes: Any,
-    *,
-    goal_conditioned: bool,
-    history: int = 1,
-    chunk: int = 1,
-) -> ActionLevelData:
-    """Condition encoder and action normalizer fitted on ``episodes`` (placeholders when None: a shell to load
-    weights into) and a :class:`~diffplan.data.TransitionDataset` batch source with ``history`` observations
-    and ``chunk`` actions per sample. ``cfg`` needs ``normalizer``, ``seed`` and ``device``."""
-    from diffplan.data.transitions import TransitionDataset
-
-    obs_dim, goal_dim = split_observation_space(observation_space)
-    act_dim = int(action_space.shape[0])
-    if episodes is not None:
-        episodes.check_spaces(observation_space, action_space)
-    encoder = ConditionEncoder.fit(cfg.normalizer, episodes, obs_dim, goal_dim if goal_conditioned else 0, history)
-    act_norm = NormalizerModule(cfg.normalizer, None if episodes is None else episodes.act, dim=act_dim)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    source = None
-    if episodes is not None:
-        dataset = TransitionDataset(
-            episodes, encoder.obs_norm.normalizer, act_norm.normalizer,
-            None if encoder.goal_norm is None else encoder.goal_norm.normalizer,
-            history=history, chunk=chunk, device=cfg.device,
-        )
-        source = WindowSampler(dataset, generator)
-    return ActionLevelData(encoder, act_norm, act_dim, generator, source)
+    def validate(self) -> None:
+        """The checks every diffusion agent shares; subclasses extend it (and call it)."""
+        if self.sampler not in SCHEDULERS:
+            raise ConfigError(f"sampler={self.sampler!r}; valid: {sorted(SCHEDULERS)}")
+        if self.beta_schedule not in BETA_SCHEDULES:
+            raise ConfigError(f"beta_schedule={self.beta_schedule!r}; valid: {sorted(BETA_SCHEDULES)}")
+        if self.diffusion_steps < 1 or self.sampling_steps < 1:
+            raise ConfigError("diffusion_steps and sampling_steps must be >= 1")
+        if self.sampler == "ddim" and self.sampling_steps > self.diffusion_steps:
+            raise ConfigError(f"sampling_steps={self.sampling_steps} > diffusion_steps={self.diffusion_steps}")
+        if self.clip_sample < 0:
+            raise ConfigError(f"clip_sample={self.clip_sample} must be >= 0 (0: no clipping)")
 
 
-def fit_normalizers(
-    kind: str, observation_space: gym.Space, action_space: gym.spaces.Box, episodes: Any | None
-) -> tuple[NormalizerModule, NormalizerModule]:
-    """Observation and action normalizers fitted on ``episodes`` after checking them against the env's spaces;
-    ``episodes=None`` (a shell to load a checkpoint into) gives placeholders of the right size."""
-    obs_dim, act_dim = split_observation_space(observation_space)[0], int(np.prod(action_space.shape))
-    if episodes is not None:
-        episodes.check_spaces(observation_space, action_space)
-    obs_norm = NormalizerModule(kind, None if episodes is None else episodes.obs, dim=obs_dim)
-    act_norm = NormalizerModule(kind, None if episodes is None else episodes.act, dim=act_dim)
-    return obs_norm, act_norm
+CfgT = TypeVar("CfgT", bound=DiffusionAgentConfig)
 
 
-def planning_scheduler(
-    sampler: str,
-    diffusion_steps: int,
-    sampling_steps: int,
-    *,
-    beta_schedule: str,
-    predict_epsilon: bool,
-    clip_sample: float,
-) -> NoiseScheduler:
-    """The scheduler a planner samples with: ``sampling_steps`` DDIM steps, or every DDPM step.
+class DiffusionPolicy(Policy, Generic[CfgT]):
+    """What every diffusion policy owns: ``model`` (trained) and ``ema`` (acts), the training scheduler
+    (``train_scheduler``, DDPM over T) and the acting one (``sampling_scheduler``), both from the config's one
+    set of fields; a seeded noise ``generator`` with :meth:`reseed`; and ``latency`` of planning calls.
 
-    ``clip_sample`` 0 turns x0 clipping off (data normalized beyond [-1, 1], e.g. Gaussian normalization).
+    Subclasses implement ``forward`` (Tianshou's acting call) and usually ``plan``.
     """
-    scheduler = make_scheduler(
-        sampler,
-        diffusion_steps,
-        beta_schedule=beta_schedule,
-        prediction_type="epsilon" if predict_epsilon else "sample",
-        clip_sample=clip_sample or None,
-    )
-    scheduler.set_timesteps(sampling_steps if sampler == "ddim" else None)
-    return scheduler
+
+    def __init__(
+        self,
+        *,
+        model: nn.Module,
+        cfg: CfgT,
+        observation_space: gym.Space,
+        action_space: gym.spaces.Box,
+    ) -> None:
+        super().__init__(action_space=action_space, observation_space=observation_space)
+        self.cfg = cfg
+        self.model = model
+        self.ema = EMA(model, cfg.ema_decay, cfg.ema_every, cfg.ema_start)
+        self.act_dim = int(action_space.shape[0])
+        prediction = "epsilon" if cfg.predict_epsilon else "sample"
+        self.train_scheduler: NoiseScheduler = make_scheduler(
+            "ddpm", cfg.diffusion_steps, beta_schedule=cfg.beta_schedule, prediction_type=prediction
+        )
+        """The forward (noising) process the model is trained on; all T steps."""
+        self.sampling_scheduler: NoiseScheduler = self.make_sampling_scheduler()
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.latency = LatencyTracker()
+
+    def make_sampling_scheduler(self) -> NoiseScheduler:
+        """The scheduler acting samples with: ``sampling_steps`` DDIM steps (``ddim_eta``), or every DDPM step.
+
+        ``clip_sample`` 0 turns x0 clipping off (data normalized beyond [-1, 1], e.g. Gaussian normalization).
+        """
+        cfg = self.cfg
+        extra = {"eta": cfg.ddim_eta} if cfg.sampler == "ddim" else {}
+        scheduler = make_scheduler(
+            cfg.sampler, cfg.diffusion_steps, beta_schedule=cfg.beta_schedule,
+            prediction_type="epsilon" if cfg.predict_epsilon else "sample", clip_sample=cfg.clip_sample or None,
+            **extra,
+        )
+        scheduler.set_timesteps(cfg.sampling_steps if cfg.sampler == "ddim" else None)
+        return scheduler
+
+    def reseed(self, seed: int) -> None:
+        """Restart the acting noise stream, so evaluations are repeatable."""
+        self.generator.manual_seed(seed)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+PolicyT = TypeVar("PolicyT", bound=DiffusionPolicy)
+
+
+class DiffusionAlgorithm(OfflineAlgorithm[PolicyT], Generic[PolicyT]):
+    """What every offline diffusion algorithm owns: the update counter ``num_updates`` (checkpointed), the
+    training-batch ``generator`` (shared with the batch source, so a resumed run draws the same batches), the
+    Adam optimizer of ``policy.model`` (``self.optim``), and the EMA step after every update.
+
+    A subclass implements :meth:`train_step` with its paper's losses (and may create more optimizers with
+    ``self._create_optimizer``).
+    """
+
+    def __init__(self, *, policy: PolicyT, generator: torch.Generator, lr: float | None = None) -> None:
+        super().__init__(policy=policy)
+        cfg = policy.cfg
+        self.cfg = cfg
+        self.generator = generator
+        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+        self.optim = self._create_optimizer(
+            policy.model, AdamOptimizerFactory(lr=cfg.lr if lr is None else lr), max_grad_norm=cfg.grad_clip or None
+        )
+
+    def train_step(self, batch: Batch, step: int) -> TrainingStats:
+        """One gradient step on ``batch``; ``step`` is this update's number (1 for the first). Returns stats
+        with a ``loss`` field (what the progress bar shows)."""
+        raise NotImplementedError
+
+    def _update_with_batch(self, batch: Batch) -> TrainingStats:
+        step = int(self.num_updates) + 1
+        stats = self.train_step(batch, step)
+        self.num_updates += 1
+        self.policy.ema.update(self.policy.model, step)
+        return stats
+
+
+class OnlineAgentConfigMixin:
+    """Marker for configs of agents that learn online: such an agent needs no dataset to be built."""
+
+    needs_dataset: ClassVar[bool] = False

@@ -22,8 +22,8 @@ import numpy as np
 from tianshou.algorithm.algorithm_base import Policy
 from tianshou.data import Batch
 
-from diffplan.agent import observation_arrays
 from diffplan.checkpoint import CheckpointError, write_text_atomic
+from diffplan.data import observation_arrays
 from diffplan.run import machine_info
 
 

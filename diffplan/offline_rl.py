@@ -22,9 +22,9 @@ import torch
 from tianshou.data import Batch, ReplayBuffer
 from tianshou.utils.net.common import ModuleWithVectorOutput, Net
 
-from diffplan.agent import Agent, NormalizerModule, observation_arrays
+from diffplan.agent import Agent
 from diffplan.config import RunConfig
-from diffplan.data import Episodes
+from diffplan.data import Episodes, NormalizerModule, observation_arrays, split_observation_space
 
 
 @dataclass
@@ -80,8 +80,6 @@ def input_net(obs_dim: int, hidden: Sequence[int], norm: NormalizerModule | None
 
 def flat_obs_dim(observation_space: Any) -> int:
     """Width of :func:`flat_obs` for an env observation space."""
-    from diffplan.agent import split_observation_space
-
     obs_dim, goal_dim = split_observation_space(observation_space)
     return obs_dim + goal_dim
 

@@ -8,10 +8,11 @@ are plain float32 tensors in :meth:`Normalizer.state_dict`, so a checkpoint hold
 
 from __future__ import annotations
 
-from typing import ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
+from torch import nn
 
 ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 
@@ -179,3 +180,38 @@ def make_normalizer(kind: str, data: np.ndarray | torch.Tensor) -> Normalizer:
     if kind not in NORMALIZERS:
         raise ValueError(f"unknown normalizer {kind!r}; valid: {sorted(NORMALIZERS)}")
     return NORMALIZERS[kind]().fit(data)
+
+
+class NormalizerModule(nn.Module):
+    """Holds a fitted :class:`Normalizer` inside a policy so it is saved and restored with the weights.
+
+    The statistics travel through ``get_extra_state`` as a dict of tensors, so a checkpoint still loads with
+    ``torch.load(weights_only=True)``.
+    """
+
+    def __init__(self, kind: str, data: np.ndarray | None = None, dim: int | None = None) -> None:
+        super().__init__()
+        if kind not in NORMALIZERS:
+            raise ValueError(f"unknown normalizer {kind!r}; valid: {sorted(NORMALIZERS)}")
+        self.kind = kind
+        self.normalizer: Normalizer = NORMALIZERS[kind]()
+        if data is not None:
+            self.normalizer.fit(np.asarray(data, dtype=np.float32))
+        elif dim is not None:  # placeholder statistics, replaced when a checkpoint is loaded
+            self.normalizer.fit(np.stack([-np.ones(dim, np.float32), np.ones(dim, np.float32)]))
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return self.normalizer.normalize(x)
+
+    def unnormalize(self, x: torch.Tensor) -> torch.Tensor:
+        return self.normalizer.unnormalize(x)
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"kind": self.kind, **self.normalizer.state_dict()}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        kind = state.pop("kind")
+        if kind != self.kind:
+            raise ValueError(f"checkpoint normalizer is {kind!r}, the config asks for {self.kind!r}")
+        self.normalizer.load_state_dict(state)
