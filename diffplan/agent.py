@@ -27,7 +27,7 @@ import copy
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, ClassVar, Generic, Protocol, TypeVar, runtime_checkable
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 import gymnasium as gym
 import numpy as np
@@ -330,7 +330,35 @@ class DiffusionAlgorithm(OfflineAlgorithm[PolicyT], Generic[PolicyT]):
         return stats
 
 
-class OnlineAgentConfigMixin:
-    """Marker for configs of agents that learn online: such an agent needs no dataset to be built."""
 
-    needs_dataset: ClassVar[bool] = False
+# ----------------------------------------------------------------------------------------------- online agents
+
+
+@dataclass
+class OnlineConfig(RunConfig):
+    """Fields of agents that learn from their own interaction (Tianshou on-policy algorithms, DPPO).
+
+    For these agents one training *step* is one policy update: ``env_steps_per_update`` env steps collected
+    across ``train_envs`` vector envs, then ``update_epochs`` passes over them in minibatches of ``batch_size``.
+    ``train_steps``, ``eval_every``, ``checkpoint_every`` and ``log_every`` count these updates.
+    """
+
+    train_steps: int = 100
+    """Number of policy updates (each after ``env_steps_per_update`` env steps)."""
+    train_envs: int = 8
+    """Parallel training environments of the collector."""
+    subproc_envs: bool = True
+    """Training envs in subprocesses (Tianshou's SubprocVectorEnv); False: in this process (DummyVectorEnv)."""
+    env_steps_per_update: int = 2048
+    """Env steps collected (over all training envs) before each update."""
+    update_epochs: int = 10
+    """Passes over the collected data per update (Tianshou's ``repeat``)."""
+    batch_size: int = 64
+    """Minibatch size of the update."""
+    eval_every: int = 10
+    """Evaluate every this many updates (0: only at the end)."""
+    checkpoint_every: int = 10
+    """Save a checkpoint every this many updates (0: only at the end). The training envs restart (reseeded)
+    after every checkpoint, so a resumed run continues exactly."""
+    log_every: int = 1
+    """Log training scalars every this many updates."""

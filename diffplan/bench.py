@@ -24,7 +24,7 @@ from tianshou.data import Batch
 
 from diffplan.checkpoint import CheckpointError, write_text_atomic
 from diffplan.data import observation_arrays
-from diffplan.run import machine_info
+from diffplan.training import machine_info
 
 
 def _write(result: dict[str, Any], out: str | None) -> dict[str, Any]:
@@ -47,34 +47,35 @@ class GoToGoalPolicy(Policy):
 
 
 def bench_plan(args: argparse.Namespace) -> dict[str, Any]:
+    from diffplan.agent import Planner, Reseedable
+    from diffplan.config import config_to_dict
     from diffplan.envs import make_env
-    from diffplan.run import load_trained
+    from diffplan.training import load_trained
 
     exp = load_trained(args.path, args.overrides)
     policy = exp.agent.policy
     env = make_env(exp.cfg.task, seed=0)
     times = []
-    policy.reseed(0)
-    for i in range(args.repeats + 3):
-        obs, _ = env.reset(seed=i)
-        observation, goal = observation_arrays(Batch(obs=_as_batch(obs)).obs)
-        t0 = time.perf_counter()
-        policy.plan(observation, goal)
-        if i >= 3:  # warm-up calls excluded
-            times.append((time.perf_counter() - t0) * 1000)
-    decision_ms = _decision_latency(policy, env, getattr(args, "steps", 300))
+    if isinstance(policy, Reseedable):
+        policy.reseed(0)
+    if isinstance(policy, Planner):  # latency of one batched planning call; other agents: decision latency only
+        for i in range(args.repeats + 3):
+            obs, _ = env.reset(seed=i)
+            observation, goal = observation_arrays(Batch(obs=_as_batch(obs)).obs)
+            t0 = time.perf_counter()
+            policy.plan(observation, goal)
+            if i >= 3:  # warm-up calls excluded
+                times.append((time.perf_counter() - t0) * 1000)
+    decision_ms = _decision_latency(policy, env, args.steps)
     env.close()
-    cfg = exp.cfg
+    settings = config_to_dict(exp.cfg)  # the planner settings that matter for latency, where the agent has them
     result = {
         "benchmark": "plan",
-        "agent": cfg.agent,
+        "agent": exp.cfg.agent,
         "run": str(args.path),
-        "horizon": getattr(cfg, "horizon", None),
-        "sampling_steps": getattr(cfg, "sampling_steps", None),
-        "n_candidates": getattr(cfg, "n_candidates", None),
+        **{key: settings.get(key) for key in ("horizon", "sampling_steps", "n_candidates")},
         "repeats": len(times),
-        "plan_ms_median": float(np.median(times)),
-        "plan_ms_p90": float(np.percentile(times, 90)),
+        **({"plan_ms_median": float(np.median(times)), "plan_ms_p90": float(np.percentile(times, 90))} if times else {}),
         "decision_steps": len(decision_ms),
         "decision_ms_median": float(np.median(decision_ms)),
         "decision_ms_mean": float(np.mean(decision_ms)),
@@ -112,23 +113,25 @@ def _decision_latency(policy: Policy, env: Any, steps: int) -> list[float]:
 
 
 def bench_train(args: argparse.Namespace) -> dict[str, Any]:
-    from tianshou.utils.torch_utils import policy_within_training_step
-
+    """Updates per second of a config: the training loop's own step (offline: one gradient step; online: one
+    collection + update), after 5 warm-up steps."""
     from diffplan.config import load_config
-    from diffplan.run import setup
+    from diffplan.training import OfflineSteps, OnlineSteps, setup
 
     cfg = load_config(args.path, args.overrides)
     exp = setup(cfg)
-    algorithm, policy, source = exp.agent.algorithm, exp.agent.policy, exp.agent.batch_source
+    steps = OnlineSteps(exp) if exp.agent.online else OfflineSteps(exp)
     n = args.repeats
-    with policy_within_training_step(policy):
+    try:
         for _ in range(5):
-            algorithm.update(buffer=source, sample_size=cfg.batch_size)
+            steps.step()
         t0 = time.perf_counter()
         for _ in range(n):
-            algorithm.update(buffer=source, sample_size=cfg.batch_size)
+            steps.step()
         wall = time.perf_counter() - t0
-    params = sum(p.numel() for p in policy.model.parameters())
+    finally:
+        steps.close()
+    params = sum(p.numel() for p in exp.agent.policy.parameters() if p.requires_grad)
     result = {
         "benchmark": "train",
         "config": str(args.path),
@@ -144,9 +147,9 @@ def bench_train(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def bench_maze(args: argparse.Namespace) -> dict[str, Any]:
-    from diffplan.envs import make_env
-    from diffplan.evaluation import evaluate
-    from diffplan.run import EVAL_SEED, load_trained
+    from diffplan.envs import EVAL_SEED, make_env
+    from diffplan.envs.evaluation import evaluate
+    from diffplan.training import load_trained
 
     exp = load_trained(args.path, args.overrides)
     planner = exp.evaluate(args.episodes)
@@ -181,7 +184,7 @@ def bench_maze(args: argparse.Namespace) -> dict[str, Any]:
     if results_path.exists():
         trained = json.loads(results_path.read_text())
         result["train_time_s"] = trained.get("train_time_s")
-        result["gradient_steps"] = trained.get("gradient_steps")
+        result["gradient_steps"] = trained.get("gradient_steps", trained.get("updates"))
     return _write(result, args.out)
 
 
@@ -218,7 +221,8 @@ def bench_curve(args: argparse.Namespace) -> dict[str, Any]:
         keep = ("step", "train_time_s", "normalized_score", "normalized_score_se", "success_rate", "plan_ms_median")
         curves[label] = [{k: h[k] for k in keep if k in h} for h in trained["history"]]
         runs[label] = {
-            "run": str(run), "gradient_steps": trained["gradient_steps"], "train_time_s": trained["train_time_s"],
+            "run": str(run), "gradient_steps": trained.get("gradient_steps", trained.get("updates")),
+            "train_time_s": trained["train_time_s"],
             "steps_per_s": trained.get("steps_per_s"), "final": trained["final"],
         }
     result = _write({"benchmark": "curve", "runs": runs, "curves": curves, **machine_info()}, args.out)

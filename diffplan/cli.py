@@ -48,7 +48,7 @@ def _print_json(data: dict[str, Any]) -> None:
 def cmd_data_make(args: argparse.Namespace) -> int:
     from diffplan.data.recipes.pointmaze import generate_pointmaze_dataset
     from diffplan.envs import split_locomotion_task
-    from diffplan.run import recipe_dataset_id
+    from diffplan.training import recipe_dataset_id
 
     loco = split_locomotion_task(args.name)
     if loco is not None:
@@ -136,7 +136,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from diffplan.checkpoint import CheckpointError
     from diffplan.config import load_config
-    from diffplan.run import train
+    from diffplan.training import train
 
     if args.config is not None and "=" in args.config and not args.config.endswith((".yaml", ".yml")):
         args.overrides.insert(0, args.config)  # `train --resume DIR key=value`: no config file given
@@ -172,7 +172,7 @@ def _print_final(results: dict[str, Any]) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from diffplan.run import eval_run
+    from diffplan.training import eval_run
 
     summary = eval_run(
         args.path, episodes=args.episodes, overrides=args.overrides, seed=args.seed,
@@ -184,7 +184,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from diffplan.config import load_config
-    from diffplan.run import train
+    from diffplan.training import train
 
     overrides = list(args.overrides)
     cfg = load_config(None, overrides, base={**QUICKSTART, "run_dir": args.out})

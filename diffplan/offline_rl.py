@@ -177,6 +177,7 @@ class BaselinePolicyMixin:
     """What diffplan's runner and tests expect of a policy, on top of Tianshou's: ``model`` and ``reseed``."""
 
     actor: torch.nn.Module
+    is_within_training_step: bool
 
     @property
     def model(self) -> torch.nn.Module:
@@ -190,7 +191,7 @@ class BaselinePolicyMixin:
         if "info" not in batch.get_keys():
             batch = Batch(obs=batch.obs, info=Batch())
         # Acting needs no graph (the Collector does not disable it); updates run inside a training step.
-        if getattr(self, "is_within_training_step", False):
+        if self.is_within_training_step:
             return super().forward(batch, state, **kwargs)  # type: ignore[misc]
         with torch.no_grad():
             return super().forward(batch, state, **kwargs)  # type: ignore[misc]

@@ -86,13 +86,14 @@ def record_episode(policy: Any, task: str, seed: int, every: int = 4, max_frames
     from tianshou.data import Collector, VectorReplayBuffer
     from tianshou.env import DummyVectorEnv
 
+    from diffplan.agent import Reseedable
     from diffplan.envs import make_env
 
     _use_headless_gl()
     recorder = FrameRecorder(make_env(task, seed=seed, render_mode="rgb_array"), every, max_frames)
     venv = DummyVectorEnv([lambda: recorder])
     try:
-        if hasattr(policy, "reseed"):
+        if isinstance(policy, Reseedable):
             policy.reseed(seed)
         policy.eval()
         collector = Collector(policy, venv, VectorReplayBuffer(2000, 1))

@@ -16,6 +16,11 @@ if TYPE_CHECKING:  # imported where used: a robot server (diffplan.envs.robot) s
     from tianshou.env import BaseVectorEnv
 
 
+EVAL_SEED = 12_345
+"""Seed of the evaluation environments (the evaluation protocol): every evaluation of every run sees the same
+start/goal pairs and start states."""
+
+
 def is_maze_task(task: str) -> bool:
     return task.startswith("pointmaze-")
 

@@ -50,7 +50,7 @@ def test_tasks_map_to_v5_envs_with_d4rl_limit():
 
 
 def test_recipe_ids_resolve_for_locomotion():
-    from diffplan.run import _LOCO_RECIPE_ID, recipe_dataset_id
+    from diffplan.training.experiment import _LOCO_RECIPE_ID, recipe_dataset_id
 
     assert recipe_dataset_id("hopper-medium-replay", 5000) == "diffplan/hopper-medium-replay-5k-v0"
     m = _LOCO_RECIPE_ID.match("diffplan/hopper-medium-replay-5k-v0")

@@ -253,7 +253,7 @@ def test_plot_plans_and_figure_to_array():
 def test_evaluate_sees_whole_episodes():
     """Lengths and success come from the whole episode, not from the tail a small buffer would keep."""
     from diffplan.bench import GoToGoalPolicy
-    from diffplan.evaluation import evaluate
+    from diffplan.envs.evaluation import evaluate
 
     space = make_maze_vector_env("pointmaze-umaze", 1).action_space[0]
     result = evaluate(
@@ -267,7 +267,7 @@ def test_evaluate_sees_whole_episodes():
 
 def test_evaluate_progress_bar_counts_steps_and_changes_nothing(capsys):
     from diffplan.bench import GoToGoalPolicy
-    from diffplan.evaluation import evaluate
+    from diffplan.envs.evaluation import evaluate
 
     space = make_maze_vector_env("pointmaze-umaze", 1).action_space[0]
 

@@ -9,7 +9,7 @@ import torch
 
 from diffplan.cli import main
 from diffplan.config import load_config
-from diffplan.run import load_trained, train
+from diffplan.training import load_trained, train
 
 from .conftest import TINY_DIFFUSER
 

@@ -139,7 +139,7 @@ def bench_deploy(args: argparse.Namespace) -> dict[str, Any]:
     from diffplan.envs import make_env
     from diffplan.envs.robot.client import RobotEnv
     from diffplan.envs.robot.runner import LatencyAwareRunner, run_in_process
-    from diffplan.run import load_trained
+    from diffplan.training import load_trained
 
     torch.set_num_threads(1)
     exp = load_trained(args.path, ["torch_threads=1", *args.overrides])

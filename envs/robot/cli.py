@@ -31,7 +31,7 @@ def deploy(run_dir: str, robot: str, *, episodes: int = 1, seed: int = 0, execut
     from diffplan.envs import make_env
     from diffplan.envs.robot.client import RobotEnv
     from diffplan.envs.robot.runner import ChunkPlanner, DelayedPlanner, LatencyAwareRunner
-    from diffplan.run import load_trained
+    from diffplan.training import load_trained
 
     torch.set_num_threads(1)
     exp = load_trained(run_dir, overrides)

@@ -336,12 +336,11 @@ def reference_returns(env: str, n_episodes: int = REF_EPISODES, policy_dir: str 
                       actor: torch.nn.Module | None = None) -> dict[str, np.ndarray]:
     """Returns of the random policy and the expert under diffplan's evaluation protocol.
 
-    The protocol is :func:`diffplan.evaluation.evaluate` on ``make_vector_env("<env>-expert", ...)`` with the
+    The protocol is :func:`diffplan.envs.evaluation.evaluate` on ``make_vector_env("<env>-expert", ...)`` with the
     runner's evaluation seed: the same envs, seeds and 1000-step limit every agent is scored on.
     """
-    from diffplan.envs import make_vector_env
-    from diffplan.evaluation import evaluate
-    from diffplan.run import EVAL_SEED
+    from diffplan.envs import EVAL_SEED, make_vector_env
+    from diffplan.envs.evaluation import evaluate
 
     task = f"{env}-expert"
     probe = make_locomotion_env(env, seed=None)
@@ -424,7 +423,7 @@ def finalize_behaviour(env: str, run_dir: str | Path, policy_dir: str | Path | N
         "medium": {"env_step": medium_row["env_step"], "train_return": medium_row["return_mean"],
                    "target_return": target},
         "medium_replay": {"transitions": n, "stored": stored, "size_mb": round(size_mb, 2)},
-        "ref_protocol": {"episodes": ref_episodes, "deterministic_expert": True, "eval": "diffplan.evaluation"},
+        "ref_protocol": {"episodes": ref_episodes, "deterministic_expert": True, "eval": "diffplan.envs.evaluation"},
         "ref_min_score": float(refs["random"].mean()),
         "ref_max_score": float(refs["expert"].mean()),
         "ref_min_score_std": float(refs["random"].std()),
@@ -618,7 +617,7 @@ def _normalize_steps(steps: int | None) -> int | None:
 def dataset_id_for(task: str, steps: int | None = None) -> str:
     """``diffplan/<task>[-<N>k]-v0``: no size suffix at the default (D4RL) size; ``-<N>steps`` for sizes that
     are not whole thousands (tests, quick looks)."""
-    from diffplan.run import recipe_dataset_id
+    from diffplan.training import recipe_dataset_id
 
     if steps is not None and steps % 1000:
         return f"diffplan/{task}-{steps}steps-v0"

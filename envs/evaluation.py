@@ -11,7 +11,7 @@ import numpy as np
 from tianshou.data import Collector, CollectStats, VectorReplayBuffer
 from tianshou.env import BaseVectorEnv
 
-from diffplan.agent import LatencyTracker
+from diffplan.agent import Reseedable, TimedPolicy
 
 
 def normalized_score(returns: np.ndarray, ref_min: float | None, ref_max: float | None) -> np.ndarray | None:
@@ -117,9 +117,9 @@ def evaluate(
     venv = make_venv(n_envs, seed)
     bar = tqdm(desc=f"eval 0/{n_episodes} episodes", unit="step", disable=not progress, leave=False)
     try:
-        if hasattr(policy, "reseed"):
+        if isinstance(policy, Reseedable):
             policy.reseed(seed)
-        latency: LatencyTracker | None = getattr(policy, "latency", None)
+        latency = policy.latency if isinstance(policy, TimedPolicy) else None
         if latency is not None:
             latency.clear()
         buffer = VectorReplayBuffer((max_episode_steps + 1) * n_envs, n_envs)

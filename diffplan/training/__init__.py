@@ -1,0 +1,31 @@
+"""Training and evaluation of any registered agent: experiments, the offline/online loop, evaluation."""
+
+from diffplan.envs.evaluation import EvalResult, evaluate, mean_and_stderr, normalized_score
+from diffplan.training.experiment import (
+    Experiment,
+    default_dataset,
+    load_trained,
+    machine_info,
+    recipe_dataset_id,
+    resolve_episodes,
+    setup,
+)
+from diffplan.training.loop import OfflineSteps, OnlineSteps, eval_run, train
+
+__all__ = [
+    "EvalResult",
+    "Experiment",
+    "OfflineSteps",
+    "OnlineSteps",
+    "default_dataset",
+    "eval_run",
+    "evaluate",
+    "load_trained",
+    "machine_info",
+    "mean_and_stderr",
+    "normalized_score",
+    "recipe_dataset_id",
+    "resolve_episodes",
+    "setup",
+    "train",
+]

@@ -1,0 +1,328 @@
+"""The training loop: one loop for every agent, offline or online, with the same checkpoints, exact resume, time
+budget, TensorBoard scalars, periodic evaluation and ``results.json``.
+
+What differs between offline and online learning is one *step*, chosen by the algorithm's Tianshou type:
+
+* :class:`OfflineSteps`: ``algorithm.update(buffer=batch_source, sample_size=batch_size)``, one gradient step on
+  a batch from the agent's dataset (Tianshou's ``OfflineAlgorithm`` signature);
+* :class:`OnlineSteps`: a Tianshou ``Collector`` gathers ``env_steps_per_update`` steps from vector envs, then
+  ``algorithm.update(buffer, batch_size, repeat)`` (Tianshou's ``OnPolicyAlgorithm`` signature) and the buffer is
+  emptied, exactly as Tianshou's ``OnPolicyTrainer`` does one training step.
+
+Why our own loop rather than Tianshou's ``OfflineTrainer`` / ``OnPolicyTrainer``: every update still goes through
+Tianshou's ``Algorithm.update`` and every rollout through its ``Collector``, but exact resume needs the training
+generators, the step counters and the global RNGs restored mid-run (the trainers resume from epoch/logger
+state only), and benchmarks need a wall-clock training budget that excludes evaluations.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from tianshou.algorithm.algorithm_base import TrainingStats
+from tianshou.data import Collector, VectorReplayBuffer
+from tianshou.utils.torch_utils import policy_within_training_step
+from torch.utils.tensorboard import SummaryWriter
+from tqdm.auto import tqdm
+
+from diffplan.agent import OnlineConfig
+from diffplan.checkpoint import (
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    write_bytes_atomic,
+    write_text_atomic,
+)
+from diffplan.config import ConfigError, RunConfig, config_to_dict
+from diffplan.envs import EVAL_SEED
+from diffplan.envs.evaluation import EvalResult
+from diffplan.training.experiment import Experiment, default_dataset, load_trained, machine_info, setup
+
+log = logging.getLogger("diffplan")
+
+
+class OfflineSteps:
+    """One step = one gradient step on a batch drawn from the agent's dataset."""
+
+    unit = "step"
+
+    def __init__(self, exp: Experiment) -> None:
+        if exp.agent.batch_source is None:
+            raise ConfigError(f"agent {exp.cfg.agent!r} learns offline but was built without a dataset")
+        self.exp, self.source = exp, exp.agent.batch_source
+
+    def total(self) -> int:
+        """Progress-bar length in :attr:`unit`."""
+        return self.exp.cfg.train_steps
+
+    def step(self) -> tuple[TrainingStats, int, dict[str, float]]:
+        """One update; returns its stats, the progress it made (in :attr:`unit`) and extra scalars to log."""
+        with policy_within_training_step(self.exp.agent.policy):
+            stats = self.exp.agent.algorithm.update(buffer=self.source, sample_size=self.exp.cfg.batch_size)
+        return stats, 1, {}
+
+    def restart(self, step: int) -> None:
+        """Called after every checkpoint and on resume (nothing to restart offline)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class OnlineSteps:
+    """One step = collect ``env_steps_per_update`` env steps with the training policy, then one policy update.
+
+    The training envs are vector envs (``SubprocVectorEnv`` by default, Tianshou's). They restart, reseeded from
+    ``(seed, step)``, after every checkpoint and on resume: an interrupted episode cannot be checkpointed, so
+    restarting at the same place in both runs is what makes a resumed run continue exactly.
+    """
+
+    unit = "env step"
+
+    def __init__(self, exp: Experiment) -> None:
+        cfg = exp.cfg
+        assert isinstance(cfg, OnlineConfig)
+        self.exp, self.cfg = exp, cfg
+        self.venv = exp.make_venv(cfg.train_envs, cfg.seed, subproc=cfg.subproc_envs)
+        buffer = VectorReplayBuffer(2 * max(cfg.env_steps_per_update, cfg.train_envs), cfg.train_envs)
+        self.collector = Collector(exp.agent.policy, self.venv, buffer, exploration_noise=True)
+        self.env_steps = 0
+        self.restart(0)
+
+    def total(self) -> int:
+        return self.cfg.train_steps * self.cfg.env_steps_per_update
+
+    def restart(self, step: int) -> None:
+        seed = int(np.random.SeedSequence([self.cfg.seed, step]).generate_state(1)[0] % (2**31 - self.cfg.train_envs))
+        self.venv.seed(seed)  # each env i gets seed + i and is reset with it
+        self.collector.reset()
+
+    def step(self) -> tuple[TrainingStats, int, dict[str, float]]:
+        policy, algorithm = self.exp.agent.policy, self.exp.agent.algorithm
+        with policy_within_training_step(policy):
+            collected = self.collector.collect(n_step=self.cfg.env_steps_per_update)
+            stats = algorithm.update(
+                buffer=self.collector.buffer, batch_size=self.cfg.batch_size, repeat=self.cfg.update_epochs
+            )
+        self.collector.reset_buffer(keep_statistics=True)
+        self.env_steps += collected.n_collected_steps
+        extra = {"env_steps": float(self.env_steps)}
+        if collected.n_collected_episodes:
+            extra["episode_return"] = float(np.mean(collected.returns))
+            extra["episode_length"] = float(np.mean(collected.lens))
+        return stats, collected.n_collected_steps, extra
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"env_steps": self.env_steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.env_steps = int(state.get("env_steps", 0))
+
+    def close(self) -> None:
+        self.venv.close()
+
+
+def _checkpoint_state(
+    exp: Experiment, steps: OfflineSteps | OnlineSteps, step: int, history: list[dict], train_time: float
+) -> dict[str, Any]:
+    return {
+        "algorithm": exp.agent.algorithm.state_dict(),
+        "generators": {name: g.get_state() for name, g in exp.agent.generators().items()},
+        "loop": steps.state_dict(),
+        "rng": rng_state(),
+        "step": step,
+        "train_time": train_time,
+        "history": json.dumps(history, default=float),
+        "ref_min_score": exp.ref_min,
+        "ref_max_score": exp.ref_max,
+    }
+
+
+def _restore(exp: Experiment, steps: OfflineSteps | OnlineSteps, state: dict[str, Any]) -> tuple[int, float, list]:
+    exp.agent.algorithm.load_state_dict(state["algorithm"])
+    generators = exp.agent.generators()
+    saved = state.get("generators", {"algorithm": state.get("generator")})  # older checkpoints: one generator
+    for name, gen_state in saved.items():
+        if gen_state is not None and name in generators:
+            generators[name].set_state(gen_state)
+    steps.load_state_dict(state.get("loop", {}))
+    set_rng_state(state["rng"])
+    return int(state["step"]), float(state["train_time"]), json.loads(state["history"])
+
+
+def _log_eval(writer: SummaryWriter, exp: Experiment, result: EvalResult, step: int) -> dict[str, Any]:
+    summary = result.to_dict()
+    for key in ("return_mean", "normalized_score", "success_rate", "plan_ms_median", "length_mean"):
+        if key in summary and np.isfinite(summary[key]):
+            writer.add_scalar(f"eval/{key}", summary[key], step)
+    fig = exp.plan_figure()
+    if fig is not None:
+        from diffplan.envs.maze import figure_to_array
+
+        image = figure_to_array(fig)
+        writer.add_image("eval/plans", image, step, dataformats="HWC")
+        plot_dir = exp.run_dir / "plans"
+        plot_dir.mkdir(exist_ok=True)
+        fig.savefig(plot_dir / f"step_{step:08d}.png", dpi=80)
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+    return summary
+
+
+def _eval_line(step: int, summary: dict[str, Any]) -> str:
+    parts = [f"step {step}"]
+    if "normalized_score" in summary:
+        parts.append(f"score {summary['normalized_score']:.1f} ± {summary['normalized_score_se']:.1f}")
+    parts.append(f"return {summary['return_mean']:.1f}")
+    parts.append(f"success {summary['success_rate']:.2f}")
+    if "plan_ms_median" in summary:
+        parts.append(f"plan {summary['plan_ms_median']:.0f} ms")
+    return " | ".join(parts)
+
+
+def train(
+    cfg: RunConfig, *, resume: str | os.PathLike | None = None, progress: bool = True
+) -> dict[str, Any]:
+    """Train ``cfg`` (or continue the run in ``resume``) and return the results written to results.json.
+
+    The loop is the same for every agent; :class:`OfflineSteps` or :class:`OnlineSteps` makes one step, by the
+    algorithm's type.
+    """
+    exp = setup(cfg, progress=progress)
+    run_dir = exp.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_yaml = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+    write_text_atomic(run_dir / "config.yaml", config_yaml)
+    steps: OfflineSteps | OnlineSteps = OnlineSteps(exp) if exp.agent.online else OfflineSteps(exp)
+
+    step, history, train_time = 0, [], 0.0
+    if resume is not None:
+        state, _ = load_checkpoint(resume, map_location=cfg.device)
+        step, train_time, history = _restore(exp, steps, state)
+        steps.restart(step)
+        log.info("resumed %s at step %d", resume, step)
+
+    writer = SummaryWriter(str(run_dir / "tb"))
+    progress_done = step if steps.unit == "step" else int(steps.state_dict().get("env_steps", 0))
+    bar = tqdm(total=steps.total(), initial=progress_done, desc=f"train {cfg.agent}", disable=not progress,
+               unit=steps.unit)
+    try:
+        time_limit = cfg.max_train_minutes * 60.0 if cfg.max_train_minutes > 0 else float("inf")
+        while step < cfg.train_steps and train_time < time_limit:
+            t0 = time.perf_counter()
+            stats, advanced, scalars = steps.step()
+            train_time += time.perf_counter() - t0
+            step += 1
+            bar.update(advanced)
+            if step % cfg.log_every == 0:
+                losses = stats.get_loss_stats_dict()
+                for key, value in {**losses, **scalars}.items():
+                    writer.add_scalar(f"train/{key}", value, step)
+                writer.add_scalar("train/steps_per_s", step / max(train_time, 1e-9), step)
+                bar.set_postfix(loss=f"{losses.get('loss', float('nan')):.4f}")
+            last = step >= cfg.train_steps or train_time >= time_limit
+            if cfg.eval_every and step % cfg.eval_every == 0 and not last:
+                summary = _log_eval(writer, exp, exp.evaluate(cfg.eval_episodes, cfg.plot_plans), step)
+                history.append({"step": step, "train_time_s": train_time, **summary})
+                bar.write(_eval_line(step, summary))
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and not last:
+                save_checkpoint(run_dir, step, _checkpoint_state(exp, steps, step, history, train_time), config_yaml)
+                steps.restart(step)
+        # Saved before the final evaluation so that a crash in it loses no training, and saved again after it
+        # (same weights and RNG state, so resuming stays exact) so that a resumed run's history keeps this eval.
+        final_state = _checkpoint_state(exp, steps, step, history, train_time)
+        save_checkpoint(run_dir, step, final_state, config_yaml)
+    finally:
+        bar.close()
+        steps.close()
+
+    final = exp.evaluate(cfg.final_eval_episodes, cfg.plot_plans)
+    summary = _log_eval(writer, exp, final, step)
+    history.append({"step": step, "train_time_s": train_time, **summary})
+    save_checkpoint(run_dir, step, {**final_state, "history": json.dumps(history, default=float)}, config_yaml)
+    if cfg.video_frames > 0:
+        log_rollout_video(writer, exp, step)
+    writer.flush()
+    writer.close()
+    counts = {"env_steps": steps.state_dict()["env_steps"]} if exp.agent.online else {"gradient_steps": step}
+    results = {
+        "agent": cfg.agent,
+        "task": cfg.task,
+        "dataset": cfg.dataset or ("" if exp.agent.online else default_dataset(cfg)),
+        "seed": cfg.seed,
+        "updates": step,
+        **counts,
+        "train_time_s": train_time,
+        "steps_per_s": step / max(train_time, 1e-9),
+        "ref_min_score": exp.ref_min,
+        "ref_max_score": exp.ref_max,
+        "eval_seed": EVAL_SEED,
+        "final": summary,
+        "history": history,
+        "run_dir": str(run_dir),
+        **machine_info(),
+    }
+    write_text_atomic(run_dir / "results.json", json.dumps(results, indent=2, default=float))
+    return results
+
+
+def log_rollout_video(writer: SummaryWriter, exp: Experiment, step: int) -> Path | None:
+    """Render one evaluation episode into TensorBoard (``eval/rollout``) and ``run_dir/videos/step_<N>.gif``.
+
+    A machine that cannot render gets a warning, not a failed run: the training is already saved.
+    """
+    from diffplan.video import RenderError, add_gif
+
+    path = exp.run_dir / "videos" / f"step_{step:08d}.gif"
+    try:
+        frames = _write_rollout_gif(exp, EVAL_SEED, path, exp.cfg.video_frames)
+    except RenderError as exc:
+        log.warning("no rollout video: %s", exc)
+        return None
+    add_gif(writer, "eval/rollout", frames, step)
+    return path
+
+
+def _write_rollout_gif(exp: Experiment, seed: int, path: str | os.PathLike, max_frames: int) -> np.ndarray:
+    """Record the first protocol episode of ``seed`` and write it as a GIF to ``path``; returns the frames."""
+    from diffplan.video import gif_bytes, record_episode
+
+    frames = record_episode(exp.agent.policy, exp.cfg.task, seed, exp.cfg.video_every, max_frames)
+    write_bytes_atomic(path, gif_bytes(frames))
+    return frames
+
+
+def eval_run(
+    path: str | os.PathLike,
+    episodes: int = 50,
+    overrides: list[str] | None = None,
+    seed: int | None = None,
+    progress: bool = False,
+    video: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Evaluate a trained run or checkpoint (``seed`` None: the benchmark episodes); returns the summary.
+
+    ``video``: also write the first episode of that seed as an animated GIF there (``video_frames`` frames, or
+    100 when the run's config has none).
+    """
+    exp = load_trained(path, overrides, progress=progress)
+    seed = EVAL_SEED if seed is None else seed
+    summary = exp.evaluate(episodes, seed=seed).to_dict()
+    if video is not None:
+        _write_rollout_gif(exp, seed, video, exp.cfg.video_frames or 100)
+        summary["video"] = str(video)
+    return summary
