@@ -20,6 +20,8 @@ _MODULES: dict[str, str] = {
     "bc": "diffplan.agents.bc",
     "td3bc": "diffplan.agents.td3bc",
     "cql": "diffplan.agents.cql",
+    # Online: Tianshou's PPO with a Gaussian policy (optionally started from a bc run).
+    "ppo": "diffplan.agents.ppo",
 }
 
 

@@ -99,6 +99,14 @@ class PlanRecorder(Protocol):
 
 
 @runtime_checkable
+class WarmStartable(Protocol):
+    """An algorithm that can start from another run's trained weights (``init_from``): the training loop calls
+    ``warm_start(path)`` once at the start of a fresh run (never on resume: the checkpoint holds them then)."""
+
+    def warm_start(self, path: str) -> None: ...
+
+
+@runtime_checkable
 class HasGenerator(Protocol):
     """Owns a ``torch.Generator`` whose state a checkpoint must keep for an exact resume."""
 
@@ -362,3 +370,6 @@ class OnlineConfig(RunConfig):
     after every checkpoint, so a resumed run continues exactly."""
     log_every: int = 1
     """Log training scalars every this many updates."""
+    init_from: str = ""
+    """A run directory (or checkpoint) of a pre-trained agent to start from; which agents an algorithm accepts
+    is its own (its ``warm_start``). Empty: start from scratch."""

@@ -101,6 +101,14 @@ TINY_DIFFUSION_QL = ["agent=diffusion_ql", *_TINY_COMMON, "n_candidates=4", "tim
 TINY_IDQL = ["agent=idql", *TINY_DIFFUSION_QL[1:]]
 """Overrides that make the IDQL agent tiny enough for unit tests."""
 
+TINY_PPO = [
+    "agent=ppo", "task=Hopper-v5", "hidden=[16,16]", "train_envs=2", "subproc_envs=false",
+    "env_steps_per_update=64", "update_epochs=2", "batch_size=32", "train_steps=3", "eval_every=0",
+    "checkpoint_every=0", "eval_episodes=2", "eval_envs=2", "final_eval_episodes=2", "plot_plans=0",
+    "torch_threads=1",
+]
+"""Overrides that make the online PPO agent tiny enough for unit tests (envs in-process)."""
+
 @pytest.fixture(scope="session")
 def tiny_hopper_dataset(tmp_path_factory) -> str:
     """Random-action Hopper-v5 rollouts (12 episodes, real MuJoCo) as a Minari dataset, as a plain path.

@@ -1,4 +1,6 @@
-"""Every registered agent: build, two updates, act in a real Tianshou Collector, save/load round trip.
+"""The shared agent tester (d3rlpy's ``algo_tester`` is the model), run over every registered agent, offline or
+online: built from its config, trained a few steps through the real training loop, acting through a Tianshou
+Collector, saved, and loaded into a fresh object that must act identically.
 
 Plus the Diffuser planner's per-env plan memory: plans live in Tianshou's state as a Batch, are made in one
 batched call, and a reset env replans alone.
@@ -6,19 +8,22 @@ batched call, and a reset env replans alone.
 
 from __future__ import annotations
 
+import json
+
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 from tianshou.data import Batch, Collector, VectorReplayBuffer
 from tianshou.env import DummyVectorEnv
-from tianshou.utils.torch_utils import policy_within_training_step
 
+from diffplan.agent import Planner, Reseedable, TimedPolicy
 from diffplan.agents import AGENTS
 from diffplan.config import load_config
 from diffplan.data import load_episodes
 from diffplan.envs import make_env, make_vector_env
 from diffplan.envs.maze import make_maze_env
+from diffplan.training import load_trained, run_experiment, setup
 
 from .conftest import (
     TINY_DECISION_DIFFUSER,
@@ -26,6 +31,7 @@ from .conftest import (
     TINY_DIFFUSION_BC,
     TINY_DIFFUSION_QL,
     TINY_IDQL,
+    TINY_PPO,
     TINY_VALUE_DIFFUSER,
     tiny_baseline,
 )
@@ -36,14 +42,13 @@ TINY = {
     "diffusion_bc": TINY_DIFFUSION_BC,
     "diffusion_ql": TINY_DIFFUSION_QL,
     "idql": TINY_IDQL,
+    "ppo": TINY_PPO,
     **{name: tiny_baseline(name) for name in ("bc", "td3bc", "cql")},
 }
-PLANNERS = ("diffuser", "decision_diffuser")
-"""Agents that time their planning calls (``policy.latency``)."""
-DATASET = {"decision_diffuser": "tiny_hopper_dataset"}
-"""Dataset fixture of each agent's smoke test (default: tiny_maze_dataset)."""
+DATASET = {"decision_diffuser": "tiny_hopper_dataset", "ppo": None}
+"""Dataset fixture of each agent's test (default: tiny_maze_dataset; None: an online agent without data)."""
 VARIANTS = {"diffuser-value-guided": (TINY_VALUE_DIFFUSER, "tiny_hopper_dataset")}
-"""Further settings of an agent that the smoke test also covers: id -> (overrides, dataset fixture)."""
+"""Further settings of an agent that the tester also covers: id -> (overrides, dataset fixture)."""
 CASES = {
     **{name: (TINY[name], DATASET.get(name, "tiny_maze_dataset")) for name in sorted(AGENTS)},
     **VARIANTS,
@@ -57,45 +62,51 @@ def _build(name, dataset, extra=()):
     return cfg, env, agent
 
 
+def _collect_actions(policy, task, n_steps=24, n_envs=2):
+    """(n_steps, A) actions of ``policy`` acting through a Collector on freshly seeded envs."""
+    policy.eval()
+    if isinstance(policy, Reseedable):
+        policy.reseed(0)
+    collector = Collector(policy, make_vector_env(task, n_envs, seed=7), VectorReplayBuffer(4 * n_steps, n_envs))
+    collector.reset()
+    stats = collector.collect(n_step=n_steps)
+    assert stats.n_collected_steps == n_steps
+    return np.concatenate([collector.buffer.buffers[i].act[: n_steps // n_envs] for i in range(n_envs)])
+
+
 def test_every_agent_has_a_tiny_setting():
     assert set(AGENTS) <= set(TINY)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_agent_smoke(case, request, tmp_path):
+def test_agent_contract(case, request, tmp_path):
     overrides, fixture = CASES[case]
-    dataset = request.getfixturevalue(fixture)
-    cfg = load_config(None, [*overrides, f"dataset={dataset}"])
-    name = cfg.agent
-    env = make_env(cfg.task)
-    agent = AGENTS[name].build(cfg, env.observation_space, env.action_space, load_episodes(dataset))
-    before = {k: v.clone() for k, v in agent.policy.model.state_dict().items()}
-    with policy_within_training_step(agent.policy):
-        for _ in range(2):
-            stats = agent.algorithm.update(buffer=agent.batch_source, sample_size=cfg.batch_size)
-    assert np.isfinite(stats.get_loss_stats_dict()["loss"])
-    after = agent.policy.model.state_dict()
-    assert any(not torch.equal(before[k], after[k]) for k in before), "two updates changed nothing"
+    data = [] if fixture is None else [f"dataset={request.getfixturevalue(fixture)}"]
+    run_dir = tmp_path / "run"
+    cfg = load_config(None, [*overrides, *data, f"run_dir={run_dir}", "train_steps=2", "log_every=1",
+                             "checkpoint_every=0", "eval_every=0", "final_eval_episodes=2"])
+    exp = setup(cfg, progress=False)
+    initial = {k: v.clone() for k, v in exp.agent.algorithm.state_dict().items() if torch.is_tensor(v)}
 
-    venv = make_vector_env(cfg.task, 3, seed=0)
-    collector = Collector(agent.policy, venv, VectorReplayBuffer(300, 3))
-    collector.reset()
-    result = collector.collect(n_step=30)
-    assert result.n_collected_steps == 30
-    acts = collector.buffer.act[:30]
-    assert np.all(np.abs(acts) <= 1.0 + 1e-6)
-    if name in PLANNERS:  # decision latency is measured, per planning call
-        latency = agent.policy.latency.summary()
-        assert latency["plan_ms_median"] > 0 and latency["plans"] >= 3
+    results = run_experiment(exp)  # the real loop: offline batches or online collection, checkpoint, final eval
 
-    # save / load round trip: a fresh shell loaded from the state dict acts identically
-    torch.save(agent.algorithm.state_dict(), tmp_path / "a.pt")
-    shell = AGENTS[name].build(cfg, env.observation_space, env.action_space, None)
-    shell.algorithm.load_state_dict(torch.load(tmp_path / "a.pt", weights_only=True))
-    obs, _ = make_env(cfg.task, seed=3).reset(seed=3)
-    batch = Batch(obs=Batch({k: v[None] for k, v in obs.items()}) if isinstance(obs, dict) else obs[None])
-    agent.policy.reseed(0), shell.policy.reseed(0)
-    np.testing.assert_allclose(agent.policy(batch).act, shell.policy(batch).act, atol=1e-6)
+    assert results["updates"] == 2 and results["final"]["episodes"] == 2
+    assert np.isfinite(results["final"]["return_mean"])
+    trained = exp.agent.algorithm.state_dict()
+    assert any(not torch.equal(initial[k], trained[k]) for k in initial if k in trained), "training changed nothing"
+    if isinstance(exp.agent.policy, Planner):  # planners time their batched planning calls
+        assert isinstance(exp.agent.policy, TimedPolicy)
+        assert results["final"]["plan_ms_median"] > 0
+
+    acts = _collect_actions(exp.agent.policy, cfg.task)
+    low, high = exp.agent.policy.action_space.low, exp.agent.policy.action_space.high
+    assert np.all(acts >= low - 1e-6) and np.all(acts <= high + 1e-6)
+
+    shell = load_trained(run_dir)  # a fresh build from the saved run only (no dataset), as another process would
+    assert type(shell.agent.policy) is type(exp.agent.policy)
+    np.testing.assert_allclose(_collect_actions(shell.agent.policy, cfg.task), acts, atol=1e-6)
+    saved = json.loads((run_dir / "results.json").read_text())
+    assert saved["agent"] == cfg.agent and saved["updates"] == 2
 
 
 class _CountingDiffuser:

@@ -10,7 +10,7 @@ from diffplan.training.experiment import (
     resolve_episodes,
     setup,
 )
-from diffplan.training.loop import OfflineSteps, OnlineSteps, eval_run, train
+from diffplan.training.loop import OfflineSteps, OnlineSteps, eval_run, run_experiment, train
 
 __all__ = [
     "EvalResult",
@@ -26,6 +26,7 @@ __all__ = [
     "normalized_score",
     "recipe_dataset_id",
     "resolve_episodes",
+    "run_experiment",
     "setup",
     "train",
 ]

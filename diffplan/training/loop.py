@@ -32,7 +32,7 @@ from tianshou.utils.torch_utils import policy_within_training_step
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
-from diffplan.agent import OnlineConfig
+from diffplan.agent import OnlineConfig, WarmStartable
 from diffplan.checkpoint import (
     load_checkpoint,
     rng_state,
@@ -197,12 +197,17 @@ def _eval_line(step: int, summary: dict[str, Any]) -> str:
 def train(
     cfg: RunConfig, *, resume: str | os.PathLike | None = None, progress: bool = True
 ) -> dict[str, Any]:
-    """Train ``cfg`` (or continue the run in ``resume``) and return the results written to results.json.
+    """Train ``cfg`` (or continue the run in ``resume``) and return the results written to results.json."""
+    return run_experiment(setup(cfg, progress=progress), resume=resume)
+
+
+def run_experiment(exp: Experiment, *, resume: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Train a built experiment in place (its agent ends trained) and return the results of results.json.
 
     The loop is the same for every agent; :class:`OfflineSteps` or :class:`OnlineSteps` makes one step, by the
     algorithm's type.
     """
-    exp = setup(cfg, progress=progress)
+    cfg, progress = exp.cfg, exp.progress
     run_dir = exp.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     config_yaml = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
@@ -210,6 +215,11 @@ def train(
     steps: OfflineSteps | OnlineSteps = OnlineSteps(exp) if exp.agent.online else OfflineSteps(exp)
 
     step, history, train_time = 0, [], 0.0
+    init_from = cfg.init_from if isinstance(cfg, OnlineConfig) else ""
+    if init_from and resume is None:
+        if not isinstance(exp.agent.algorithm, WarmStartable):
+            raise ConfigError(f"agent {cfg.agent!r} cannot start from another run (init_from={init_from!r})")
+        exp.agent.algorithm.warm_start(init_from)
     if resume is not None:
         state, _ = load_checkpoint(resume, map_location=cfg.device)
         step, train_time, history = _restore(exp, steps, state)
