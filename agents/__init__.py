@@ -1,41 +1,37 @@
-"""Agent registry: name -> module. Each module defines ``CONFIG`` (its config dataclass) and ``build``.
+"""Agent registry: every module of this package is an agent, named after its file.
 
-Modules are imported on first access, so ``import diffplan.agents`` stays cheap and a broken optional agent
-cannot break the others.
+An agent module defines ``CONFIG`` (its config dataclass) and ``build(cfg, observation_space, action_space,
+episodes) -> Agent`` (:mod:`diffplan.agent`). Adding an agent is adding one file here: the registry lists the
+package's modules without importing them, and imports one on first access, so ``import diffplan.agents`` stays
+cheap and a broken optional agent cannot break the others. Modules whose name starts with ``_`` are not agents.
 """
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from collections.abc import Iterator, Mapping
 from types import ModuleType
 
-_MODULES: dict[str, str] = {
-    "diffuser": "diffplan.agents.diffuser",
-    "diffusion_bc": "diffplan.agents.diffusion_bc",
-    "diffusion_ql": "diffplan.agents.diffusion_ql",
-    "idql": "diffplan.agents.idql",
-    "decision_diffuser": "diffplan.agents.decision_diffuser",
-    # Tianshou's own offline-RL baselines (one file each, as the registry maps a name to a module).
-    "bc": "diffplan.agents.bc",
-    "td3bc": "diffplan.agents.td3bc",
-    "cql": "diffplan.agents.cql",
-    # Online: Tianshou's PPO with a Gaussian policy (optionally started from a bc run).
-    "ppo": "diffplan.agents.ppo",
-}
+
+def _agent_names() -> list[str]:
+    return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
 
 
 class _Registry(Mapping[str, ModuleType]):
     def __getitem__(self, name: str) -> ModuleType:
-        if name not in _MODULES:
-            raise KeyError(f"unknown agent {name!r}; registered agents: {sorted(_MODULES)}")
-        return importlib.import_module(_MODULES[name])
+        if name not in _agent_names():
+            raise KeyError(f"unknown agent {name!r}; registered agents: {_agent_names()}")
+        module = importlib.import_module(f"{__name__}.{name}")
+        if not hasattr(module, "CONFIG") or not callable(getattr(module, "build", None)):  # a module contract
+            raise KeyError(f"{module.__name__} defines no CONFIG and build(): not an agent module")
+        return module
 
     def __iter__(self) -> Iterator[str]:
-        return iter(_MODULES)
+        return iter(_agent_names())
 
     def __len__(self) -> int:
-        return len(_MODULES)
+        return len(_agent_names())
 
 
 AGENTS: Mapping[str, ModuleType] = _Registry()
