@@ -174,17 +174,9 @@ class TDLossMixin:
 
 
 class BaselinePolicyMixin:
-    """What diffplan's runner and tests expect of a policy, on top of Tianshou's: ``model`` and ``reseed``."""
+    """Tianshou policies as diffplan acts with them: on a bare ``Batch(obs=...)`` and without a graph."""
 
-    actor: torch.nn.Module
     is_within_training_step: bool
-
-    @property
-    def model(self) -> torch.nn.Module:
-        """The acting network's weight-bearing layers (the normaliser's fixed statistics left out)."""
-        return torch.nn.ModuleList(
-            m for m in self.actor.modules() if not list(m.children()) and list(m.parameters(recurse=False))
-        )
 
     def forward(self, batch: Any, state: Any = None, **kwargs: Any) -> Any:
         # Tianshou's policies read batch.info, which a bare Batch(obs=...) (a robot client, a test) lacks.
@@ -195,6 +187,3 @@ class BaselinePolicyMixin:
             return super().forward(batch, state, **kwargs)  # type: ignore[misc]
         with torch.no_grad():
             return super().forward(batch, state, **kwargs)  # type: ignore[misc]
-
-    def reseed(self, seed: int) -> None:
-        """Evaluation acts deterministically (mean / deterministic actor); nothing to reseed."""
