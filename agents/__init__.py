@@ -23,7 +23,8 @@ class _Registry(Mapping[str, ModuleType]):
         if name not in _agent_names():
             raise KeyError(f"unknown agent {name!r}; registered agents: {_agent_names()}")
         module = importlib.import_module(f"{__name__}.{name}")
-        if not hasattr(module, "CONFIG") or not callable(getattr(module, "build", None)):  # a module contract
+        names = vars(module)
+        if not isinstance(names.get("CONFIG"), type) or not callable(names.get("build")):
             raise KeyError(f"{module.__name__} defines no CONFIG and build(): not an agent module")
         return module
 
