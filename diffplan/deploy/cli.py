@@ -28,9 +28,9 @@ def deploy(run_dir: str, robot: str, *, episodes: int = 1, seed: int = 0, execut
     """Drive the robot at ``robot`` with the trained planner in ``run_dir``; returns the per-episode reports."""
     import torch
 
+    from diffplan.deploy.runner import ChunkPlanner, DelayedPlanner, LatencyAwareRunner
     from diffplan.envs import make_env
     from diffplan.envs.robot.client import RobotEnv
-    from diffplan.envs.robot.runner import ChunkPlanner, DelayedPlanner, LatencyAwareRunner
     from diffplan.run import load_trained
 
     torch.set_num_threads(1)
