@@ -93,6 +93,14 @@ def test_finalize_best_rule_and_bad_rule(sac_run, tmp_path):
         B.finalize_behaviour("hopper", tmp_path, tmp_path, evaluate=evaluate)
 
 
+def test_retrain_finalizes_a_finished_run_without_training_again(sac_run, tmp_path, capsys):
+    log = (sac_run / "log.jsonl").read_text()
+    info = B.retrain("hopper", sac_run, policy_dir=tmp_path, evaluate=evaluate, expert="best")
+    assert (sac_run / "log.jsonl").read_text() == log  # no second training run appended
+    assert info["expert"]["rule"] == "best" and (tmp_path / "hopper-expert.safetensors").exists()
+    assert "finalized the finished run" in capsys.readouterr().out
+
+
 def test_same_seed_same_bytes_other_seed_other_data(policy_dir, tmp_path, monkeypatch):
     ids = []
     for i, seed in enumerate((5, 5, 6)):

@@ -371,11 +371,13 @@ def retrain(env: str, run_dir: str | Path | None = None, cfg: SACTrainConfig | N
     earlier, e.g. in the background) is only finalized, so a long run and its finalization can be two steps."""
     run = Path(run_dir) if run_dir is not None else Path("runs") / "behaviour" / f"{env}-{time.strftime('%Y%m%d-%H%M%S')}"
     start = time.monotonic()
-    if not (run / "done.json").exists():
+    trained = not (run / "done.json").exists()
+    if trained:
         train_behaviour(env, run, cfg)
     info = finalize_behaviour(env, run, policy_dir, expert=expert, evaluate=evaluate)
+    done = f"trained {info['train_env_steps']} env steps" if trained else f"finalized the finished run {run}"
     print(
-        f"[{env}] trained {info['train_env_steps']} env steps in {time.monotonic() - start:.0f}s: expert return "
+        f"[{env}] {done} in {time.monotonic() - start:.0f}s: expert return "
         f"{info['expert']['train_return']:.1f}, medium {info['medium']['train_return']:.1f} "
         f"(step {info['medium']['env_step']}); policies in {policy_paths(env, policy_dir)['info'].parent}",
         flush=True,
