@@ -101,6 +101,20 @@ def test_retrain_finalizes_a_finished_run_without_training_again(sac_run, tmp_pa
     assert "finalized the finished run" in capsys.readouterr().out
 
 
+def test_cli_train_behaviour_reports_a_corrupt_checkpoint_in_one_line(sac_run, tmp_path, capsys):
+    from diffplan.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("config.json", "log.jsonl", "done.json"):
+        (run / name).write_text((sac_run / name).read_text())
+    (run / "checkpoints").mkdir()
+    last = json.loads((run / "log.jsonl").read_text().splitlines()[-1])["checkpoint"]
+    (run / "checkpoints" / last).write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    assert main(["data", "train-behaviour", "hopper", "--run-dir", str(run), "--policy-dir", str(tmp_path)]) == 2
+    assert f"corrupt behaviour-policy file {run / 'checkpoints' / last}" in capsys.readouterr().err
+
+
 def test_same_seed_same_bytes_other_seed_other_data(policy_dir, tmp_path, monkeypatch):
     ids = []
     for i, seed in enumerate((5, 5, 6)):

@@ -59,6 +59,8 @@ finalization and shared by every dataset of the env)."""
 
 
 class EpisodeReturns(Protocol):
+    """What :class:`ProtocolEvaluator` returns (:class:`diffplan.evaluation.EvalResult` is one)."""
+
     returns: np.ndarray
     """(N,) return of each evaluated episode."""
 

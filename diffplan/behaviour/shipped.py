@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from diffplan.envs import make_locomotion_env
+from diffplan.nets.sac import mlp_trunk
 
 RECIPE = "d4rl-locomotion-sac"
 """Name of the behaviour recipe, recorded in every shipped file and in the datasets rolled out from them."""
@@ -36,10 +37,9 @@ def env_dims(env: str) -> tuple[int, int]:
 
 def build_actor(obs_dim: int, act_dim: int, hidden: tuple[int, ...] = (256, 256)) -> torch.nn.Module:
     """Tianshou's SAC actor: MLP trunk -> (mean, std) of a Gaussian over pre-tanh actions, each (B, act_dim)."""
-    from tianshou.utils.net.common import Net
     from tianshou.utils.net.continuous import ContinuousActorProbabilistic
 
-    trunk = Net(state_shape=obs_dim, hidden_sizes=list(hidden))
+    trunk = mlp_trunk(obs_dim, hidden)
     return ContinuousActorProbabilistic(
         preprocess_net=trunk, action_shape=act_dim, unbounded=True, conditioned_sigma=True
     )
