@@ -336,7 +336,7 @@ class DiffuserPolicy(DiffusionPolicy[DiffuserConfig]):
     # ----------------------------------------------------------------------------------------- chunk planning
     @torch.inference_mode()
     def plan_chunk(self, obs: Any, committed: np.ndarray) -> np.ndarray:
-        """Chunk-planning protocol of the robot bridge (:class:`diffplan.envs.robot.runner.ChunkPlanner`).
+        """Chunk-planning protocol of the robot bridge (:class:`diffplan.deploy.runner.ChunkPlanner`).
 
         Args:
             obs: one env observation: a dict with observation (O,) [and desired_goal (G,)], or an (O,) array.

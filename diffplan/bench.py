@@ -188,26 +188,6 @@ def bench_maze(args: argparse.Namespace) -> dict[str, Any]:
     return _write(result, args.out)
 
 
-def plot_learning_curves(curves: dict[str, list[dict[str, Any]]]) -> Any:
-    """One figure: normalized score (± s.e.) and success rate vs training minutes for each labelled history."""
-    import matplotlib.pyplot as plt
-
-    fig, (score_ax, success_ax) = plt.subplots(1, 2, figsize=(10, 3.5))
-    for label, history in curves.items():
-        minutes = np.array([h["train_time_s"] / 60 for h in history])
-        score = np.array([h.get("normalized_score", np.nan) for h in history])
-        se = np.array([h.get("normalized_score_se", 0.0) for h in history])
-        score_ax.plot(minutes, score, marker="o", ms=3, label=label)
-        score_ax.fill_between(minutes, score - se, score + se, alpha=0.2)
-        success_ax.plot(minutes, [h["success_rate"] for h in history], marker="o", ms=3, label=label)
-    score_ax.axhline(100, color="grey", lw=0.8, ls="--")
-    score_ax.set(xlabel="training minutes", ylabel="normalized score", title="evaluation score (mean ± s.e.)")
-    success_ax.set(xlabel="training minutes", ylabel="success rate", ylim=(-0.05, 1.05), title="goal reached")
-    score_ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
 def bench_curve(args: argparse.Namespace) -> dict[str, Any]:
     """Learning curves of finished runs; extra positional arguments are more run directories."""
     curves: dict[str, list[dict[str, Any]]] = {}
@@ -227,6 +207,8 @@ def bench_curve(args: argparse.Namespace) -> dict[str, Any]:
         }
     result = _write({"benchmark": "curve", "runs": runs, "curves": curves, **machine_info()}, args.out)
     if args.out:
+        from diffplan.viz import plot_learning_curves
+
         plot_learning_curves(curves).savefig(Path(args.out).with_suffix(".png"), dpi=90)
     return result
 

@@ -46,37 +46,24 @@ def _print_json(data: dict[str, Any]) -> None:
 
 
 def cmd_data_make(args: argparse.Namespace) -> int:
-    from diffplan.data.recipes.pointmaze import generate_pointmaze_dataset
-    from diffplan.envs import split_locomotion_task
-    from diffplan.training import recipe_dataset_id
-
-    loco = split_locomotion_task(args.name)
-    if loco is not None:
-        return _make_locomotion(args, loco[0])
-    if args.retrain:
-        print("diffplan: error: --retrain applies to locomotion datasets only", file=sys.stderr)
-        return 2
-
-    dataset_id = generate_pointmaze_dataset(
-        args.name, num_steps=args.steps, seed=args.seed, noisy=args.noisy, progress=True,
-        dataset_id=args.id or recipe_dataset_id(args.name, args.steps, args.noisy),
-    )
-    print(f"wrote minari:{dataset_id}")
-    return 0
-
-
-def _make_locomotion(args: argparse.Namespace, env: str) -> int:
     import time
 
-    from diffplan.data.recipes import locomotion
+    from diffplan.data import recipes
+    from diffplan.envs import split_locomotion_task
 
-    if args.noisy:
-        print("diffplan: error: --noisy applies to maze datasets only", file=sys.stderr)
-        return 2
     if args.retrain:
-        locomotion.retrain(env)
+        loco = split_locomotion_task(args.name)
+        if loco is None:
+            print("diffplan: error: --retrain applies to locomotion datasets only", file=sys.stderr)
+            return 2
+        from diffplan.behaviour import retrain
+        from diffplan.envs.evaluation import evaluate
+
+        retrain(loco[0], evaluate=evaluate)
     start = time.perf_counter()
-    dataset_id = locomotion.make_dataset(args.name, steps=args.steps, seed=args.seed, dataset_id=args.id)
+    dataset_id = recipes.make(
+        args.name, steps=args.steps, seed=args.seed, noisy=args.noisy, minari_id=args.id, progress=True
+    )
     wall = time.perf_counter() - start
     print(f"wrote minari:{dataset_id} in {wall:.1f}s")
     if args.json:
@@ -89,14 +76,15 @@ def _make_locomotion(args: argparse.Namespace, env: str) -> int:
 
 
 def cmd_data_train_behaviour(args: argparse.Namespace) -> int:
-    from diffplan.data.recipes import locomotion
+    from diffplan.behaviour import SACTrainConfig, retrain
+    from diffplan.envs.evaluation import evaluate
 
-    cfg = locomotion.SACTrainConfig(
+    cfg = SACTrainConfig(
         seed=args.seed, max_env_steps=args.max_env_steps, epoch_steps=args.epoch_steps,
         start_steps=min(10_000, args.max_env_steps),
         time_limit_s=None if args.time_limit_min is None else 60 * args.time_limit_min,
     )
-    locomotion.retrain(args.env, args.run_dir, cfg, args.policy_dir)
+    retrain(args.env, args.run_dir, cfg, args.policy_dir, evaluate=evaluate, expert=args.expert)
     return 0
 
 
@@ -206,13 +194,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from diffplan.envs.robot.cli import serve_command
+    from diffplan.deploy.cli import serve_command
 
     return serve_command(args)
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
-    from diffplan.envs.robot.cli import deploy_command
+    from diffplan.deploy.cli import deploy_command
 
     return deploy_command(args)
 
@@ -223,14 +211,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="make or inspect datasets").add_subparsers(dest="data_command", required=True)
-    from diffplan.envs import LOCOMOTION_ENVS, LOCOMOTION_KINDS
+    from diffplan.behaviour import EXPERT_RULES
+    from diffplan.data import recipes
+    from diffplan.envs import LOCOMOTION_ENVS
 
-    loco_names = [f"{e}-{k}" for e in LOCOMOTION_ENVS for k in LOCOMOTION_KINDS]
     make = data.add_parser("make", help="generate a local Minari dataset (D4RL maze2d / locomotion recipes)")
-    make.add_argument("name", choices=["pointmaze-umaze", "pointmaze-medium", "pointmaze-large", *loco_names])
+    make.add_argument("name", choices=recipes.tasks())
     make.add_argument("--steps", type=int, default=1_000_000,
                       help="dataset size in env steps (medium-expert: per policy; medium-replay: at most)")
-    make.add_argument("--json", default=None, help="locomotion: write the dataset summary and wall time here")
+    make.add_argument("--json", default=None, help="write the dataset summary and wall time here")
     make.add_argument("--retrain", action="store_true",
                       help="locomotion: train the behaviour policies again (hours) instead of the shipped ones")
     make.add_argument("--seed", type=int, default=0)
@@ -243,7 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("--max-env-steps", type=int, default=1_000_000)
     tb.add_argument("--time-limit-min", type=float, default=None, help="stop at the first evaluation after this")
     tb.add_argument("--epoch-steps", type=int, default=5_000, help="env steps between checkpoints")
-    tb.add_argument("--run-dir", default=None, help="default runs/behaviour/<env>-<time>")
+    tb.add_argument("--run-dir", default=None,
+                    help="default runs/behaviour/<env>-<time>; a finished run there is only finalized")
+    tb.add_argument("--expert", choices=EXPERT_RULES, default="last",
+                    help="expert = last checkpoint (D4RL) or the best-evaluated one (short, unstable runs)")
     tb.add_argument("--policy-dir", default=None, help="where the policies go (default: the shipped ones)")
     tb.set_defaults(func=cmd_data_train_behaviour)
     info = data.add_parser("info", help="print size, episodes, returns and reference scores")
@@ -309,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from diffplan.behaviour import BehaviourPolicyError
     from diffplan.checkpoint import CheckpointError
     from diffplan.config import ConfigError
     from diffplan.data import DatasetError
@@ -318,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MPLBACKEND", "Agg")
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, DatasetError, CheckpointError) as exc:
+    except (ConfigError, DatasetError, CheckpointError, BehaviourPolicyError) as exc:
         print(f"diffplan: error: {exc}", file=sys.stderr)
         return 2
 

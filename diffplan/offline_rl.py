@@ -25,6 +25,8 @@ from tianshou.utils.net.common import ModuleWithVectorOutput, Net
 from diffplan.agent import Agent
 from diffplan.config import RunConfig
 from diffplan.data import Episodes, NormalizerModule, observation_arrays, split_observation_space
+from diffplan.nets import sac as sac_nets
+from diffplan.nets.sac import auto_alpha  # noqa: F401 (re-exported: the baselines import it from here)
 
 
 @dataclass
@@ -129,28 +131,9 @@ def prepare(
 def twin_critics(
     obs_dim: int, act_dim: int, hidden: Sequence[int], lr: float, norm: NormalizerModule | None = None
 ) -> dict[str, Any]:
-    """``critic, critic_optim, critic2, critic2_optim`` keyword arguments of Tianshou's twin-critic algorithms
-    (SAC, TD3+BC, CQL): two ``Q(s, a)`` MLPs over ``[normalise(obs), act]`` with Adam at ``lr``."""
-    from tianshou.algorithm.optim import AdamOptimizerFactory
-    from tianshou.utils.net.continuous import ContinuousCritic
-
-    def critic() -> ContinuousCritic:
-        return ContinuousCritic(preprocess_net=input_net(obs_dim, hidden, norm, act_dim))
-
-    return {
-        "critic": critic(),
-        "critic_optim": AdamOptimizerFactory(lr=lr),
-        "critic2": critic(),
-        "critic2_optim": AdamOptimizerFactory(lr=lr),
-    }
-
-
-def auto_alpha(act_dim: int, lr: float) -> Any:
-    """SAC's automatic entropy tuning as in Tianshou's examples: target entropy -|A|, log(alpha)=0 at start."""
-    from tianshou.algorithm.modelfree.sac import AutoAlpha
-    from tianshou.algorithm.optim import AdamOptimizerFactory
-
-    return AutoAlpha(target_entropy=-float(act_dim), log_alpha=0.0, optim=AdamOptimizerFactory(lr=lr))
+    """:func:`diffplan.nets.sac.twin_critics` for the baselines: each ``Q(s, a)`` MLP reads ``[normalise(obs),
+    act]`` (flattened goal observations included)."""
+    return sac_nets.twin_critics(lambda: input_net(obs_dim, hidden, norm, act_dim), lr)
 
 
 def finish(algorithm: Any, cfg: BaselineConfig, episodes: Episodes | None) -> Agent:

@@ -17,8 +17,8 @@ if TYPE_CHECKING:  # imported where used: a robot server (diffplan.envs.robot) s
 
 
 EVAL_SEED = 12_345
-"""Seed of the evaluation environments (the evaluation protocol): every evaluation of every run sees the same
-start/goal pairs and start states."""
+"""Seed of the evaluation environments, part of every task's evaluation protocol: every evaluation of every run
+(and the locomotion reference scores) sees the same start states and start/goal pairs."""
 
 
 def is_maze_task(task: str) -> bool:

@@ -34,15 +34,12 @@ Observations are the env's Dict: ``observation`` (4,) = [x, y, vx, vy], ``achiev
 ``desired_goal`` (2,). Coordinates are the env's xy frame: cell (row, col) has its centre at
 ``maze.cell_rowcol_to_xy((row, col))``; x grows with the column, y *decreases* with the row.
 
-Plan drawing (:func:`draw_maze`, :func:`plot_plans`, :func:`figure_to_array`) uses matplotlib's Agg canvas
-directly (no pyplot, no display) so it is safe in headless training jobs.
+Drawing plans over a maze lives in :mod:`diffplan.viz`.
 """
 
 from __future__ import annotations
 
 import functools
-import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,14 +51,11 @@ __all__ = [
     "MAZE_TASKS",
     "MazeTask",
     "RandomCellsReset",
-    "draw_maze",
-    "figure_to_array",
     "free_cells",
     "get_task",
     "make_maze_env",
     "make_maze_vector_env",
     "maze_geometry",
-    "plot_plans",
     "protocol_metadata",
     "register_maze_envs",
 ]
@@ -238,110 +232,3 @@ def make_maze_vector_env(task: str, n: int, seed: int = 0, subproc: bool = False
         raise ValueError(f"n must be >= 1, got {n}")
     fns = [functools.partial(make_maze_env, task, seed + i) for i in range(n)]
     return SubprocVectorEnv(fns) if subproc else DummyVectorEnv(fns)
-
-
-# ----------------------------------------------------------------------------------------------- drawing
-
-
-def draw_maze(ax, task: str, *, wall_color: str = "0.35") -> None:
-    """Draw the task's walls as filled unit squares in the env's xy frame and fit the axes to the maze."""
-    from matplotlib.patches import Rectangle
-
-    maze = maze_geometry(get_task(task).name)
-    s = maze.maze_size_scaling
-    for r, row in enumerate(maze.maze_map):
-        for c, v in enumerate(row):
-            if v == 1:
-                x, y = maze.cell_rowcol_to_xy(np.array([r, c]))
-                ax.add_patch(Rectangle((x - s / 2, y - s / 2), s, s, facecolor=wall_color, edgecolor="none"))
-    ax.set_xlim(-maze.x_map_center, maze.x_map_center)
-    ax.set_ylim(-maze.y_map_center, maze.y_map_center)
-    ax.set_aspect("equal")
-    ax.set_xticks([])
-    ax.set_yticks([])
-
-
-def plot_plans(
-    task: str,
-    plans: np.ndarray,
-    starts: np.ndarray | None = None,
-    goals: np.ndarray | None = None,
-    executed: Sequence[np.ndarray] | None = None,
-    titles: Sequence[str] | None = None,
-    *,
-    ncols: int | None = None,
-    panel_size: float = 2.5,
-):
-    """A grid of maze panels, one per plan, each plan's xy drawn as dots colored by time (Diffuser style).
-
-    Args:
-        task: maze task name.
-        plans: (N, H, 2) planned xy positions (or (H, 2) for one plan).
-        starts: optional (N, 2) start positions (green circle).
-        goals: optional (N, 2) goal positions (red star, with the goal radius as a circle).
-        executed: optional list of N (T_i, 2) executed xy paths (thin black line).
-        titles: optional N panel titles.
-        ncols: panels per row (default: about sqrt(N)).
-        panel_size: inches per panel.
-
-    Returns:
-        A ``matplotlib.figure.Figure`` with an Agg canvas (use :func:`figure_to_array` to rasterize it).
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Circle
-
-    t = get_task(task)
-    plans = np.asarray(plans, dtype=np.float64)
-    if plans.ndim == 2:
-        plans = plans[None]
-    if plans.ndim != 3 or plans.shape[-1] < 2:
-        raise ValueError(f"plans must be (N, H, 2), got {plans.shape}")
-    n, horizon = plans.shape[:2]
-    ncols = ncols or max(1, math.ceil(math.sqrt(n)))
-    nrows = math.ceil(n / ncols)
-    maze = maze_geometry(t.name)
-    aspect = maze.map_length / maze.map_width
-    fig = Figure(figsize=(panel_size * ncols, panel_size * aspect * nrows + 0.3 * nrows), dpi=80)
-    FigureCanvasAgg(fig)  # attach an Agg canvas: rasterizable without pyplot or a display
-    axes = fig.subplots(nrows, ncols, squeeze=False)
-    time_colors = np.linspace(0.0, 1.0, horizon)
-    for k, ax in enumerate(axes.flat):
-        if k >= n:
-            ax.set_axis_off()
-            continue
-        draw_maze(ax, t.name)
-        xy = plans[k, :, :2]
-        ax.plot(xy[:, 0], xy[:, 1], color="0.6", linewidth=0.6, zorder=2)
-        ax.scatter(xy[:, 0], xy[:, 1], c=time_colors, cmap="jet", s=6, zorder=3, linewidths=0)
-        if executed is not None and k < len(executed) and executed[k] is not None and len(executed[k]):
-            ex = np.asarray(executed[k], dtype=np.float64)
-            ax.plot(ex[:, 0], ex[:, 1], color="black", linewidth=1.0, zorder=4)
-        if starts is not None:
-            ax.plot(
-                *np.asarray(starts)[k, :2],
-                marker="o",
-                color="limegreen",
-                markersize=7,
-                markeredgecolor="black",
-                zorder=5,
-            )
-        if goals is not None:
-            g = np.asarray(goals)[k, :2]
-            ax.add_patch(
-                Circle(tuple(g), t.goal_radius, fill=False, edgecolor="red", linestyle="--", zorder=4)
-            )
-            ax.plot(*g, marker="*", color="red", markersize=11, markeredgecolor="black", zorder=5)
-        if titles is not None and k < len(titles):
-            ax.set_title(str(titles[k]), fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def figure_to_array(fig) -> np.ndarray:
-    """Rasterize a figure to an (H, W, 3) uint8 RGB array (TensorBoard: ``add_image(..., dataformats="HWC")``)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
-    canvas.draw()
-    return np.ascontiguousarray(np.asarray(canvas.buffer_rgba())[..., :3], dtype=np.uint8)

@@ -20,13 +20,12 @@ from diffplan.data.recipes.pointmaze import (
 )
 from diffplan.envs.maze import (
     MAZE_TASKS,
-    figure_to_array,
     free_cells,
     make_maze_env,
     make_maze_vector_env,
     maze_geometry,
-    plot_plans,
 )
+from diffplan.viz import figure_to_array, plot_plans
 
 
 def _cells(env, obs) -> tuple[tuple[int, int], tuple[int, int]]:

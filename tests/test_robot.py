@@ -18,12 +18,11 @@ import numpy as np
 import pytest
 import zmq
 
+from diffplan.deploy.runner import ChunkPlanner, DelayedPlanner, LatencyAwareRunner
 from diffplan.envs.robot import protocol as P
 from diffplan.envs.robot.backends import MockBackend, MujocoBackend
-from diffplan.envs.robot.bench import free_port_pair
 from diffplan.envs.robot.client import RobotClient, RobotEnv, RobotError, RobotTimeout, StaleObservation
 from diffplan.envs.robot.relay import FaultRelay
-from diffplan.envs.robot.runner import ChunkPlanner, DelayedPlanner, LatencyAwareRunner
 from diffplan.envs.robot.safety import (
     RobotSpec,
     SafetyConfig,
@@ -33,7 +32,16 @@ from diffplan.envs.robot.safety import (
     check_spec,
 )
 from diffplan.envs.robot.scheduler import ActionScheduler
-from diffplan.envs.robot.server import HOLD, IDLE, RUNNING, STARVED, ManualClock, RealTimeClock, RobotServer
+from diffplan.envs.robot.server import (
+    HOLD,
+    IDLE,
+    RUNNING,
+    STARVED,
+    ManualClock,
+    RealTimeClock,
+    RobotServer,
+    free_port_pair,
+)
 
 _names = itertools.count()
 

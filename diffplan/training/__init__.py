@@ -6,7 +6,6 @@ from diffplan.training.experiment import (
     default_dataset,
     load_trained,
     machine_info,
-    recipe_dataset_id,
     resolve_episodes,
     setup,
 )
@@ -24,7 +23,6 @@ __all__ = [
     "machine_info",
     "mean_and_stderr",
     "normalized_score",
-    "recipe_dataset_id",
     "resolve_episodes",
     "run_experiment",
     "setup",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import platform
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,55 +17,21 @@ import yaml
 from diffplan.agent import Agent, OnlineConfig, PlanRecorder
 from diffplan.checkpoint import load_checkpoint
 from diffplan.config import RunConfig
-from diffplan.data import Episodes, load_episodes
+from diffplan.data import Episodes, load_episodes, recipes
 from diffplan.envs import EVAL_SEED, make_env, make_vector_env
 from diffplan.envs.evaluation import EvalResult, evaluate
 
 log = logging.getLogger("diffplan")
 
-_RECIPE_ID = re.compile(r"^diffplan/(?P<task>pointmaze-(?:umaze|medium|large))(?P<noisy>-noisy)?(?:-(?P<k>\d+)k)?-v0$")
-_LOCO_RECIPE_ID = re.compile(
-    r"^diffplan/(?P<task>(?:hopper|walker2d|halfcheetah)-(?:random|medium|medium-replay|medium-expert|expert))"
-    r"(?:-(?P<k>\d+)k)?-v0$"
-)
-
-
-def recipe_dataset_id(task: str, steps: int = 1_000_000, noisy: bool = False) -> str:
-    """Minari id of a generated dataset: ``diffplan/<task>[-noisy][-<N>k]-v0`` (no size suffix for 1M).
-
-    The same scheme names the maze and the locomotion recipes' datasets (``diffplan/hopper-medium-v0``)."""
-    if steps != 1_000_000 and steps % 1000:
-        raise ValueError(f"generated dataset sizes are whole thousands of steps, got {steps}")
-    size = "" if steps == 1_000_000 else f"-{steps // 1000}k"
-    return f"diffplan/{task}{'-noisy' if noisy else ''}{size}-v0"
-
-
 def default_dataset(cfg: RunConfig) -> str:
-    """The generated dataset of the config's task, ``minari:`` + :func:`recipe_dataset_id`."""
-    return "minari:" + recipe_dataset_id(cfg.task, cfg.dataset_steps)
+    """The generated dataset of the config's task, ``minari:`` + :func:`diffplan.data.recipes.dataset_id`."""
+    return "minari:" + recipes.dataset_id(cfg.task, cfg.dataset_steps)
 
 
 def resolve_episodes(cfg: RunConfig, progress: bool = True) -> Episodes:
     """Load the config's dataset, generating it first when it is one of ours and not on disk yet."""
     source = cfg.dataset or default_dataset(cfg)
-    if source.startswith("minari:"):
-        loco = _LOCO_RECIPE_ID.match(source[len("minari:"):])
-        if loco:
-            from diffplan.data.recipes.locomotion import ensure_dataset as ensure_locomotion
-
-            ensure_locomotion(
-                loco["task"], steps=int(loco["k"]) * 1000 if loco["k"] else None, seed=0,
-                dataset_id=source[len("minari:"):], progress=progress,
-            )
-        match = _RECIPE_ID.match(source[len("minari:"):])
-        if match:
-            from diffplan.data.recipes.pointmaze import ensure_dataset
-
-            steps = int(match["k"]) * 1000 if match["k"] else 1_000_000
-            ensure_dataset(
-                match["task"], num_steps=steps, seed=0, noisy=bool(match["noisy"]),
-                dataset_id=source[len("minari:"):], progress=progress,
-            )
+    recipes.ensure(source, progress=progress)
     return load_episodes(source)
 
 
@@ -133,7 +98,7 @@ class Experiment:
         plans = self.recorded_plans()
         if not plans or not is_maze_task(self.cfg.task):
             return None
-        from diffplan.envs.maze import plot_plans
+        from diffplan.viz import plot_plans
 
         xy = np.stack([p["plan"][:, :2] for p in plans])
         goals = np.stack([p["goal"] for p in plans]) if plans[0]["goal"] is not None else None

@@ -170,7 +170,7 @@ def _log_eval(writer: SummaryWriter, exp: Experiment, result: EvalResult, step: 
             writer.add_scalar(f"eval/{key}", summary[key], step)
     fig = exp.plan_figure()
     if fig is not None:
-        from diffplan.envs.maze import figure_to_array
+        from diffplan.viz import figure_to_array
 
         image = figure_to_array(fig)
         writer.add_image("eval/plans", image, step, dataformats="HWC")

@@ -3,8 +3,9 @@ watchdog, tick clock) and a gymnasium client env. Needs the ``robot`` extra (``p
 
 Modules: :mod:`.protocol` (wire format), :mod:`.safety` (spec + safety layer), :mod:`.scheduler`
 (tick-addressed chunks), :mod:`.backends` (MuJoCo, mock), :mod:`.server`, :mod:`.client` (``RobotEnv``),
-:mod:`.runner` (latency-aware receding-horizon control, ``diffplan deploy``), :mod:`.relay` (fault
-injection), :mod:`.bench` (benchmarks).
+:mod:`.relay` (fault injection). Driving a robot with a trained policy (the latency-aware runner, ``diffplan
+serve`` / ``diffplan deploy``, the bridge benchmarks) is :mod:`diffplan.deploy`'s: this package never imports
+agent or training code (an import-linter contract in pyproject.toml says so).
 """
 
 from diffplan.envs.robot.backends import MockBackend, MujocoBackend, RobotBackend, RobotState, make_backend

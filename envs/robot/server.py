@@ -24,6 +24,7 @@ command port + 1 (``tcp``) or the command name + ``-obs`` (``inproc``/``ipc``), 
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from collections import deque
@@ -46,7 +47,7 @@ IDLE, RUNNING, STARVED, HOLD, ESTOP = "IDLE", "RUNNING", "STARVED", "HOLD", "EST
 E_CLIPPING = "CLIPPING"
 
 __all__ = ["ESTOP", "HOLD", "IDLE", "RUNNING", "STARVED", "ManualClock", "RealTimeClock", "RobotServer",
-           "obs_endpoint_for"]
+           "free_port_pair", "obs_endpoint_for"]
 
 
 def obs_endpoint_for(endpoint: str) -> str:
@@ -55,6 +56,21 @@ def obs_endpoint_for(endpoint: str) -> str:
         host, port = endpoint[len("tcp://"):].rsplit(":", 1)
         return f"tcp://{host}:{int(port) + 1}"
     return endpoint + "-obs"
+
+
+def free_port_pair() -> int:
+    """A port p with p and p+1 free on 127.0.0.1 (commands and observations)."""
+    for _ in range(50):
+        with socket.socket() as a:
+            a.bind(("127.0.0.1", 0))
+            port = a.getsockname()[1]
+            try:
+                with socket.socket() as b:
+                    b.bind(("127.0.0.1", port + 1))
+                    return port
+            except OSError:
+                continue
+    raise RuntimeError("no free port pair")
 
 
 class RealTimeClock:

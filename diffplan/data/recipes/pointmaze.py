@@ -46,10 +46,7 @@ episode; ``infos["success"]`` has T+1 entries.
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
 import time
 import warnings
 from collections import deque
@@ -58,6 +55,8 @@ from typing import Any
 
 import numpy as np
 
+from diffplan.data import recipes
+from diffplan.data.episodes import DatasetError
 from diffplan.envs.maze import (
     GOAL_RADIUS,
     free_cells,
@@ -445,37 +444,8 @@ def _episode_buffers(stream: dict[str, Any]) -> list:
 
 
 def default_dataset_id(task: str, noisy: bool = False) -> str:
-    """``diffplan/<task>[-noisy]-v0``."""
-    return f"diffplan/{get_task(task).name}{'-noisy' if noisy else ''}-v0"
-
-
-def _dataset_dir(dataset_id: str):
-    from minari.storage.datasets_root_dir import get_dataset_path
-
-    return get_dataset_path(dataset_id)
-
-
-def _merge_metadata_atomically(dataset_id: str, extra: dict[str, Any]) -> None:
-    """Add keys to ``<dataset>/data/metadata.json`` via write-to-temp + ``os.replace``.
-
-    Minari 0.5.4's ``create_dataset_from_buffers`` has no custom-metadata argument; ``metadata.json`` is read
-    on every ``storage.metadata`` access and unknown keys pass through, so extra keys show up in
-    ``minari.load_dataset(id).storage.metadata``.
-    """
-    path = _dataset_dir(dataset_id) / "data" / "metadata.json"
-    meta = json.loads(path.read_text())
-    meta.update(extra)
-    mode = path.stat().st_mode & 0o777
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".metadata.", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(meta, f)
-        os.chmod(tmp, mode)  # mkstemp creates 0600; keep minari's original permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """``diffplan/<task>[-noisy]-v0``: :func:`diffplan.data.recipes.dataset_id` at the default size."""
+    return recipes.dataset_id(get_task(task).name, noisy=noisy)
 
 
 def generate_pointmaze_dataset(
@@ -510,8 +480,8 @@ def generate_pointmaze_dataset(
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
     dataset_id = dataset_id or default_dataset_id(t.name, noisy)
-    if _dataset_dir(dataset_id).exists():
-        raise ValueError(f"Minari dataset {dataset_id!r} already exists at {_dataset_dir(dataset_id)}")
+    if recipes.dataset_dir(dataset_id).exists():
+        raise DatasetError(f"Minari dataset {dataset_id!r} already exists at {recipes.dataset_dir(dataset_id)}")
 
     stream = run_stream(t.name, num_steps, seed, noisy=noisy, progress=progress)
     t_ref = time.perf_counter()
@@ -548,7 +518,7 @@ def generate_pointmaze_dataset(
 
     reached = stream["reached"]
     lengths = np.diff(stream["cuts"])
-    _merge_metadata_atomically(
+    recipes.merge_metadata(
         dataset_id,
         {
             "recipe": RECIPE,
@@ -596,23 +566,14 @@ def ensure_dataset(
 ) -> str:
     """Return the id of the recipe's dataset, generating it only if it does not exist locally.
 
-    An existing dataset is reused only if it was made by this recipe with the same task, seed, noise and
-    size; otherwise ``ValueError`` (pass another ``dataset_id``). A half-written dataset (no recipe metadata,
-    e.g. an interrupted run) raises ``RuntimeError`` asking to delete it, rather than deleting files.
+    An existing dataset is reused only if it was made by this recipe with the same task, seed, noise and size;
+    otherwise :class:`DatasetError` (pass another ``dataset_id``). A half-written dataset (no recipe metadata,
+    e.g. an interrupted run) raises ``RuntimeError`` asking to delete it (:func:`diffplan.data.recipes.
+    check_existing`).
     """
     t = get_task(task)
     dataset_id = dataset_id or default_dataset_id(t.name, noisy)
-    meta_path = _dataset_dir(dataset_id) / "data" / "metadata.json"
-    if not _dataset_dir(dataset_id).exists():
-        return generate_pointmaze_dataset(t.name, num_steps, seed, noisy, dataset_id, progress, **kwargs)
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-    if meta.get("recipe") != RECIPE:
-        raise RuntimeError(
-            f"{_dataset_dir(dataset_id)} exists but was not completed by the {RECIPE} recipe "
-            "(interrupted run?); delete it and call again"
-        )
     want = {"task": t.name, "seed": int(seed), "noisy": bool(noisy), "num_steps": int(num_steps)}
-    have = {k: meta.get(k) for k in want}
-    if have != want:
-        raise ValueError(f"dataset {dataset_id!r} exists with {have}, not {want}; pass another dataset_id")
-    return dataset_id
+    if recipes.check_existing(dataset_id, RECIPE, want):
+        return dataset_id
+    return generate_pointmaze_dataset(t.name, num_steps, seed, noisy, dataset_id, progress, **kwargs)

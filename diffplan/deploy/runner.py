@@ -25,22 +25,16 @@ import queue
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 
+from diffplan.agent import ChunkPlanner  # the contract's protocol: obs, committed (k, A) -> (H, A)
 from diffplan.envs.robot import protocol as P
 from diffplan.envs.robot.client import RobotEnv, RobotError, RobotTimeout
 from diffplan.envs.robot.scheduler import ActionScheduler
 
 __all__ = ["ChunkPlanner", "DelayedPlanner", "EpisodeReport", "LatencyAwareRunner", "run_in_process"]
-
-
-@runtime_checkable
-class ChunkPlanner(Protocol):
-    def plan_chunk(self, obs: Any, committed: np.ndarray) -> np.ndarray:
-        """obs at tick t, committed (k, A) for ticks t+1..t+k -> (H, A) actions for ticks t+1..t+H."""
-        ...
 
 
 class DelayedPlanner:

@@ -28,9 +28,10 @@ def deploy(run_dir: str, robot: str, *, episodes: int = 1, seed: int = 0, execut
     """Drive the robot at ``robot`` with the trained planner in ``run_dir``; returns the per-episode reports."""
     import torch
 
+    from diffplan.agent import ChunkPlanner, Reseedable
+    from diffplan.deploy.runner import DelayedPlanner, LatencyAwareRunner
     from diffplan.envs import make_env
     from diffplan.envs.robot.client import RobotEnv
-    from diffplan.envs.robot.runner import ChunkPlanner, DelayedPlanner, LatencyAwareRunner
     from diffplan.training import load_trained
 
     torch.set_num_threads(1)
@@ -47,7 +48,7 @@ def deploy(run_dir: str, robot: str, *, episodes: int = 1, seed: int = 0, execut
         runner = LatencyAwareRunner(env, planner, execute_ticks=execute_ticks)
         reports = []
         for i in range(episodes):
-            if hasattr(policy, "reseed"):
+            if isinstance(policy, Reseedable):
                 policy.reseed(seed + i)
             reports.append(runner.run_episode(seed=seed + i).to_dict())
     finally:

@@ -1,8 +1,8 @@
 """Robot-bridge benchmarks; each writes a JSON result (never run by the tests)::
 
-    python -m diffplan.envs.robot.bench rtt --out benchmarks/robot_rtt.json
-    python -m diffplan.envs.robot.bench jitter --out benchmarks/robot_jitter.json
-    python -m diffplan.envs.robot.bench deploy runs/quickstart --episodes 20 --out benchmarks/robot_deploy.json
+    python -m diffplan.deploy.bench rtt --out benchmarks/robot_rtt.json
+    python -m diffplan.deploy.bench jitter --out benchmarks/robot_jitter.json
+    python -m diffplan.deploy.bench deploy runs/quickstart --episodes 20 --out benchmarks/robot_deploy.json
 
 * ``rtt``: request round trip (HEARTBEAT -> HEARTBEAT_OK) over loopback TCP to a ``diffplan serve`` process.
 * ``jitter``: how late each tick starts (server telemetry) at 50 and 100 Hz with a MuJoCo backend, while a
@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from diffplan.envs.robot.server import free_port_pair
 
 
 def _machine() -> dict[str, Any]:
@@ -45,21 +46,6 @@ def _write(result: dict[str, Any], out: str | None) -> dict[str, Any]:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(Path(out), json.dumps(result, indent=2, default=float))
     return result
-
-
-def free_port_pair() -> int:
-    """A port p with p and p+1 free on 127.0.0.1 (commands and observations)."""
-    for _ in range(50):
-        with socket.socket() as a:
-            a.bind(("127.0.0.1", 0))
-            port = a.getsockname()[1]
-            try:
-                with socket.socket() as b:
-                    b.bind(("127.0.0.1", port + 1))
-                    return port
-            except OSError:
-                continue
-    raise RuntimeError("no free port pair")
 
 
 @contextmanager
@@ -136,9 +122,9 @@ def bench_jitter(args: argparse.Namespace) -> dict[str, Any]:
 def bench_deploy(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
+    from diffplan.deploy.runner import LatencyAwareRunner, run_in_process
     from diffplan.envs import make_env
     from diffplan.envs.robot.client import RobotEnv
-    from diffplan.envs.robot.runner import LatencyAwareRunner, run_in_process
     from diffplan.training import load_trained
 
     torch.set_num_threads(1)
