@@ -6,6 +6,8 @@
 * ``train <config> [k=v]``: gradient steps per second of a config on this machine.
 * ``curve <run> [<run> ...]``: the learning curves kept in each run's ``results.json`` (score and success vs
   training minutes and gradient steps) as one JSON file and a PNG beside it.
+* ``report [benchmarks/]``: ``benchmarks/README.md`` generated from the JSON results (``diffplan.report``); ``--out``
+  writes the page elsewhere.
 * ``maze <run>``: the maze evaluation protocol over ``--episodes`` episodes, beside the planner-free
   go-to-goal PD baseline on the same start/goal pairs, and the score on the "hard" episodes that baseline fails.
 """
@@ -213,4 +215,14 @@ def bench_curve(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-BENCHMARKS = {"plan": bench_plan, "train": bench_train, "maze": bench_maze, "curve": bench_curve}
+def bench_report(args: argparse.Namespace) -> dict[str, Any]:
+    """Regenerate the benchmark page from the committed JSON results (no training code involved)."""
+    from diffplan.report import write
+
+    page = write(args.path or "benchmarks", args.out)
+    return {"benchmark": "report", "page": str(page)}
+
+
+BENCHMARKS = {
+    "plan": bench_plan, "train": bench_train, "maze": bench_maze, "curve": bench_curve, "report": bench_report,
+}

@@ -268,13 +268,16 @@ def build_parser() -> argparse.ArgumentParser:
     qs.set_defaults(func=cmd_quickstart)
 
     bench = sub.add_parser("bench", help="benchmarks that write JSON results")
-    bench.add_argument("what", choices=["plan", "train", "maze", "curve"])
-    bench.add_argument("path", nargs="?", help="run directory (plan, maze, curve) or config (train)")
+    bench.add_argument("what", choices=["plan", "train", "maze", "curve", "report"])
+    bench.add_argument(
+        "path", nargs="?",
+        help="run directory (plan, maze, curve), config (train) or results folder (report, default benchmarks)",
+    )
     bench.add_argument("overrides", nargs="*", help="key=value overrides (curve: more run directories)")
     bench.add_argument("--episodes", type=int, default=50)
     bench.add_argument("--repeats", type=int, default=50)
     bench.add_argument("--steps", type=int, default=300, help="env steps timed for the decision latency (plan)")
-    bench.add_argument("--out", default=None, help="JSON file to write")
+    bench.add_argument("--out", default=None, help="JSON file to write (report: the page, default <folder>/README.md)")
     bench.set_defaults(func=cmd_bench)
 
     # The real-robot bridge (needs the 'robot' extra); handlers import it only when run.

@@ -5,6 +5,7 @@
 #   benchmarks/locomotion/run.sh <agent> <task> <train minutes> [key=value overrides...]
 # e.g. benchmarks/locomotion/run.sh decision_diffuser hopper-medium 20 dim=16 sampling_steps=10
 # RUN_TAG=-250k names the run and its JSON <agent>-<task><tag> (to keep results of different datasets apart).
+# Then `diffplan bench report` puts the new row on benchmarks/README.md (rows of one setting and several seeds merge).
 set -euo pipefail
 agent=$1 task=$2 minutes=$3
 shift 3

@@ -1,0 +1,614 @@
+"""``benchmarks/README.md``, generated from the committed JSON results (``diffplan bench report``).
+
+Every number on the page is read from a JSON file under ``benchmarks/``; the prose around the tables only says
+what a table measures. A test regenerates the page and compares it with the committed one, so a new result
+lands on the page by committing its JSON and running ``diffplan bench report``.
+
+Rows aggregate training seeds: runs of the same agent, dataset, variant and training budget that differ only in
+their ``seed`` become one row. With one seed the ``±`` is the standard error over evaluation episodes (from the
+JSON); with two or more it is the standard error of the per-seed means over seeds.
+
+This module reads JSON and writes Markdown; it imports nothing from the training code (the page must build
+without torch or an environment).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import statistics
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["MIN_SEEDS", "ReportError", "Row", "RunResult", "aggregate", "by_dataset_then_agent", "format_score", "generate", "write"]
+
+MIN_SEEDS = 3
+"""Training seeds a result needs to meet the project's standard; rows with fewer are flagged on the page."""
+
+AGENT_ORDER = ("bc", "td3bc", "cql", "diffusion_bc", "diffusion_ql", "idql", "diffuser", "decision_diffuser")
+"""Baselines first, then the diffusion agents, so each table reads baseline -> agent."""
+
+MAZES = ("umaze", "medium", "large")
+
+
+class ReportError(ValueError):
+    """A benchmark JSON file the report cannot use (missing file or field, duplicate seed)."""
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """The final evaluation of one training run (one seed), as read from its JSON file.
+
+    ``extra`` holds the numeric columns a table shows beside the score (gradient steps, latency, ...); the
+    aggregated row reports their mean over seeds.
+    """
+
+    file: str
+    agent: str
+    dataset: str
+    seed: int
+    score: float
+    score_se: float
+    episodes: int
+    variant: str = ""
+    budget_min: float = 0.0
+    extra: dict[str, float | None] = field(default_factory=dict)
+    command: str = ""
+
+
+@dataclass(frozen=True)
+class Row:
+    """Runs that differ only in their training seed, aggregated (one table row)."""
+
+    runs: tuple[RunResult, ...]
+
+    @property
+    def first(self) -> RunResult:
+        return self.runs[0]
+
+    @property
+    def seeds(self) -> list[int]:
+        return [r.seed for r in self.runs]
+
+    @property
+    def score_mean(self) -> float:
+        return statistics.fmean(r.score for r in self.runs)
+
+    @property
+    def score_se(self) -> float:
+        """Episode s.e. of a single seed; s.e. over the per-seed means for two or more."""
+        if len(self.runs) == 1:
+            return self.first.score_se
+        return statistics.stdev(r.score for r in self.runs) / math.sqrt(len(self.runs))
+
+    def mean(self, key: str) -> float | None:
+        """Mean over seeds of an extra column (None when no run has it)."""
+        values = [r.extra.get(key) for r in self.runs]
+        present = [v for v in values if v is not None]
+        return statistics.fmean(present) if present else None
+
+
+def aggregate(runs: Iterable[RunResult]) -> list[Row]:
+    """Group runs by (agent, dataset, variant, training budget); each group is one row, seeds sorted.
+
+    Rows come in the order their first run appears.
+
+    Raises:
+        ReportError: two files of one group carry the same seed (a duplicated result, not a second seed).
+    """
+    groups: dict[tuple[str, str, str, float], list[RunResult]] = {}
+    for run in runs:
+        groups.setdefault((run.agent, run.dataset, run.variant, run.budget_min), []).append(run)
+    rows = []
+    for members in groups.values():
+        members.sort(key=lambda r: r.seed)
+        seeds = [r.seed for r in members]
+        if len(set(seeds)) != len(seeds):
+            files = ", ".join(r.file for r in members)
+            raise ReportError(f"{files}: same agent, dataset, variant and budget with a repeated seed {seeds}")
+        rows.append(Row(tuple(members)))
+    return rows
+
+
+def by_dataset_then_agent(rows: list[Row]) -> list[Row]:
+    """Rows sorted by dataset, then baselines before diffusion agents (``AGENT_ORDER``), then variant."""
+    order = {a: i for i, a in enumerate(AGENT_ORDER)}
+    return sorted(rows, key=lambda row: (row.first.dataset, order.get(row.first.agent, len(order)), row.first.variant))
+
+
+def format_score(row: Row) -> str:
+    """``mean ± s.e.``, plus each seed's score when there are several (``55.6 ± 18.6 (s0 74.2, s1 37.0)``)."""
+    text = f"{row.score_mean:.1f} ± {row.score_se:.1f}"
+    if len(row.runs) > 1:
+        text += " (" + ", ".join(f"s{r.seed} {r.score:.1f}" for r in row.runs) + ")"
+    return text
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+
+def _load(path: Path) -> Any:
+    if not path.exists():
+        raise ReportError(f"{path}: benchmark file not found")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ReportError(f"{path}: not valid JSON ({exc})") from exc
+
+
+def _num(value: float | None, digits: int = 1, unit: str = "") -> str:
+    return "—" if value is None else f"{value:.{digits}f}{unit}"
+
+
+def _int(value: float | None) -> str:
+    return "—" if value is None else f"{round(value)}"
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
+    return lines
+
+
+def _short(dataset: str) -> str:
+    return dataset.removeprefix("minari:").removeprefix("diffplan/")
+
+
+def _load_text(data: dict[str, Any]) -> str:
+    for key in ("load_average_1_5_15", "load_avg_1_5_15", "load_avg"):
+        if isinstance(data.get(key), list):
+            return "load average " + " / ".join(f"{x:.1f}" for x in data[key])
+    return ""
+
+
+class _Section:
+    """Markdown lines of one page section plus the JSON files it read (listed under it)."""
+
+    def __init__(self, root: Path, title: str) -> None:
+        self.root = root
+        self.lines: list[str] = [f"## {title}", ""]
+        self.files: list[str] = []
+        self.machines: list[str] = []
+
+    def read(self, rel: str) -> Any:
+        data = _load(self.root / rel)
+        if rel not in self.files:
+            self.files.append(rel)
+        if isinstance(data, dict):
+            self.note_machine(data, rel)
+        return data
+
+    def note_machine(self, data: dict[str, Any], rel: str = "") -> None:
+        parts = [str(data[k]) for k in ("date", "machine") if data.get(k)]
+        if not parts and rel:
+            parts.append(f"`{rel}`")  # no date or machine recorded: say which file the load belongs to
+        if _load_text(data):
+            parts.append(_load_text(data))
+        text = "; ".join(parts)
+        if text and text not in self.machines:
+            self.machines.append(text)
+
+    def add(self, *lines: str) -> None:
+        self.lines.extend(lines)
+
+    def commands(self, labelled: Iterable[tuple[str, str]]) -> None:
+        items = [(label, cmd) for label, cmd in labelled if cmd]
+        if items:
+            self.add("", "Commands:", "")
+            self.add(*[f"* {label}: `{cmd}`" for label, cmd in items])
+
+    def render(self) -> list[str]:
+        out = list(self.lines)
+        if self.machines:
+            out += ["", "Date and machine, as recorded:", ""]
+            out += [f"* {m}" for m in self.machines]
+        out += ["", "Source files: " + ", ".join(f"[`{f}`]({f})" for f in self.files), ""]
+        return out
+
+
+def _command(data: dict[str, Any]) -> str:
+    if data.get("command"):
+        return str(data["command"])
+    parts = [data[k] for k in ("train_command", "eval_command") if data.get(k)]
+    return "; then ".join(parts)
+
+
+def _run_result(
+    rel: str, data: dict[str, Any], extra: dict[str, float | None] | None = None, variant: str | None = None
+) -> RunResult:
+    """A RunResult from a run's ``results.json``-shaped dict (``final`` holds the evaluation)."""
+    try:
+        final = data["final"]
+        return RunResult(
+            file=rel,
+            agent=data["agent"],
+            dataset=data["dataset"],
+            seed=int(data.get("seed", 0)),  # RunConfig's default seed; early files did not record it
+            score=float(final["normalized_score"]),
+            score_se=float(final["normalized_score_se"]),
+            episodes=int(final["episodes"]),
+            variant=data.get("variant", "") if variant is None else variant,
+            budget_min=round(float(data["train_time_s"]) / 60),
+            extra={
+                "gradient_steps": data.get("gradient_steps"),
+                "train_min": float(data["train_time_s"]) / 60,
+                "steps_per_s": data.get("steps_per_s"),
+                "success": final.get("success_rate"),
+                "length": final.get("length_mean"),
+                "plan_ms": final.get("plan_ms_median"),
+                **(extra or {}),
+            },
+            command=_command(data),
+        )
+    except KeyError as exc:
+        raise ReportError(f"{rel}: missing field {exc}") from exc
+
+
+def _seeds_cell(row: Row) -> str:
+    n = len(row.runs)
+    return f"{n}" if n >= MIN_SEEDS else f"{n} ⚠"
+
+
+def _row_commands(label: str, row: Row) -> list[tuple[str, str]]:
+    if len(row.runs) == 1:
+        return [(label, row.first.command)]
+    return [(f"{label}, seed {r.seed}", r.command) for r in row.runs]
+
+
+# ---------------------------------------------------------------------------------------------- sections
+
+
+def _intro(root: Path) -> list[str]:
+    return [
+        "# Benchmarks",
+        "",
+        "<!-- Generated by `diffplan bench report` from the JSON files in this folder. Do not edit by hand:",
+        "     change or add a JSON result and run the command again (tests/test_benchmark_report.py checks). -->",
+        "",
+        "Every number below is read from a JSON result committed in this folder; each section lists its files,",
+        "the command that produced each row, and the date and machine the JSON recorded.",
+        "",
+        "* **Scores** are normalized: 100 × (return − ref_min) / (ref_max − ref_min), with the reference scores",
+        "  stored in each dataset (maze: a uniform random policy and the dataset's own waypoint controller;",
+        "  locomotion: a uniform random policy and the behaviour expert's mean action).",
+        "* **mean ± s.e.**: with one training seed, the standard error over the evaluation episodes; with two or",
+        "  more, the standard error of the per-seed means over seeds (each seed's score in brackets).",
+        f"* **seeds** is the number of training seeds of a row. The project's standard is at least {MIN_SEEDS} seeds",
+        "  per result; rows with fewer (marked ⚠) do **not** meet it yet. Today most rows are one seed.",
+        "* Evaluation episodes are drawn from a fixed seed (the task's evaluation protocol), so every row of a",
+        "  table sees the same start states and goals.",
+        "* Budgets are short CPU trainings (minutes, not the papers' 1M gradient steps) on shared machines; the",
+        "  locomotion datasets are made locally with weaker experts than D4RL's, so their scores are not",
+        "  comparable with published D4RL numbers.",
+        "",
+    ]
+
+
+def _quickstart(root: Path) -> _Section:
+    sec = _Section(root, "Quickstart")
+    data = sec.read("quickstart.json")
+    run = _run_result("quickstart.json", data)
+    sec.add(
+        "`diffplan quickstart` from an empty dataset root: generates a 200k-step pointmaze-umaze dataset, trains a",
+        "small Diffuser and evaluates it.",
+        "",
+        *_table(
+            ["normalized score", "success", "episodes", "seeds", "gradient steps", "train time", "plan ms (median)",
+             "wall time in all"],
+            [[format_score(Row((run,))), _num(run.extra["success"], 2), str(run.episodes), _seeds_cell(Row((run,))),
+              _int(run.extra["gradient_steps"]), _num(run.extra["train_min"], 1, " min"),
+              _num(run.extra["plan_ms"], 0), _num(data.get("wall_time_total_s", 0) / 60, 1, " min")]],
+        ),
+    )
+    sec.commands([("quickstart", run.command)])
+    return sec
+
+
+def _maze(root: Path) -> _Section:
+    sec = _Section(root, "Maze: Diffuser planner on PointMaze")
+    sec.add(
+        "Goal-inpainted Diffuser on D4RL maze2d-style datasets generated by `diffplan data make pointmaze-<maze>`;",
+        "a plan once per episode, tracked by a PD controller.",
+        "",
+        "### Short budget, 200k-step umaze dataset",
+        "",
+    )
+    short = sec.read("umaze_6min.json")
+    runs = [_run_result(f"umaze_6min.json:{name}", d, variant=_override(d.get("command", ""), "lr"))
+            for name, d in short.items()]
+    rows = aggregate(runs)
+    sec.add(*_table(
+        ["lr", "normalized score", "success", "episodes", "seeds", "gradient steps", "train time", "steps/s",
+         "plan ms (median)"],
+        [[r.first.variant, format_score(r), _num(r.mean("success"), 2), str(r.first.episodes), _seeds_cell(r),
+          _int(r.mean("gradient_steps")), _num(r.mean("train_min"), 1, " min"), _num(r.mean("steps_per_s"), 2),
+          _num(r.mean("plan_ms"), 0)] for r in rows],
+    ))
+    for d in short.values():
+        sec.note_machine(d)
+    sec.commands(c for r in rows for c in _row_commands(f"lr {r.first.variant}", r))
+
+    sec.add("", "### Full-size (1M-step) datasets: training runs", "")
+    files = {"umaze": ["umaze_results.json"], "medium": ["medium_75min_results.json", "medium_results.json"],
+             "large": ["large_90min_results.json", "large_results.json"]}
+    rows = aggregate(_run_result(f, sec.read(f)) for maze in MAZES for f in files[maze])
+    sec.add(*_table(
+        ["dataset", "train time", "gradient steps", "normalized score", "success", "episodes", "seeds"],
+        [[_short(r.first.dataset), _num(r.mean("train_min"), 0, " min"), _int(r.mean("gradient_steps")),
+          format_score(r), _num(r.mean("success"), 2), str(r.first.episodes), _seeds_cell(r)] for r in rows],
+    ))
+    sec.commands(c for r in rows for c in _row_commands(_short(r.first.dataset) + f", {r.first.budget_min:.0f} min", r))
+
+    sec.add(
+        "", "### Against a planner-free baseline", "",
+        "`diffplan bench maze` evaluates a trained planner and a go-to-goal PD controller (no path planning) on the",
+        "same episodes; \"hard\" episodes are those the baseline fails.",
+        "",
+    )
+    bench = [(f"{m}{s}.json") for m in MAZES for s in (("", "_kp10", "_best16") if m == "umaze" else ("",))]
+    table = []
+    labelled = []
+    for rel in bench:
+        d = sec.read(rel)
+        planner, base = d["planner"], d["go_to_goal_baseline"]
+        settings = " ".join(o for o in d["overrides"] if not o.startswith("torch_threads")) or "as trained"
+        hard = d.get("planner_hard"), d.get("baseline_hard")
+        table.append([
+            d["task"], settings, _num(d.get("train_time_s", 0) / 60, 0, " min"), _int(d.get("gradient_steps")),
+            f"{planner['normalized_score']:.1f} ± {planner['normalized_score_se']:.1f}",
+            _num(planner["success_rate"], 2), str(planner["episodes"]), "1 ⚠",
+            f"{base['normalized_score']:.1f} ± {base['normalized_score_se']:.1f}", _num(base["success_rate"], 2),
+            str(d["hard_episodes"]),
+            "—" if hard[0] is None else f"{hard[0]['normalized_score']:.1f} / {hard[1]['normalized_score']:.1f}",
+        ])
+        labelled.append((f"{d['task']}, {settings}", _command(d)))
+    sec.add(*_table(
+        ["task", "evaluation settings", "train time", "gradient steps", "planner score", "success", "episodes",
+         "seeds", "go-to-goal score", "go-to-goal success", "hard episodes", "hard: planner / baseline"],
+        table,
+    ))
+    sec.commands(labelled)
+
+    sec.add("", "### Planning latency (batch 1)", "")
+    table, labelled = [], []
+    for rel in ("umaze_plan.json", "umaze_plan_best16.json"):
+        d = sec.read(rel)
+        table.append([d["run"], str(d["n_candidates"]), str(d["horizon"]), str(d["sampling_steps"]),
+                      _num(d["plan_ms_median"], 0), _num(d["plan_ms_p90"], 0), str(d["repeats"])])
+        labelled.append((f"{d['n_candidates']} candidate(s)", _command(d)))
+    sec.add(*_table(["run", "candidates", "horizon", "sampling steps", "plan ms (median)", "p90", "repeats"], table))
+    sec.commands(labelled)
+
+    curves = sec.read("maze_curves.json")
+    sec.add(
+        "", "### Learning curves and plans", "",
+        "Evaluation score and success against training minutes of the three full-size runs"
+        f" ({', '.join(curves['runs'])}):",
+        "", "![learning curves](maze_curves.png)", "",
+        "Plans of the medium-maze planner drawn over the maze:", "", "![medium plans](medium_plans.png)",
+    )
+    sec.commands([("curves", _command(curves))])
+    return sec
+
+
+def _override(command: str, key: str) -> str:
+    match = re.search(rf"(?:^|\s){re.escape(key)}=(\S+)", command)
+    return match.group(1) if match else ""
+
+
+def _qactors(root: Path) -> _Section:
+    sec = _Section(root, "Maze: diffusion actors on pointmaze-umaze")
+    sec.add(
+        "Q-guided diffusion actors and their behaviour-cloning counterpart on the 1M-step umaze dataset. \"plan\" is",
+        "one sampling call; \"decision\" is one `policy(obs, state)` call per env step (a chunk-executing agent",
+        "samples only every few steps).",
+        "",
+    )
+    runs, latency = [], {}
+    for agent in ("diffusion_bc", "diffusion_ql", "idql"):
+        rel = f"qactors/{agent}-umaze-train.json"
+        lat = sec.read(f"qactors/{agent}-umaze-plan.json")
+        latency[agent] = lat
+        runs.append(_run_result(rel, sec.read(rel), extra={
+            "decision_median": lat["decision_ms_median"], "decision_mean": lat["decision_ms_mean"],
+            "lat_plan_ms": lat["plan_ms_median"],
+        }))
+    rows = aggregate(runs)
+    sec.add(*_table(
+        ["agent", "normalized score", "success", "episodes", "seeds", "gradient steps", "train time",
+         "plan ms (median)", "decision ms (median / mean)"],
+        [[r.first.agent, format_score(r), _num(r.mean("success"), 2), str(r.first.episodes), _seeds_cell(r),
+          _int(r.mean("gradient_steps")), _num(r.mean("train_min"), 0, " min"), _num(r.mean("lat_plan_ms"), 1),
+          f"{_num(r.mean('decision_median'), 1)} / {_num(r.mean('decision_mean'), 1)}"] for r in rows],
+    ))
+    labelled = [c for r in rows for c in _row_commands(f"{r.first.agent} training", r)]
+    labelled += [(f"{a} latency", _command(d)) for a, d in latency.items()]
+    sec.commands(labelled)
+    return sec
+
+
+def _locomotion(root: Path) -> _Section:
+    sec = _Section(root, "Locomotion: planners, Q-guided actors and baselines")
+    sec.add(
+        "Agents trained for a fixed CPU budget on the locally made D4RL-style datasets (see Datasets below),",
+        "evaluated on 20 episodes with a 1000-step limit; Tianshou's BC, TD3+BC and CQL are the baselines. The",
+        "decision latency is per env step at batch 1 (`diffplan bench plan`), median / mean: a planner that",
+        "replans every k steps has a near-zero median and pays the plan every k-th step.",
+        "",
+    )
+    folder = root / "locomotion"
+    runs = []
+    for path in sorted(folder.glob("*.json")):
+        if path.stem.endswith("-latency"):
+            continue
+        rel = f"locomotion/{path.name}"
+        data = sec.read(rel)
+        extra: dict[str, float | None] = {}
+        lat_path = path.with_name(path.stem + "-latency.json")
+        if lat_path.exists():
+            lat = sec.read(f"locomotion/{lat_path.name}")
+            extra["decision_median"] = lat.get("decision_ms_median", lat.get("plan_ms_median"))
+            extra["decision_mean"] = lat.get("decision_ms_mean", lat.get("plan_ms_median"))
+        runs.append(_run_result(rel, data, extra=extra))
+    rows = by_dataset_then_agent(aggregate(runs))
+    labelled: list[tuple[str, str]] = []
+    for dataset in sorted({r.first.dataset for r in rows}):
+        sec.add(f"### {_short(dataset)}", "")
+        these = [r for r in rows if r.first.dataset == dataset]
+        sec.add(*_table(
+            ["agent", "variant", "normalized score", "episodes", "seeds", "episode length", "train time",
+             "gradient steps", "decision ms (median / mean)"],
+            [[r.first.agent, r.first.variant or "—", format_score(r), str(r.first.episodes), _seeds_cell(r),
+              _int(r.mean("length")), _num(r.mean("train_min"), 1, " min"), _int(r.mean("gradient_steps")),
+              "—" if r.mean("decision_median") is None
+              else f"{_num(r.mean('decision_median'), 1)} / {_num(r.mean('decision_mean'), 1)}"]
+             for r in these],
+        ))
+        sec.add("")
+        for r in these:
+            label = f"{_short(dataset)} {r.first.agent}" + (f" ({r.first.variant})" if r.first.variant else "")
+            labelled += _row_commands(label, r)
+    sec.lines.pop()
+    sec.add(
+        "",
+        "`benchmarks/locomotion/run.sh <agent> <task> <minutes> [key=value ...]` trains, evaluates and measures",
+        "the latency of one row, writing `<agent>-<task>${RUN_TAG}.json` and its `-latency.json` here.",
+    )
+    sec.commands(labelled)
+    return sec
+
+
+def _datasets(root: Path) -> _Section:
+    sec = _Section(root, "Datasets and behaviour policies")
+    rec = sec.read("recipes.json")
+    sec.add(
+        "### Maze datasets (1M steps, `diffplan data make pointmaze-<maze>`)", "",
+        "Reference scores: the dataset's waypoint controller (ref_max) and a uniform random policy (ref_min), each",
+        "over 100 episodes of the evaluation protocol.",
+        "",
+    )
+    refs = rec["reference_scores"]
+    table = []
+    for maze in MAZES:
+        task = f"pointmaze-{maze}"
+        gen, ref = rec["generation_1M"][task], refs[task]
+        ref_max = next(v for k, v in ref.items() if k.startswith("ref_max_score"))
+        ref_min = next(v for k, v in ref.items() if k.startswith("ref_min_score"))
+        table.append([task, _num(ref_min, 2), _num(ref_max, 2), _num(ref["controller_success_rate"], 2),
+                      str(gen["episodes"]), _num(gen["mean_episode_length"], 1), _num(gen["dataset_size_MB"], 0),
+                      _num(gen["wall_seconds"], 0, " s")])
+    sec.add(*_table(["task", "ref_min (random)", "ref_max (controller)", "controller success", "episodes",
+                     "mean length", "size MB", "generation wall time"], table))
+    sec.commands([(f"pointmaze-{m}", rec["generation_1M"][f"pointmaze-{m}"]["command"]) for m in MAZES]
+                 + [("reference scores", refs["command"])])
+
+    sec.add(
+        "", "### Locomotion behaviour policies (Tianshou SAC)", "",
+        "Each env's expert is the last checkpoint (or the best one for a short, unstable run: rule `best`), the",
+        "medium policy the checkpoint whose evaluated return is closest to a third of the expert's. Reference",
+        "scores: a uniform random policy and the expert's mean action, 20 protocol episodes each.",
+        "",
+    )
+    table, labelled, curves = [], [], []
+    for env in ("hopper", "walker2d", "halfcheetah"):
+        d = sec.read(f"behaviour/{env}.json")
+        table.append([d["gym_id"], str(d["train_env_steps"]), _num(d["train_wall_s"] / 60, 0, " min"),
+                      f"{d['expert']['env_step']} ({d['expert']['rule']})", _num(d["expert"]["train_return"], 0),
+                      str(d["medium"]["env_step"]), _num(d["medium"]["train_return"], 0),
+                      str(d["medium_replay"]["transitions"]), _num(d["ref_min_score"], 1),
+                      _num(d["ref_max_score"], 1)])
+        labelled.append((env, _command(d)))
+        curves.append(f"* {d['gym_id']}: " + ", ".join(f"{c['env_step']}: {c['return_mean']:.0f}" for c in d["curve"]))
+    sec.add(*_table(["env", "SAC env steps", "wall time", "expert step (rule)", "expert return", "medium step",
+                     "medium return", "medium-replay transitions", "ref_min", "ref_max"], table))
+    sec.add("", "Evaluated return along training (env step: mean return):", "", *curves)
+    sec.commands(labelled)
+
+    sec.add("", "### Locomotion datasets (`diffplan data make <env>-<kind> --steps N`)", "")
+    table = []
+    for path in sorted((root / "recipes-locomotion").glob("*.json")):
+        d = sec.read(f"recipes-locomotion/{path.name}")
+        table.append([_short(d["source"]), str(d["steps"]), str(d["episodes"]), _num(d["episode_length_mean"], 0),
+                      _num(d["return_mean"], 0), _num(d["ref_min_score"], 1), _num(d["ref_max_score"], 1),
+                      _num(d["wall_s"], 0, " s")])
+    sec.add(*_table(["dataset", "steps", "episodes", "mean length", "mean return", "ref_min", "ref_max",
+                     "wall time"], table))
+    return sec
+
+
+def _robot(root: Path) -> _Section:
+    sec = _Section(root, "Robot bridge")
+    rtt, jitter = sec.read("robot_rtt.json"), sec.read("robot_jitter.json")
+    sec.add("### Transport and tick clock", "")
+    table = [["request round trip (" + rtt["transport"] + ")", str(rtt["n"]), _num(rtt["p50_ms"], 2),
+              _num(rtt["p99_ms"], 1), _num(rtt["max_ms"], 1), "—"]]
+    for rate in jitter["rates"]:
+        lat = rate["lateness"]
+        table.append([f"tick lateness, {jitter['env']} at {rate['hz']:.0f} Hz", str(rate["ticks"]),
+                      _num(lat["p50_ms"], 3), _num(lat["p99_ms"], 1), _num(lat["max_ms"], 1), str(rate["overruns"])])
+    sec.add(*_table(["measurement", "samples", "p50 ms", "p99 ms", "max ms", "overruns"], table))
+    sec.add("", f"Lateness: {jitter['definition']}.")
+    sec.commands([("round trip", _command(rtt)), ("tick lateness", _command(jitter))])
+
+    sec.add(
+        "", "### A planner through the bridge", "",
+        "The quickstart Diffuser driving a served PointMaze: returns (mean ± s.e. over the same episodes and",
+        "planner seeds) through the bridge, in the plain simulator with the same committed-prefix lead, and in the",
+        "plain simulator planning synchronously.",
+        "",
+    )
+    table, labelled = [], []
+    for hz in (20, 50):
+        d = sec.read(f"robot_deploy_{hz}hz.json")
+
+        def ret(key: str, d: dict[str, Any] = d) -> str:
+            return f"{d[key]['mean']:.1f} ± {d[key]['se']:.1f}"
+
+        table.append([
+            f"{d['task']} at {d['control_hz']:.0f} Hz", str(d["episodes"]),
+            f"{d['plan_ms']['p50']:.0f} / {d['plan_ms']['p95']:.0f}", str(d["lead_ticks_median"]),
+            ret("bridged_return"), ret("in_process_with_same_lead_return"), ret("in_process_return"),
+            f"{d['bridged_vs_in_process_pct']:.0f}%", str(d["starved_ticks_total"]), str(d["misses_total"]),
+            str(d["ticks_total"]), str(d["server_unsafe_blocked"]),
+        ])
+        labelled.append((f"{hz} Hz", _command(d)))
+    sec.add(*_table(
+        ["robot", "episodes", "plan ms p50 / p95", "lead ticks", "bridged return", "same lead, in process",
+         "synchronous, in process", "bridged vs synchronous", "starved ticks", "missed plans", "ticks",
+         "unsafe commands blocked"], table,
+    ))
+    sec.commands(labelled)
+    return sec
+
+
+SECTIONS: tuple[Callable[[Path], _Section], ...] = (_quickstart, _maze, _qactors, _locomotion, _datasets, _robot)
+
+
+def generate(root: Path | str = "benchmarks") -> str:
+    """The Markdown page for the JSON results under ``root`` (nothing is written)."""
+    root = Path(root)
+    lines = _intro(root)
+    sections = [make(root) for make in SECTIONS]
+    lines += ["Contents: " + " · ".join(f"[{s.lines[0][3:]}](#{_anchor(s.lines[0][3:])})" for s in sections), ""]
+    for sec in sections:
+        lines += sec.render()
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _anchor(title: str) -> str:
+    """GitHub's heading anchor: lower case, punctuation dropped, spaces to dashes."""
+    return re.sub(r"[^\w\- ]", "", title.lower()).replace(" ", "-")
+
+
+def write(root: Path | str = "benchmarks", out: Path | str | None = None) -> Path:
+    """Generate the page and write it to ``out`` (default ``<root>/README.md``); returns the path."""
+    root = Path(root)
+    path = Path(out) if out is not None else root / "README.md"
+    text = generate(root)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)  # a reader never sees half a page
+    return path

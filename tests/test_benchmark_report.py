@@ -1,0 +1,99 @@
+"""benchmarks/README.md is what ``diffplan bench report`` makes of the committed JSON, and its rows aggregate right."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from diffplan.report import ReportError, RunResult, aggregate, format_score, generate
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_committed_page_equals_the_generated_one():
+    committed = (ROOT / "benchmarks" / "README.md").read_text()
+    assert generate(ROOT / "benchmarks") == committed, (
+        "benchmarks/README.md is out of date with the JSON results: run `diffplan bench report` and commit it"
+    )
+
+
+def _result(seed: int, score: float, se: float = 1.0, **kw) -> dict:
+    """A results.json as a training run writes it (only the fields the report reads)."""
+    return {
+        "agent": "diffuser", "task": "hopper-medium", "dataset": "minari:diffplan/hopper-medium-v0",
+        "seed": seed, "gradient_steps": 100 * (seed + 1), "train_time_s": 480.0 + seed,
+        "final": {"episodes": 20, "normalized_score": score, "normalized_score_se": se, "length_mean": 100.0},
+        **kw,
+    }
+
+
+def _runs(results: list[dict]) -> list[RunResult]:
+    from diffplan.report import _run_result
+
+    return [_run_result(f"r{i}.json", r) for i, r in enumerate(results)]
+
+
+def test_two_seeds_of_one_setting_make_one_row_with_the_standard_error_over_seeds():
+    rows = aggregate(_runs([_result(1, 37.0, se=1.2), _result(0, 74.0, se=7.7)]))
+    assert len(rows) == 1
+    row = rows[0]
+    assert row.seeds == [0, 1]
+    assert row.score_mean == pytest.approx(55.5)
+    # stdev([74, 37]) / sqrt(2) = |74 - 37| / 2, not the per-episode standard errors
+    assert row.score_se == pytest.approx(18.5)
+    assert row.mean("gradient_steps") == pytest.approx(150)
+    assert format_score(row) == "55.5 ± 18.5 (s0 74.0, s1 37.0)"
+
+
+def test_one_seed_keeps_the_episode_standard_error():
+    (row,) = aggregate(_runs([_result(0, 30.66, se=0.04)]))
+    assert row.seeds == [0] and format_score(row) == "30.7 ± 0.0"
+
+
+def test_rows_split_by_variant_dataset_and_budget():
+    results = [
+        _result(0, 10.0),
+        _result(1, 20.0, variant="public config"),
+        _result(0, 30.0, dataset="minari:diffplan/walker2d-medium-v0"),
+        _result(0, 40.0, train_time_s=720.0),
+    ]
+    rows = aggregate(_runs(results))
+    assert [len(r.runs) for r in rows] == [1, 1, 1, 1]
+
+
+def test_a_repeated_seed_is_refused():
+    with pytest.raises(ReportError, match="repeated seed"):
+        aggregate(_runs([_result(0, 10.0), _result(0, 11.0)]))
+
+
+def test_missing_field_names_the_file():
+    from diffplan.report import _run_result
+
+    broken = _result(0, 1.0)
+    del broken["final"]["normalized_score"]
+    with pytest.raises(ReportError, match="broken.json: missing field 'normalized_score'"):
+        _run_result("broken.json", broken)
+
+
+def test_a_second_seed_file_changes_the_page(tmp_path):
+    """A per-seed JSON dropped next to the committed one lands in the same row, with seeds=2."""
+    import shutil
+
+    root = tmp_path / "benchmarks"
+    shutil.copytree(ROOT / "benchmarks", root)
+    src = json.loads((root / "locomotion" / "cql-walker2d-medium-200k.json").read_text())
+    second = {**src, "seed": 1, "final": {**src["final"], "normalized_score": src["final"]["normalized_score"] + 2}}
+    (root / "locomotion" / "cql-walker2d-medium-200k-s1.json").write_text(json.dumps(second))
+    page = generate(root)
+    mean = src["final"]["normalized_score"] + 1
+    row = next(line for line in page.splitlines() if line.startswith("| cql |") and f"{mean:.1f} ± 1.0" in line)
+    assert "| 2 ⚠ |" in row and math.isclose(mean, float(row.split("|")[3].split("±")[0]), abs_tol=0.05)
+
+
+def test_cli_writes_the_page(tmp_path):
+    from diffplan.cli import main
+
+    out = tmp_path / "page.md"
+    assert main(["bench", "report", str(ROOT / "benchmarks"), "--out", str(out)]) == 0
+    assert out.read_text() == (ROOT / "benchmarks" / "README.md").read_text()
