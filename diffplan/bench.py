@@ -117,7 +117,7 @@ def _decision_latency(policy: Policy, env: Any, steps: int) -> list[float]:
 def bench_train(args: argparse.Namespace) -> dict[str, Any]:
     """Updates per second of a config: the training loop's own step (offline: one gradient step; online: one
     collection + update), after 5 warm-up steps."""
-    from diffplan.config import load_config
+    from diffplan.compose import load_config
     from diffplan.training import OfflineSteps, OnlineSteps, setup
 
     cfg = load_config(args.path, args.overrides)

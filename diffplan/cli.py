@@ -4,8 +4,11 @@ Examples::
 
     diffplan quickstart
     diffplan data make pointmaze-umaze --steps 200000
+    diffplan data make my-maze.yaml --steps 100000          # a task file with a maze: section
     diffplan data info minari:diffplan/pointmaze-umaze-v0
-    diffplan train configs/diffuser/pointmaze-umaze.yaml train_steps=20000 seed=1
+    diffplan train diffuser task=pointmaze-umaze train_steps=20000 seed=1
+    diffplan train configs/experiments/diffuser-pointmaze-large.yaml seed=1
+    diffplan config diffuser pointmaze-large
     diffplan train --resume runs/diffuser-pointmaze-umaze-s0-...
     diffplan eval runs/diffuser-pointmaze-umaze-s0-... --episodes 100
     diffplan serve --env Hopper-v5 --port 5555 --hz 50
@@ -48,11 +51,13 @@ def _print_json(data: dict[str, Any]) -> None:
 def cmd_data_make(args: argparse.Namespace) -> int:
     import time
 
+    from diffplan.compose import load_task
     from diffplan.data import recipes
     from diffplan.envs import split_locomotion_task
 
+    task = load_task(args.name).task  # a task name or a task file; a user maze gets registered
     if args.retrain:
-        loco = split_locomotion_task(args.name)
+        loco = split_locomotion_task(task)
         if loco is None:
             print("diffplan: error: --retrain applies to locomotion datasets only", file=sys.stderr)
             return 2
@@ -62,7 +67,7 @@ def cmd_data_make(args: argparse.Namespace) -> int:
         retrain(loco[0], evaluate=evaluate)
     start = time.perf_counter()
     dataset_id = recipes.make(
-        args.name, steps=args.steps, seed=args.seed, noisy=args.noisy, minari_id=args.id, progress=True
+        task, steps=args.steps, seed=args.seed, noisy=args.noisy, minari_id=args.id, progress=True
     )
     wall = time.perf_counter() - start
     print(f"wrote minari:{dataset_id} in {wall:.1f}s")
@@ -123,7 +128,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     import yaml
 
     from diffplan.checkpoint import CheckpointError
-    from diffplan.config import load_config
+    from diffplan.compose import load_config
     from diffplan.training import train
 
     if args.config is not None and "=" in args.config and not args.config.endswith((".yaml", ".yml")):
@@ -138,7 +143,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg.run_dir = str(args.resume)
     else:
         if args.config is None:
-            print("diffplan train: give a config file (or --resume RUN_DIR)", file=sys.stderr)
+            print("diffplan train: give an agent, an experiment or config file (or --resume RUN_DIR)", file=sys.stderr)
             return 2
         cfg = load_config(args.config, args.overrides)
     results = train(cfg, resume=args.resume, progress=not args.no_progress)
@@ -170,8 +175,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    from diffplan.compose import describe_config
+
+    print(describe_config(args.agent, args.task, args.overrides), end="")
+    return 0
+
+
 def cmd_quickstart(args: argparse.Namespace) -> int:
-    from diffplan.config import load_config
+    from diffplan.compose import load_config
     from diffplan.training import train
 
     overrides = list(args.overrides)
@@ -216,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     from diffplan.envs import LOCOMOTION_ENVS
 
     make = data.add_parser("make", help="generate a local Minari dataset (D4RL maze2d / locomotion recipes)")
-    make.add_argument("name", choices=recipes.tasks())
+    make.add_argument("name", help=f"a task file (a user maze) or a task: {', '.join(recipes.tasks())}")
     make.add_argument("--steps", type=int, default=1_000_000,
                       help="dataset size in env steps (medium-expert: per policy; medium-replay: at most)")
     make.add_argument("--json", default=None, help="write the dataset summary and wall time here")
@@ -242,12 +254,21 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("source", help="minari:<id> | d4rl:<file.hdf5> | <path>")
     info.set_defaults(func=cmd_data_info)
 
-    train = sub.add_parser("train", help="train from a YAML config")
-    train.add_argument("config", nargs="?", help="configs/<agent>/<task>.yaml")
+    train = sub.add_parser("train", help="train an agent on a task (composed config) or from a YAML file")
+    train.add_argument(
+        "config", nargs="?",
+        help="an agent (with task=<task or task file>), configs/experiments/<name>.yaml or a flat config file",
+    )
     train.add_argument("overrides", nargs="*", help="key=value overrides")
     train.add_argument("--resume", default=None, help="run directory to continue exactly where it stopped")
     train.add_argument("--no-progress", action="store_true")
     train.set_defaults(func=cmd_train)
+
+    cfg = sub.add_parser("config", help="print an agent's resolved config on a task, each field documented")
+    cfg.add_argument("agent")
+    cfg.add_argument("task", nargs="?", help="task name or task file (default: the agent's default task)")
+    cfg.add_argument("overrides", nargs="*", help="key=value overrides")
+    cfg.set_defaults(func=cmd_config)
 
     ev = sub.add_parser("eval", help="evaluate a run directory or checkpoint")
     ev.add_argument("path")

@@ -13,16 +13,16 @@ from typing import Any
 
 import numpy as np
 
-from diffplan.envs.maze import get_task, maze_geometry
+from diffplan.envs.maze import MazeTask, get_task, maze_geometry
 
 __all__ = ["draw_maze", "figure_to_array", "plot_learning_curves", "plot_plans"]
 
 
-def draw_maze(ax, task: str, *, wall_color: str = "0.35") -> None:
+def draw_maze(ax, task: str | MazeTask, *, wall_color: str = "0.35") -> None:
     """Draw the task's walls as filled unit squares in the env's xy frame and fit the axes to the maze."""
     from matplotlib.patches import Rectangle
 
-    maze = maze_geometry(get_task(task).name)
+    maze = maze_geometry(get_task(task))
     s = maze.maze_size_scaling
     for r, row in enumerate(maze.maze_map):
         for c, v in enumerate(row):
@@ -75,7 +75,7 @@ def plot_plans(
     n, horizon = plans.shape[:2]
     ncols = ncols or max(1, math.ceil(math.sqrt(n)))
     nrows = math.ceil(n / ncols)
-    maze = maze_geometry(t.name)
+    maze = maze_geometry(t)
     aspect = maze.map_length / maze.map_width
     fig = Figure(figsize=(panel_size * ncols, panel_size * aspect * nrows + 0.3 * nrows), dpi=80)
     FigureCanvasAgg(fig)  # attach an Agg canvas: rasterizable without pyplot or a display

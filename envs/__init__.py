@@ -1,8 +1,9 @@
 """Environment makers: one name space of tasks for training, evaluation and deployment.
 
 ``make_env(task, seed)`` returns a gymnasium env; ``make_vector_env(task, n, seed)`` a Tianshou vector env
-of ``n`` such envs with seeds ``seed .. seed+n-1``. Maze tasks (``pointmaze-*``) follow the evaluation
-protocol of :mod:`diffplan.envs.maze`; locomotion dataset tasks (``hopper-medium``, ``walker2d-random``, ...)
+of ``n`` such envs with seeds ``seed .. seed+n-1``. Maze tasks (the built-in ``pointmaze-*`` and the user
+mazes of task files, :data:`diffplan.envs.maze.MAZE_TASKS`) follow the evaluation protocol of
+:mod:`diffplan.envs.maze`; locomotion dataset tasks (``hopper-medium``, ``walker2d-random``, ...)
 map to Gymnasium's v5 MuJoCo envs with D4RL's 1000-step limit; any other name is passed to ``gymnasium.make``.
 """
 
@@ -22,7 +23,10 @@ EVAL_SEED = 12_345
 
 
 def is_maze_task(task: str) -> bool:
-    return task.startswith("pointmaze-")
+    """A built-in maze or a user maze registered in this process (:func:`diffplan.envs.maze.register_maze`)."""
+    from diffplan.envs.maze import MAZE_TASKS
+
+    return task in MAZE_TASKS
 
 
 # D4RL's locomotion datasets, rebuilt on Gymnasium's v5 MuJoCo envs (the -v2 envs D4RL used need mujoco-py).
@@ -42,6 +46,24 @@ def split_locomotion_task(task: str) -> tuple[str, str] | None:
 
 def is_locomotion_task(task: str) -> bool:
     return split_locomotion_task(task) is not None
+
+
+def task_family(task: str) -> str:
+    """``"maze"``, ``"locomotion"`` or ``"gym"`` (any other gymnasium id): picks an agent's method file."""
+    if is_maze_task(task):
+        return "maze"
+    return "locomotion" if is_locomotion_task(task) or task in LOCOMOTION_ENVS.values() else "gym"
+
+
+def is_known_task(task: str) -> bool:
+    """Whether :func:`make_env` knows ``task`` by name (without making the env)."""
+    if is_maze_task(task) or is_locomotion_task(task) or ":" in task:  # "module:Env-v0" imports its module
+        return True
+    try:
+        gym.spec(task)
+    except gym.error.Error:
+        return False
+    return True
 
 
 def locomotion_gym_id(env: str) -> str:

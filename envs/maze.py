@@ -1,6 +1,7 @@
 """PointMaze tasks and the ONE evaluation protocol used for every maze number diffplan reports.
 
-Tasks (``MAZE_TASKS``):
+Tasks (``MAZE_TASKS``, the built-in three below plus the user mazes registered with :func:`register_maze`, e.g.
+by a task file's ``maze:`` section):
 
 ============================  ==========================  =====================
 task                          gymnasium-robotics id       episode length (steps)
@@ -19,7 +20,8 @@ Evaluation protocol (D4RL maze2d style):
   env's own threshold, also used for ``info["success"]``), else 0. The return therefore counts the steps spent
   at the goal: getting there fast *and* staying there both matter, as in D4RL's maze2d scores.
 * **Random start and goal cells.** Each episode draws two *distinct* free cells (start, goal) uniformly from a
-  numpy generator owned by :class:`RandomCellsReset`, and passes them to the env as
+  numpy generator owned by :class:`RandomCellsReset` (a user maze whose map marks goal cells "g"/"c" or start
+  cells "r"/"c", gymnasium-robotics' convention, draws its goals or starts from those cells only), and passes them to the env as
   ``options={"reset_cell": ..., "goal_cell": ...}``. The env adds its own uniform ±0.25 position noise to both
   (from its own ``np_random``), which we keep: start and goal are continuous, not cell centres.
 * **Seeding.** ``make_maze_env(task, seed)`` is fully deterministic: the cell generator is seeded with
@@ -40,6 +42,7 @@ Drawing plans over a maze lives in :mod:`diffplan.viz`.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,11 +60,15 @@ __all__ = [
     "make_maze_vector_env",
     "maze_geometry",
     "protocol_metadata",
+    "register_maze",
     "register_maze_envs",
 ]
 
 # The env's own success threshold (gymnasium_robotics MazeEnv.compute_reward / info["success"]).
 GOAL_RADIUS: float = 0.45
+# User mazes run on this id with their own ``maze_map`` (every PointMaze id accepts one; the id only picks the
+# default map).
+USER_MAZE_ENV_ID = "PointMaze_UMaze-v3"
 
 
 def register_maze_envs() -> None:
@@ -84,19 +91,29 @@ class MazeTask:
         env_id: gymnasium-robotics id, e.g. ``"PointMaze_UMaze-v3"``.
         max_episode_steps: fixed episode length (every episode is truncated there).
         goal_radius: distance at which the ball counts as at the goal (the env's threshold).
+        layout: a user maze's map, rows of cells (tuples, so the task is hashable); None: ``env_id``'s own map.
     """
 
     name: str
     env_id: str
     max_episode_steps: int
     goal_radius: float = GOAL_RADIUS
+    layout: tuple[tuple[int | str, ...], ...] | None = None
 
     @property
     def maze_map(self) -> list[list[int | str]]:
-        """The env's maze layout, rows of cells (1 = wall, anything else free), as registered in gymnasium."""
+        """The maze layout, rows of cells (1 = wall, anything else free): ``layout`` or the registered map."""
+        if self.layout is not None:
+            return [list(row) for row in self.layout]
         register_maze_envs()
         return gym.spec(self.env_id).kwargs["maze_map"]
 
+    def env_kwargs(self) -> dict[str, Any]:
+        """Extra ``gym.make`` kwargs of this task (a user maze passes its ``maze_map``)."""
+        return {} if self.layout is None else {"maze_map": self.maze_map}
+
+
+BUILTIN_MAZE_TASKS: tuple[str, ...] = ("pointmaze-umaze", "pointmaze-medium", "pointmaze-large")
 
 MAZE_TASKS: dict[str, MazeTask] = {
     t.name: t
@@ -106,6 +123,21 @@ MAZE_TASKS: dict[str, MazeTask] = {
         MazeTask("pointmaze-large", "PointMaze_Large-v3", 800),
     )
 }
+"""Maze tasks by name: the built-in three, then the user mazes registered in this process."""
+
+
+def register_maze(name: str, maze_map: Sequence[Sequence[int | str]], max_episode_steps: int) -> MazeTask:
+    """Register (or replace) the user maze ``name`` so that ``make_env(name)`` and the recipe know it.
+
+    A task file's ``maze:`` section comes here when its config is loaded (``diffplan.compose``), also from a
+    saved run's config, so a run of a user maze is evaluable without the task file. The map is validated by
+    :class:`diffplan.config.MazeConfig`.
+    """
+    if name in BUILTIN_MAZE_TASKS:
+        raise ValueError(f"{name!r} is a built-in maze task; give a user maze another name")
+    task = MazeTask(name, USER_MAZE_ENV_ID, int(max_episode_steps), layout=tuple(tuple(r) for r in maze_map))
+    MAZE_TASKS[name] = task
+    return task
 
 
 def get_task(task: str | MazeTask) -> MazeTask:
@@ -118,26 +150,34 @@ def get_task(task: str | MazeTask) -> MazeTask:
         raise ValueError(f"unknown maze task {task!r}; valid names: {sorted(MAZE_TASKS)}") from None
 
 
-@functools.cache
-def maze_geometry(task: str):  # -> gymnasium_robotics.envs.maze.maze_v4.Maze
+def maze_geometry(task: str | MazeTask):  # -> gymnasium_robotics.envs.maze.maze_v4.Maze
     """The env's ``Maze`` object (cell <-> xy conversions, scaling) without building a MuJoCo model.
 
     ``Maze.__init__`` only stores the map and computes the centre offsets, so this is cheap and uses exactly
     the env's formulas. PointMaze always uses ``maze_size_scaling=1`` and ``maze_height=0.4``.
     """
-    from gymnasium_robotics.envs.maze.maze_v4 import Maze
-
-    return Maze(get_task(task).maze_map, maze_size_scaling=1.0, maze_height=0.4)
+    return _geometry(get_task(task))
 
 
 @functools.cache
-def free_cells(task: str) -> np.ndarray:
+def _geometry(task: MazeTask):  # cached per task value, so a user maze re-registered under its name is redrawn
+    from gymnasium_robotics.envs.maze.maze_v4 import Maze
+
+    return Maze(task.maze_map, maze_size_scaling=1.0, maze_height=0.4)
+
+
+def free_cells(task: str | MazeTask) -> np.ndarray:
     """All free (non-wall) cells of the task's maze as an (n, 2) int array of (row, col), row-major order."""
-    m = get_task(task).maze_map
+    return _free_cells(get_task(task)).copy()
+
+
+@functools.cache
+def _free_cells(task: MazeTask) -> np.ndarray:
+    m = task.maze_map
     return np.array([(r, c) for r, row in enumerate(m) for c, v in enumerate(row) if v != 1], dtype=np.int64)
 
 
-def protocol_metadata(task: str) -> dict[str, Any]:
+def protocol_metadata(task: str | MazeTask) -> dict[str, Any]:
     """JSON-serializable description of the evaluation protocol (stored in dataset metadata)."""
     t = get_task(task)
     return {
@@ -149,6 +189,8 @@ def protocol_metadata(task: str) -> dict[str, Any]:
         "reset_target": False,
         "reward": "sparse",
         "start_goal": "distinct uniform free cells + env's uniform +-0.25 position noise",
+        # A user maze's layout, so a dataset made for another layout under the same name is never reused.
+        **({"maze_map": t.maze_map} if t.layout is not None else {}),
     }
 
 
@@ -172,6 +214,11 @@ class RandomCellsReset(gym.Wrapper, gym.utils.RecordConstructorArgs):
         )
         if len(self._cells) < 2:
             raise ValueError("the maze needs at least two free cells for distinct start and goal cells")
+        # Cells marked "g"/"r"/"c" (gymnasium-robotics' convention) restrict the goals / starts; a map without
+        # marks draws both from every free cell (the built-in mazes, with their original draw below).
+        marks = [maze_map[r][c] for r, c in self._cells]
+        self._goals = np.array([k for k, v in enumerate(marks) if v in ("g", "c")], dtype=np.int64)
+        self._starts = np.array([k for k, v in enumerate(marks) if v in ("r", "c")], dtype=np.int64)
         self._rng = np.random.default_rng(seed)
         # The inner env is seeded lazily at the first reset so that a collector's seedless reset() is still
         # deterministic (otherwise the env's position noise would come from OS entropy).
@@ -180,8 +227,15 @@ class RandomCellsReset(gym.Wrapper, gym.utils.RecordConstructorArgs):
 
     def draw_cells(self) -> tuple[np.ndarray, np.ndarray]:
         """Draw (start_cell, goal_cell): two distinct free cells, each (row, col)."""
-        i, j = self._rng.choice(len(self._cells), size=2, replace=False)
-        return self._cells[i].copy(), self._cells[j].copy()
+        if not len(self._goals) and not len(self._starts):
+            i, j = self._rng.choice(len(self._cells), size=2, replace=False)
+            return self._cells[i].copy(), self._cells[j].copy()
+        starts = self._starts if len(self._starts) else np.arange(len(self._cells))
+        goals = self._goals if len(self._goals) else np.arange(len(self._cells))
+        while True:  # a valid map has a start that differs from a goal (MazeConfig.validate)
+            i, j = starts[self._rng.integers(len(starts))], goals[self._rng.integers(len(goals))]
+            if i != j:
+                return self._cells[i].copy(), self._cells[j].copy()
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         if seed is not None:
@@ -205,7 +259,7 @@ class RandomCellsReset(gym.Wrapper, gym.utils.RecordConstructorArgs):
         return obs, reward, terminated, truncated, info
 
 
-def make_maze_env(task: str, seed: int = 0, *, render_mode: str | None = None) -> gym.Env:
+def make_maze_env(task: str | MazeTask, seed: int = 0, *, render_mode: str | None = None) -> gym.Env:
     """One protocol env for ``task`` (see the module docstring), deterministic given ``seed``."""
     t = get_task(task)
     register_maze_envs()
@@ -215,20 +269,22 @@ def make_maze_env(task: str, seed: int = 0, *, render_mode: str | None = None) -
         reset_target=False,
         max_episode_steps=t.max_episode_steps,
         render_mode=render_mode,
+        **t.env_kwargs(),
     )
     return RandomCellsReset(env, seed=seed)
 
 
-def make_maze_vector_env(task: str, n: int, seed: int = 0, subproc: bool = False):
+def make_maze_vector_env(task: str | MazeTask, n: int, seed: int = 0, subproc: bool = False):
     """``n`` protocol envs (seeds ``seed .. seed+n-1``) in a Tianshou ``DummyVectorEnv`` or ``SubprocVectorEnv``.
 
     ``functools.partial`` keeps the factories picklable for subprocess workers; each worker imports this
-    module and registers the gymnasium-robotics ids itself.
+    module and registers the gymnasium-robotics ids itself. The factories carry the ``MazeTask`` itself, not
+    its name, so a worker process needs no registered user maze.
     """
     from tianshou.env import DummyVectorEnv, SubprocVectorEnv
 
-    get_task(task)  # fail fast on a bad name, before any worker starts
+    t = get_task(task)  # fail fast on a bad name, before any worker starts
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    fns = [functools.partial(make_maze_env, task, seed + i) for i in range(n)]
+    fns = [functools.partial(make_maze_env, t, seed + i) for i in range(n)]
     return SubprocVectorEnv(fns) if subproc else DummyVectorEnv(fns)

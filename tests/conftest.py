@@ -25,6 +25,17 @@ def _isolated_minari_root(tmp_path_factory, monkeypatch):
     yield root
 
 
+@pytest.fixture(autouse=True)
+def _restore_maze_registry():
+    """Loading a config with a user maze registers it (diffplan.compose); no test sees another test's mazes."""
+    from diffplan.envs.maze import MAZE_TASKS
+
+    before = dict(MAZE_TASKS)
+    yield
+    MAZE_TASKS.clear()
+    MAZE_TASKS.update(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_maze_dataset(tmp_path_factory) -> str:
     """A 4000-step pointmaze-umaze dataset made by the real recipe, as a plain path (shared by the session).

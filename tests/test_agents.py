@@ -19,7 +19,7 @@ from tianshou.env import DummyVectorEnv
 
 from diffplan.agent import Planner, Reseedable, TimedPolicy
 from diffplan.agents import AGENTS
-from diffplan.config import load_config
+from diffplan.compose import load_config
 from diffplan.data import load_episodes
 from diffplan.envs import make_env, make_vector_env
 from diffplan.envs.maze import make_maze_env

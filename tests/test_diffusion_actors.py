@@ -24,7 +24,8 @@ from diffplan.agents.diffusion_ql import (
     select_candidates,
     td_target,
 )
-from diffplan.config import ConfigError, load_config
+from diffplan.compose import load_config
+from diffplan.config import ConfigError
 from diffplan.data import Episodes, TransitionDataset, load_episodes, make_normalizer
 from diffplan.diffusion import make_betas
 from diffplan.envs import make_env

@@ -103,10 +103,10 @@ def test_registered_recipe_is_used_by_ensure_and_make(monkeypatch):
                          ("make", "count-up", 3000, 4, None)]
 
 
-def test_cli_make_lists_the_registry_tasks(capsys):
+def test_cli_make_of_an_unknown_task_is_one_clear_line(capsys):
     from diffplan.cli import main
 
-    with pytest.raises(SystemExit):
-        main(["data", "make", "pointmaze-huge"])
+    assert main(["data", "make", "pointmaze-huge"]) == 2
     err = capsys.readouterr().err
-    assert "pointmaze-umaze" in err and "hopper-medium-replay" in err
+    assert "unknown task 'pointmaze-huge'" in err and "did you mean 'pointmaze-umaze'" in err
+    assert len(err.strip().splitlines()) == 1

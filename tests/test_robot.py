@@ -445,7 +445,7 @@ def test_end_to_end_mujoco_subprocess_with_fault_relay():
 # ------------------------------------------------------------------------------ planner protocol + CLI
 def test_diffuser_plan_chunk_inpaints_the_committed_prefix():
     from diffplan.agents import AGENTS
-    from diffplan.config import load_config
+    from diffplan.compose import load_config
     from diffplan.envs import make_env
     from tests.conftest import TINY_DIFFUSER
 

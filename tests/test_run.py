@@ -10,7 +10,8 @@ import torch
 from tianshou.data import Batch
 
 from diffplan.cli import main
-from diffplan.config import ConfigError, load_config
+from diffplan.compose import load_config
+from diffplan.config import ConfigError
 from diffplan.envs import make_env
 from diffplan.training import load_trained, setup, train
 

@@ -11,7 +11,11 @@ agent=$1 task=$2 minutes=$3
 shift 3
 run=runs/bench/${agent}-${task}${RUN_TAG:-}
 out=benchmarks/locomotion/${agent}-${task}${RUN_TAG:-}
-diffplan train "configs/${agent}/${task}.yaml" torch_threads=1 max_train_minutes="${minutes}" train_steps=1000000 \
+# The shipped experiment of this agent and task where one exists (it holds what differs from the agent's
+# method file), else the agent composed with the task file.
+experiment=configs/experiments/${agent}-${task}.yaml
+if [ -f "${experiment}" ]; then config=("${experiment}"); else config=("${agent}" "task=${task}"); fi
+diffplan train "${config[@]}" torch_threads=1 max_train_minutes="${minutes}" train_steps=1000000 \
   eval_every=0 checkpoint_every=0 final_eval_episodes=20 eval_envs=20 run_dir="${run}" "$@" --no-progress
 cp "${run}/results.json" "${out}.json"
 case $agent in

@@ -131,7 +131,7 @@ def load_trained(
     path: str | os.PathLike, overrides: list[str] | None = None, progress: bool = False
 ) -> Experiment:
     """Rebuild a trained agent from a run directory or checkpoint (no dataset needed: normalizers are saved)."""
-    from diffplan.config import load_config
+    from diffplan.compose import load_config
 
     state, config_yaml = load_checkpoint(path)
     cfg = load_config(None, overrides, base=yaml.safe_load(config_yaml))

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 from tianshou.algorithm.algorithm_base import TrainingStats
 from tianshou.data import Collector, VectorReplayBuffer
 from tianshou.utils.torch_utils import policy_within_training_step
@@ -41,7 +40,7 @@ from diffplan.checkpoint import (
     write_bytes_atomic,
     write_text_atomic,
 )
-from diffplan.config import ConfigError, RunConfig, config_to_dict
+from diffplan.config import ConfigError, RunConfig, config_yaml
 from diffplan.envs import EVAL_SEED
 from diffplan.envs.evaluation import EvalResult
 from diffplan.training.experiment import Experiment, default_dataset, load_trained, machine_info, setup
@@ -210,8 +209,8 @@ def run_experiment(exp: Experiment, *, resume: str | os.PathLike | None = None) 
     cfg, progress = exp.cfg, exp.progress
     run_dir = exp.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    config_yaml = yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
-    write_text_atomic(run_dir / "config.yaml", config_yaml)
+    resolved_yaml = config_yaml(cfg)
+    write_text_atomic(run_dir / "config.yaml", resolved_yaml)
     steps: OfflineSteps | OnlineSteps = OnlineSteps(exp) if exp.agent.online else OfflineSteps(exp)
 
     step, history, train_time = 0, [], 0.0
@@ -250,12 +249,12 @@ def run_experiment(exp: Experiment, *, resume: str | os.PathLike | None = None) 
                 history.append({"step": step, "train_time_s": train_time, **summary})
                 bar.write(_eval_line(step, summary))
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and not last:
-                save_checkpoint(run_dir, step, _checkpoint_state(exp, steps, step, history, train_time), config_yaml)
+                save_checkpoint(run_dir, step, _checkpoint_state(exp, steps, step, history, train_time), resolved_yaml)
                 steps.restart(step)
         # Saved before the final evaluation so that a crash in it loses no training, and saved again after it
         # (same weights and RNG state, so resuming stays exact) so that a resumed run's history keeps this eval.
         final_state = _checkpoint_state(exp, steps, step, history, train_time)
-        save_checkpoint(run_dir, step, final_state, config_yaml)
+        save_checkpoint(run_dir, step, final_state, resolved_yaml)
     finally:
         bar.close()
         steps.close()
@@ -263,7 +262,7 @@ def run_experiment(exp: Experiment, *, resume: str | os.PathLike | None = None) 
     final = exp.evaluate(cfg.final_eval_episodes, cfg.plot_plans)
     summary = _log_eval(writer, exp, final, step)
     history.append({"step": step, "train_time_s": train_time, **summary})
-    save_checkpoint(run_dir, step, {**final_state, "history": json.dumps(history, default=float)}, config_yaml)
+    save_checkpoint(run_dir, step, {**final_state, "history": json.dumps(history, default=float)}, resolved_yaml)
     if cfg.video_frames > 0:
         log_rollout_video(writer, exp, step)
     writer.flush()

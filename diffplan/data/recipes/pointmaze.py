@@ -26,6 +26,11 @@ Deliberate differences from D4RL, each to match diffplan's evaluation protocol (
 * D4RL does not advance its recorded state on the step a goal changes, which duplicates an observation at
   every cut; here every transition is recorded as it happened.
 
+Any maze. Every function takes a task name (the built-in mazes, or a user maze registered from a task file's
+``maze:`` section) or a :class:`~diffplan.envs.maze.MazeTask` itself, so a user-defined layout gets the same
+controller, stream and reference-score protocol; its dataset metadata keeps the layout
+(``protocol.maze_map``), so a dataset of another layout under the same name is never reused.
+
 Coordinates. D4RL's maze2d frame has x = row index, y = column index. gymnasium-robotics uses
 ``cell_rowcol_to_xy``: x = (col + 0.5) - width/2, y = height/2 - (row + 0.5), i.e. x follows columns and y is
 *flipped* relative to rows. The controller works on (row, col) cells and converts with the env's own ``Maze``
@@ -46,6 +51,7 @@ episode; ``infos["success"]`` has T+1 entries.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 import warnings
@@ -59,6 +65,7 @@ from diffplan.data import recipes
 from diffplan.data.episodes import DatasetError
 from diffplan.envs.maze import (
     GOAL_RADIUS,
+    MazeTask,
     free_cells,
     get_task,
     make_maze_env,
@@ -93,7 +100,7 @@ class WaypointController:
     """D4RL's maze2d waypoint controller on a gymnasium-robotics maze (see the module docstring).
 
     Args:
-        task: maze task name (gives the map and the env's cell <-> xy conversion).
+        task: maze task name or ``MazeTask`` (gives the map and the env's cell <-> xy conversion).
         p_gain, d_gain: PD gains (D4RL defaults 10, -1: ``a = p*(wp - pos) + d*vel``).
         solve_thresh: distance at which a waypoint is passed and the goal counts as reached (D4RL 0.1).
         vel_thresh: maximum per-step displacement for passing a waypoint / being done (D4RL 0.1).
@@ -103,7 +110,7 @@ class WaypointController:
 
     def __init__(
         self,
-        task: str,
+        task: str | MazeTask,
         *,
         p_gain: float = 10.0,
         d_gain: float = -1.0,
@@ -112,7 +119,7 @@ class WaypointController:
         waypoint_jitter: float = 0.2,
         rng: np.random.Generator | None = None,
     ):
-        self.task = get_task(task).name
+        self.task = get_task(task)
         self.p_gain = float(p_gain)
         self.d_gain = float(d_gain)
         self.solve_thresh = float(solve_thresh)
@@ -245,7 +252,7 @@ class WaypointController:
 
 
 def controller_episode_returns(
-    task: str, n: int, seed: int = REF_SEED, *, noisy: bool = False, return_steps: bool = False
+    task: str | MazeTask, n: int, seed: int = REF_SEED, *, noisy: bool = False, return_steps: bool = False
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Returns of the waypoint controller over ``n`` evaluation-protocol episodes of ``make_maze_env(task, seed)``.
 
@@ -286,7 +293,7 @@ def controller_episode_returns(
     return (returns, first) if return_steps else returns
 
 
-def random_episode_returns(task: str, n: int, seed: int = REF_SEED) -> np.ndarray:
+def random_episode_returns(task: str | MazeTask, n: int, seed: int = REF_SEED) -> np.ndarray:
     """Returns of the uniform random policy (actions U[-1, 1]^2) over ``n`` protocol episodes."""
     env = make_maze_env(task, seed)
     rng = np.random.default_rng([seed, 3])
@@ -308,7 +315,7 @@ def random_episode_returns(task: str, n: int, seed: int = REF_SEED) -> np.ndarra
 
 
 def run_stream(
-    task: str, num_steps: int, seed: int = 0, *, noisy: bool = False, progress: bool = False
+    task: str | MazeTask, num_steps: int, seed: int = 0, *, noisy: bool = False, progress: bool = False
 ) -> dict[str, Any]:
     """Run the D4RL-style controller stream for ``num_steps`` env steps (no env reset after the first).
 
@@ -325,13 +332,13 @@ def run_stream(
     register_maze_envs()
     # The raw env, without TimeLimit / order-enforcing / checker wrappers: ~2x faster per step, and the stream
     # must not be truncated by a time limit anyway.
-    env = gym.make(t.env_id, continuing_task=True, reset_target=False).unwrapped
+    env = gym.make(t.env_id, continuing_task=True, reset_target=False, **t.env_kwargs()).unwrapped
     maze = env.maze
-    cells = free_cells(t.name)
+    cells = free_cells(t)
     # Independent streams for goal cells, controller jitter and action noise: a clean and a noisy dataset of the
     # same seed then share their goal-cell sequence.
     cell_rng, ctrl_rng, noise_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3))
-    ctrl = WaypointController(t.name, rng=ctrl_rng)
+    ctrl = WaypointController(t, rng=ctrl_rng)
 
     obs_buf = np.empty((num_steps + 1, 4), dtype=np.float64)
     act_buf = np.empty((num_steps, 2), dtype=np.float32)
@@ -443,13 +450,13 @@ def _episode_buffers(stream: dict[str, Any]) -> list:
 # ----------------------------------------------------------------------------------------------- dataset
 
 
-def default_dataset_id(task: str, noisy: bool = False) -> str:
+def default_dataset_id(task: str | MazeTask, noisy: bool = False) -> str:
     """``diffplan/<task>[-noisy]-v0``: :func:`diffplan.data.recipes.dataset_id` at the default size."""
     return recipes.dataset_id(get_task(task).name, noisy=noisy)
 
 
 def generate_pointmaze_dataset(
-    task: str,
+    task: str | MazeTask,
     num_steps: int = 1_000_000,
     seed: int = 0,
     noisy: bool = False,
@@ -462,7 +469,7 @@ def generate_pointmaze_dataset(
     """Generate the D4RL maze2d-style dataset for ``task`` as a local Minari dataset and return its id.
 
     Args:
-        task: maze task name (``pointmaze-umaze|medium|large``).
+        task: maze task name (``pointmaze-umaze|medium|large`` or a registered user maze) or ``MazeTask``.
         num_steps: total env steps of the stream (D4RL: 1e6 for every maze).
         seed: seed of the stream (env noise, goal cells, controller jitter, action noise).
         noisy: D4RL's noisy variant (N(0, 0.5^2) action noise before clipping).
@@ -483,14 +490,14 @@ def generate_pointmaze_dataset(
     if recipes.dataset_dir(dataset_id).exists():
         raise DatasetError(f"Minari dataset {dataset_id!r} already exists at {recipes.dataset_dir(dataset_id)}")
 
-    stream = run_stream(t.name, num_steps, seed, noisy=noisy, progress=progress)
+    stream = run_stream(t, num_steps, seed, noisy=noisy, progress=progress)
     t_ref = time.perf_counter()
-    max_returns = controller_episode_returns(t.name, ref_episodes, ref_seed)
-    min_returns = random_episode_returns(t.name, ref_episodes, ref_seed)
+    max_returns = controller_episode_returns(t, ref_episodes, ref_seed)
+    min_returns = random_episode_returns(t, ref_episodes, ref_seed)
     ref_seconds = time.perf_counter() - t_ref
     buffers = _episode_buffers(stream)
 
-    env = make_maze_env(t.name, seed=ref_seed)  # the protocol env: its spec rebuilds it (eval_env_spec)
+    env = make_maze_env(t, seed=ref_seed)  # the protocol env: its spec rebuilds it (eval_env_spec)
     t_write = time.perf_counter()
     with warnings.catch_warnings():
         # Minari warns about every unset optional field (author email, permalink); nothing to act on.
@@ -526,7 +533,7 @@ def generate_pointmaze_dataset(
             "seed": int(seed),
             "noisy": bool(noisy),
             "num_steps": int(num_steps),
-            "protocol": protocol_metadata(t.name),
+            "protocol": protocol_metadata(t),
             "controller": {
                 "p_gain": 10.0,
                 "d_gain": -1.0,
@@ -556,7 +563,7 @@ def generate_pointmaze_dataset(
 
 
 def ensure_dataset(
-    task: str,
+    task: str | MazeTask,
     num_steps: int = 1_000_000,
     seed: int = 0,
     noisy: bool = False,
@@ -566,14 +573,19 @@ def ensure_dataset(
 ) -> str:
     """Return the id of the recipe's dataset, generating it only if it does not exist locally.
 
-    An existing dataset is reused only if it was made by this recipe with the same task, seed, noise and size;
-    otherwise :class:`DatasetError` (pass another ``dataset_id``). A half-written dataset (no recipe metadata,
-    e.g. an interrupted run) raises ``RuntimeError`` asking to delete it (:func:`diffplan.data.recipes.
-    check_existing`).
+    An existing dataset is reused only if it was made by this recipe with the same task (and, for a user maze,
+    the same layout), seed, noise and size; otherwise :class:`DatasetError` (pass another ``dataset_id``). A
+    half-written dataset (no recipe metadata, e.g. an interrupted run) raises ``RuntimeError`` asking to delete it
+    (:func:`diffplan.data.recipes.check_existing`).
     """
     t = get_task(task)
     dataset_id = dataset_id or default_dataset_id(t.name, noisy)
     want = {"task": t.name, "seed": int(seed), "noisy": bool(noisy), "num_steps": int(num_steps)}
-    if recipes.check_existing(dataset_id, RECIPE, want):
-        return dataset_id
-    return generate_pointmaze_dataset(t.name, num_steps, seed, noisy, dataset_id, progress, **kwargs)
+    if not recipes.check_existing(dataset_id, RECIPE, want):
+        return generate_pointmaze_dataset(t, num_steps, seed, noisy, dataset_id, progress, **kwargs)
+    if t.layout is not None:  # a user maze: the same name must mean the same layout
+        meta = json.loads((recipes.dataset_dir(dataset_id) / "data" / "metadata.json").read_text())
+        made = meta.get("protocol", {}).get("maze_map")
+        if made != t.maze_map:
+            raise DatasetError(f"dataset {dataset_id!r} was made from another layout of {t.name!r}; pass another id")
+    return dataset_id
