@@ -153,7 +153,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _print_final(results: dict[str, Any]) -> None:
     final = results["final"]
-    line = f"final ({final['episodes']} episodes): success {final['success_rate']:.2f}"
+    line = (f"final ({final['episodes']} episodes): return {final['return_mean']:.1f} ± {final['return_se']:.1f}, "
+            f"success {final['success_rate']:.2f}")
     if "normalized_score" in final:
         line += f", normalized score {final['normalized_score']:.1f} ± {final['normalized_score_se']:.1f}"
     if "plan_ms_median" in final:
