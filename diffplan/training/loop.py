@@ -62,6 +62,10 @@ class OfflineSteps:
         """Progress-bar length in :attr:`unit`."""
         return self.exp.cfg.train_steps
 
+    def done(self, step: int) -> int:
+        """Progress after ``step`` updates, in :attr:`unit`."""
+        return step
+
     def step(self) -> tuple[TrainingStats, int, dict[str, float]]:
         """One update; returns its stats, the progress it made (in :attr:`unit`) and extra scalars to log."""
         with policy_within_training_step(self.exp.agent.policy):
@@ -103,6 +107,9 @@ class OnlineSteps:
 
     def total(self) -> int:
         return self.cfg.train_steps * self.cfg.env_steps_per_update
+
+    def done(self, step: int) -> int:
+        return self.env_steps
 
     def restart(self, step: int) -> None:
         seed = int(np.random.SeedSequence([self.cfg.seed, step]).generate_state(1)[0] % (2**31 - self.cfg.train_envs))
@@ -211,25 +218,24 @@ def run_experiment(exp: Experiment, *, resume: str | os.PathLike | None = None) 
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved_yaml = config_yaml(cfg)
     write_text_atomic(run_dir / "config.yaml", resolved_yaml)
-    steps: OfflineSteps | OnlineSteps = OnlineSteps(exp) if exp.agent.online else OfflineSteps(exp)
-
-    step, history, train_time = 0, [], 0.0
     init_from = cfg.init_from if isinstance(cfg, OnlineConfig) else ""
     if init_from and resume is None:
         if not isinstance(exp.agent.algorithm, WarmStartable):
             raise ConfigError(f"agent {cfg.agent!r} cannot start from another run (init_from={init_from!r})")
         exp.agent.algorithm.warm_start(init_from)
-    if resume is not None:
-        state, _ = load_checkpoint(resume, map_location=cfg.device)
-        step, train_time, history = _restore(exp, steps, state)
-        steps.restart(step)
-        log.info("resumed %s at step %d", resume, step)
+    state = None if resume is None else load_checkpoint(resume, map_location=cfg.device)[0]
 
-    writer = SummaryWriter(str(run_dir / "tb"))
-    progress_done = step if steps.unit == "step" else int(steps.state_dict().get("env_steps", 0))
-    bar = tqdm(total=steps.total(), initial=progress_done, desc=f"train {cfg.agent}", disable=not progress,
-               unit=steps.unit)
+    steps: OfflineSteps | OnlineSteps = OnlineSteps(exp) if exp.agent.online else OfflineSteps(exp)
+    step, history, train_time = 0, [], 0.0
+    bar = None
     try:
+        if state is not None:
+            step, train_time, history = _restore(exp, steps, state)
+            steps.restart(step)
+            log.info("resumed %s at step %d", resume, step)
+        writer = SummaryWriter(str(run_dir / "tb"))
+        bar = tqdm(total=steps.total(), initial=steps.done(step), desc=f"train {cfg.agent}", disable=not progress,
+                   unit=steps.unit)
         time_limit = cfg.max_train_minutes * 60.0 if cfg.max_train_minutes > 0 else float("inf")
         while step < cfg.train_steps and train_time < time_limit:
             t0 = time.perf_counter()
@@ -256,8 +262,9 @@ def run_experiment(exp: Experiment, *, resume: str | os.PathLike | None = None) 
         final_state = _checkpoint_state(exp, steps, step, history, train_time)
         save_checkpoint(run_dir, step, final_state, resolved_yaml)
     finally:
-        bar.close()
-        steps.close()
+        if bar is not None:
+            bar.close()
+        steps.close()  # the training envs (subprocesses for online agents), also when something above failed
 
     final = exp.evaluate(cfg.final_eval_episodes, cfg.plot_plans)
     summary = _log_eval(writer, exp, final, step)
