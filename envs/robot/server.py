@@ -9,6 +9,7 @@ the next tick.
 State machine::
 
     HOLD(startup) --RESET--> IDLE --CHUNK--> RUNNING <--> STARVED (schedule ran out: hold)
+    (the tick after a RESET always holds: the rate limiter ramps from the hold the robot really applies)
     any --fault (bad chunk, watchdog, clipping, protocol violation, handler or backend failure)--> HOLD (latched)
     HOLD --CLEAR_FAULT (only after a RESET since startup / e-stop) or RESET--> IDLE
     any --ESTOP--> ESTOP (latched) --operator, on the server's machine (SIGUSR1)--> HOLD --RESET--> IDLE
@@ -223,6 +224,7 @@ class RobotServer:
         self.last_heard = 0
         # The command the backend is applying now (hold_action while held): the rate limiter's reference.
         self.last_target = np.array(self.spec.hold_action, dtype=np.float64)
+        self.first_command_tick = 0  # no chunk row runs before this tick (see _reset)
         self._last_state = backend.read_state()
         # Telemetry: every target that reached the backend, and counters.
         self.telemetry: deque[tuple[int, np.ndarray]] = deque(maxlen=telemetry_len)
@@ -364,7 +366,10 @@ class RobotServer:
         self.safety.reset()
         self.faults.clear()
         self.episode_over, self.ep_return, self.ep_starved = False, 0.0, 0
-        # last_target is left alone: the rate limiter ramps from the command the robot is applying now.
+        # The first tick after a RESET holds, whenever the next chunk arrives: the rate limiter then ramps from
+        # the hold action the robot is really applying, never from a command of the previous episode that a
+        # reset (sim) or homing (hardware) has replaced; and a reset followed by the same actions repeats.
+        self.first_command_tick = self.tick + 2
         self.state = IDLE
         self.armed = True
         s = self.backend.read_state()
@@ -400,7 +405,8 @@ class RobotServer:
                   "far outside the bounds; episode aborted"
             self._latch(HOLD, f"{E_CLIPPING}: {msg}")
             raise ProtocolError(E_CLIPPING, msg)
-        first, last = self.scheduler.submit(actions, self.tick + 1 if base < 0 else base, self.tick, blend)
+        now = max(self.tick, self.first_command_tick - 1)  # rows for ticks up to `now` cannot run
+        first, last = self.scheduler.submit(actions, now + 1 if base < 0 else base, now, blend)
         self.counters["accepted_chunks"] += 1
         if self.state == IDLE:
             self.state = RUNNING
@@ -473,7 +479,9 @@ class RobotServer:
         """Command (or hold) the backend for tick ``k``."""
         if self.state in (IDLE, RUNNING, STARVED) and not self.episode_over:
             action = self.scheduler.pop(k)
-            if action is None:
+            if k < self.first_command_tick:  # the hold tick after a RESET: planned, not starved
+                self._hold_backend()
+            elif action is None:
                 self._hold_backend()
                 if self.state == RUNNING:
                     self.state = STARVED
