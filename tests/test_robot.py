@@ -569,6 +569,8 @@ def test_one_message_never_stops_the_server(maze_server, name, type_, body, code
             assert c.req(P.RESET, {"seed": 0}).type == P.RESET_OK
         reply = c.req(type_, body)
         assert _code(reply) == code, reply.body
+        if type_ != P.HELLO:  # a malformed RESET or CHUNK holds the robot
+            assert c.req(P.HEARTBEAT).body["state"] == HOLD
         assert proc.poll() is None  # still running, and serving:
         c.hello()
         assert c.req(P.HEARTBEAT).type == P.HEARTBEAT_OK

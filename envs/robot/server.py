@@ -47,7 +47,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
 import gymnasium as gym
 import numpy as np
@@ -321,6 +321,12 @@ class RobotServer:
             raise ProtocolError(P.E_SCHEMA, f"unknown message type {req.type[:40]!r}")
         return handler(self, req)
 
+    def _refuse(self, message: str) -> NoReturn:
+        """A malformed RESET or CHUNK from the session's client: hold the robot (as for a NaN chunk), then refuse."""
+        self.counters["refused_chunks"] += 1
+        self._latch(HOLD, f"{P.E_SCHEMA}: {message}")
+        raise ProtocolError(P.E_SCHEMA, message)
+
     def _check_expect(self, expect: Any) -> None:
         """HELLO's ``expect`` (action_low, action_high, action_units): the server checks the client's robot too."""
         if not isinstance(expect, dict):
@@ -359,7 +365,7 @@ class RobotServer:
                                 "on the robot's machine (see diffplan serve's startup line)")
         seed = req.body.get("seed")
         if seed is not None and not (isinstance(seed, int) and 0 <= seed < 2**63):
-            raise ProtocolError(P.E_SCHEMA, f"RESET seed must be an integer in [0, 2**63), got {str(seed)[:40]}")
+            self._refuse(f"RESET seed must be an integer in [0, 2**63), got {str(seed)[:40]}")
         self.scheduler.clear()
         self.state = HOLD  # until the backend is reset: a failing reset leaves the robot held
         self.backend.reset(seed)
@@ -385,13 +391,13 @@ class RobotServer:
         body = req.body
         base = body.get("base_tick", -1)
         if not isinstance(base, int) or isinstance(base, bool):
-            raise ProtocolError(P.E_SCHEMA, "base_tick must be an int (-1: as soon as possible)")
+            self._refuse("base_tick must be an int (-1: as soon as possible)")
         if base > self.tick + self.max_lead_ticks:
-            raise ProtocolError(P.E_SCHEMA, f"base_tick {base} is more than {self.max_lead_ticks} ticks ahead of "
-                                f"the current tick {self.tick}")
+            self._refuse(f"base_tick {base} is more than {self.max_lead_ticks} ticks ahead of the current tick "
+                         f"{self.tick}")
         blend = body.get("blend", self.blend_ticks)
         if not isinstance(blend, int) or isinstance(blend, bool) or not 0 <= blend <= self.spec.safety.max_chunk:
-            raise ProtocolError(P.E_SCHEMA, f"blend must be an int in [0, {self.spec.safety.max_chunk}]")
+            self._refuse(f"blend must be an int in [0, {self.spec.safety.max_chunk}]")
         try:
             actions, report = self.safety.check(body.get("actions"))
         except SafetyError as exc:
@@ -624,8 +630,9 @@ def serve(env: str, port: int, hz: float, host: str = "127.0.0.1", watchdog_tick
     except Exception:
         backend.close()
         raise
-    if hasattr(signal, "SIGUSR1"):
-        signal.signal(signal.SIGUSR1, lambda *_: server.operator_clear())
+    usr1 = getattr(signal, "SIGUSR1", None)  # POSIX only
+    if usr1 is not None:
+        signal.signal(usr1, lambda *_: server.operator_clear())
     mode = (f"CURVE, {auth.allowed} allowed client key(s)" if auth is not None
             else "NONE (loopback only: any local process can drive the robot)")
     print(f"serving {env} at tcp://{host}:{port} (observations on {port + 1}), {hz:g} Hz, "
