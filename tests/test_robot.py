@@ -545,6 +545,16 @@ def maze_server():
     proc.wait(5)
 
 
+@pytest.fixture
+def maze_client(maze_server):
+    """The shared server, and a raw client that has said HELLO (closed after the test)."""
+    proc, endpoint = maze_server
+    c = _Raw(endpoint)
+    c.hello()
+    yield proc, endpoint, c
+    c.close()
+
+
 ATTACKS = [  # (name, type, body, expected error code); all from the issue's probe or of the same kind
     ("HELLO expect.action_units=5", P.HELLO, {"expect": {"action_units": 5}}, "SCHEMA"),
     ("HELLO expect.action_low='abc'", P.HELLO, {"expect": {"action_low": "abc", "action_high": [1.0, 1.0]}}, "SCHEMA"),
@@ -560,51 +570,41 @@ ATTACKS = [  # (name, type, body, expected error code); all from the issue's pro
 
 
 @pytest.mark.parametrize("name,type_,body,code", ATTACKS, ids=[a[0] for a in ATTACKS])
-def test_one_message_never_stops_the_server(maze_server, name, type_, body, code):
-    proc, endpoint = maze_server
-    c = _Raw(endpoint)
-    try:
-        if type_ != P.HELLO:
-            c.hello()
-            assert c.req(P.RESET, {"seed": 0}).type == P.RESET_OK
-        reply = c.req(type_, body)
-        assert _code(reply) == code, reply.body
-        if type_ != P.HELLO:  # a malformed RESET or CHUNK holds the robot
-            assert c.req(P.HEARTBEAT).body["state"] == HOLD
-        assert proc.poll() is None  # still running, and serving:
-        c.hello()
-        assert c.req(P.HEARTBEAT).type == P.HEARTBEAT_OK
-        log = c.req(P.TELEMETRY).body["fault_log"]
-        assert any(f"REFUSED {type_}: {code}" in reason for _, reason in log[-3:])  # recorded
-    finally:
-        c.close()
+def test_one_message_never_stops_the_server(maze_client, name, type_, body, code):
+    proc, _, c = maze_client
+    if type_ != P.HELLO:
+        assert c.req(P.RESET, {"seed": 0}).type == P.RESET_OK
+    reply = c.req(type_, body)
+    assert _code(reply) == code, reply.body
+    if type_ != P.HELLO:  # a malformed RESET or CHUNK holds the robot
+        assert c.req(P.HEARTBEAT).body["state"] == HOLD
+    assert proc.poll() is None  # still running, and serving:
+    c.hello()
+    assert c.req(P.HEARTBEAT).type == P.HEARTBEAT_OK
+    log = c.req(P.TELEMETRY).body["fault_log"]
+    assert any(f"REFUSED {type_}: {code}" in reason for _, reason in log[-3:])  # recorded
 
 
-def test_undecodable_oversized_and_flooding_requests(maze_server):
-    proc, endpoint = maze_server
-    c = _Raw(endpoint)
-    try:
-        c.hello()
-        assert _code(c.send_raw(b"\xc1 not msgpack")) == "SCHEMA"
-        assert _code(c.send_raw(msgpack.packb({"proto": P.PROTOCOL, "v": [1, 0], "type": 7}))) == "SCHEMA"
-        # Larger than the largest legitimate chunk: ZeroMQ drops it before buffering it (MAXMSGSIZE).
-        def peak_mb() -> int:
-            with open(f"/proc/{proc.pid}/status") as f:
-                return next(int(line.split()[1]) // 1024 for line in f if line.startswith("VmHWM"))
-        before = peak_mb()
-        big = _Raw(endpoint)
-        assert big.send_raw(b"\x00" * (64 << 20), timeout_s=0.5) is None
-        big.close()
-        assert peak_mb() - before < 32, "a 64 MB request was buffered"
-        # A flood of junk: every message answered, the fault record stays bounded.
-        for _ in range(600):
-            c.sock.send(b"junk")
-        assert sum(c.sock.poll(2000) and bool(c.sock.recv()) for _ in range(600)) == 600
-        c.hello()
-        t = c.req(P.TELEMETRY).body
-        assert len(t["fault_log"]) == 256 and t["refused_requests"] >= 600 and proc.poll() is None
-    finally:
-        c.close()
+def test_undecodable_oversized_and_flooding_requests(maze_client):
+    proc, endpoint, c = maze_client
+    assert _code(c.send_raw(b"\xc1 not msgpack")) == "SCHEMA"
+    assert _code(c.send_raw(msgpack.packb({"proto": P.PROTOCOL, "v": [1, 0], "type": 7}))) == "SCHEMA"
+    # Larger than the largest legitimate chunk: ZeroMQ drops it before buffering it (MAXMSGSIZE).
+    def peak_mb() -> int:
+        with open(f"/proc/{proc.pid}/status") as f:
+            return next(int(line.split()[1]) // 1024 for line in f if line.startswith("VmHWM"))
+    before = peak_mb()
+    big = _Raw(endpoint)
+    assert big.send_raw(b"\x00" * (64 << 20), timeout_s=0.5) is None
+    big.close()
+    assert peak_mb() - before < 32, "a 64 MB request was buffered"
+    # A flood of junk: every message answered, the fault record stays bounded.
+    for _ in range(600):
+        c.sock.send(b"junk")
+    assert sum(c.sock.poll(2000) and bool(c.sock.recv()) for _ in range(600)) == 600
+    c.hello()
+    t = c.req(P.TELEMETRY).body
+    assert len(t["fault_log"]) == 256 and t["refused_requests"] >= 600 and proc.poll() is None
 
 
 def test_session_token_never_published_and_seq_window(maze_server):
@@ -642,53 +642,43 @@ def _wait_state(c: _Raw, state: str, timeout_s: float = 3.0) -> None:
         time.sleep(0.01)
 
 
-def test_estop_latched_until_the_operator_signals(maze_server):
-    proc, endpoint = maze_server
-    c = _Raw(endpoint)
-    try:
-        c.hello()
-        c.req(P.RESET, {"seed": 0})
-        assert c.req(P.ESTOP, {"reason": "test"}).type == P.ESTOP_OK
-        for _ in range(2):  # two CLEAR_FAULTs cleared it before
-            reply = c.req(P.CLEAR_FAULT)
-            assert _code(reply) == "FAULTED" and "only the operator" in reply.body["message"]
-        for type_, body in [(P.RESET, {}), (P.CHUNK, {"actions": np.full((5, 2), 0.5)})]:
-            assert _code(c.req(type_, body)) == "FAULTED"
-        c.hello()  # a new session does not clear it either
-        assert _code(c.req(P.CLEAR_FAULT)) == "FAULTED" and c.req(P.HEARTBEAT).body["state"] == "ESTOP"
-        n = len(c.req(P.TELEMETRY).body["targets"])
-        os.kill(proc.pid, signal.SIGUSR1)  # the operator, on the robot's machine
-        _wait_state(c, HOLD)
-        assert "send RESET" in c.req(P.CLEAR_FAULT).body["message"]  # held until an explicit RESET
-        assert c.req(P.RESET, {"seed": 0}).type == P.RESET_OK
-        reply = c.req(P.CHUNK, {"actions": np.full((5, 2), 0.5)})
-        assert reply.type == P.CHUNK_OK
-        _wait_state(c, STARVED)
-        assert len(c.req(P.TELEMETRY).body["targets"]) == n + 5  # it moves again, and reports it
-    finally:
-        c.close()
+def test_estop_latched_until_the_operator_signals(maze_client):
+    proc, _, c = maze_client
+    c.req(P.RESET, {"seed": 0})
+    assert c.req(P.ESTOP, {"reason": "test"}).type == P.ESTOP_OK
+    for _ in range(2):  # two CLEAR_FAULTs cleared it before
+        reply = c.req(P.CLEAR_FAULT)
+        assert _code(reply) == "FAULTED" and "only the operator" in reply.body["message"]
+    for type_, body in [(P.RESET, {}), (P.CHUNK, {"actions": np.full((5, 2), 0.5)})]:
+        assert _code(c.req(type_, body)) == "FAULTED"
+    c.hello()  # a new session does not clear it either
+    assert _code(c.req(P.CLEAR_FAULT)) == "FAULTED" and c.req(P.HEARTBEAT).body["state"] == "ESTOP"
+    n = len(c.req(P.TELEMETRY).body["targets"])
+    os.kill(proc.pid, signal.SIGUSR1)  # the operator, on the robot's machine
+    _wait_state(c, HOLD)
+    assert "send RESET" in c.req(P.CLEAR_FAULT).body["message"]  # held until an explicit RESET
+    assert c.req(P.RESET, {"seed": 0}).type == P.RESET_OK
+    reply = c.req(P.CHUNK, {"actions": np.full((5, 2), 0.5)})
+    assert reply.type == P.CHUNK_OK
+    _wait_state(c, STARVED)
+    assert len(c.req(P.TELEMETRY).body["targets"]) == n + 5  # it moves again, and reports it
 
 
-def test_rate_limit_ramps_across_reset(maze_server):
-    _, endpoint = maze_server
-    c = _Raw(endpoint)
-    try:
-        c.hello()
-        c.req(P.RESET, {"seed": 0})
-        c.req(P.CHUNK, {"actions": np.full((200, 2), 1.0)})
-        time.sleep(0.1)
-        reset = c.req(P.RESET, {"seed": 1})  # while running at the top of the range
-        reply = c.req(P.CHUNK, {"actions": np.full((10, 2), -1.0)})
-        assert reply.body["first"] >= reset.body["tick"] + 2  # the tick after a RESET holds
-        _wait_state(c, STARVED)
-        t = c.req(P.TELEMETRY).body
-        spec = RobotSpec.from_wire(c.req(P.HELLO).body["spec"])
-        prev = np.vstack([spec.hold_action, t["targets"][:-1]])
-        prev[np.flatnonzero(np.diff(t["ticks"]) != 1) + 1] = spec.hold_action  # held ticks apply the hold
-        step = np.abs(t["targets"] - prev) / (spec.action_high - spec.action_low)
-        assert step.max() <= spec.safety.max_step + 1e-9  # 73% of the range in one tick before
-    finally:
-        c.close()
+def test_rate_limit_ramps_across_reset(maze_client):
+    _, _, c = maze_client
+    c.req(P.RESET, {"seed": 0})
+    c.req(P.CHUNK, {"actions": np.full((200, 2), 1.0)})
+    time.sleep(0.1)
+    reset = c.req(P.RESET, {"seed": 1})  # while running at the top of the range
+    reply = c.req(P.CHUNK, {"actions": np.full((10, 2), -1.0)})
+    assert reply.body["first"] >= reset.body["tick"] + 2  # the tick after a RESET holds
+    _wait_state(c, STARVED)
+    t = c.req(P.TELEMETRY).body
+    spec = RobotSpec.from_wire(c.req(P.HELLO).body["spec"])
+    prev = np.vstack([spec.hold_action, t["targets"][:-1]])
+    prev[np.flatnonzero(np.diff(t["ticks"]) != 1) + 1] = spec.hold_action  # held ticks apply the hold
+    step = np.abs(t["targets"] - prev) / (spec.action_high - spec.action_low)
+    assert step.max() <= spec.safety.max_step + 1e-9  # 73% of the range in one tick before
 
 
 def test_curve_authentication_and_fresh_server_does_not_move(tmp_path):
