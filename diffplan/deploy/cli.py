@@ -50,8 +50,6 @@ def serve_command(args: argparse.Namespace) -> int:
         serve(args.env, args.port, args.hz, args.host, args.watchdog_ticks, safety, args.seed, keys=args.keys)
     except AuthError as exc:
         raise ConfigError(str(exc)) from None
-    except (ValueError, TypeError) as exc:  # the backend could not be made from --env
-        raise ConfigError(f"cannot serve --env {args.env!r}: {exc}") from None
     except zmq.ZMQError as exc:
         raise ConfigError(f"cannot bind tcp://{args.host}:{args.port} (or port + 1): {exc}") from None
     return 0

@@ -53,6 +53,7 @@ import gymnasium as gym
 import numpy as np
 import zmq
 
+from diffplan.config import ConfigError
 from diffplan.envs.robot import protocol as P
 from diffplan.envs.robot.auth import AuthError, ServerKeys, is_loopback
 from diffplan.envs.robot.backends import RobotBackend, RobotState, make_backend
@@ -241,9 +242,11 @@ class RobotServer:
         return P.public_session(self.session)
 
     # -------------------------------------------------------------------------------------------- state
-    def _record(self, reason: str) -> None:
+    def _record(self, reason: str, active: bool = True) -> None:
+        """Record a fault in :attr:`fault_log` and, if ``active``, in the faults shown until the next RESET."""
         reason = reason if len(reason) <= REASON_CHARS else reason[: REASON_CHARS - 3] + "..."
-        self.faults.append(reason)
+        if active:
+            self.faults.append(reason)
         self.fault_log.append((self.tick, reason))
 
     def _latch(self, state: str, reason: str) -> None:
@@ -283,8 +286,7 @@ class RobotServer:
         refused request alone does not stop the robot)."""
         self.counters["refused_requests"] += 1
         what = req.type[:40] if req is not None else "undecodable request"
-        reason = f"REFUSED {what}: {code}: {message}"
-        self.fault_log.append((self.tick, reason if len(reason) <= REASON_CHARS else reason[: REASON_CHARS - 3] + "..."))
+        self._record(f"REFUSED {what}: {code}: {message}", active=False)
         return self._reply(P.ERROR, req, code=code, message=message[:1000])
 
     def handle(self, raw: bytes, peer: str = "") -> bytes:
@@ -620,11 +622,14 @@ def serve(env: str, port: int, hz: float, host: str = "127.0.0.1", watchdog_tick
 
     ``keys``: a key directory (``diffplan robot keys``): CURVE authentication, required unless ``host`` is
     loopback. SIGUSR1 to this process is the operator's e-stop clear. Raises
-    :class:`~diffplan.envs.robot.auth.AuthError` for missing keys and ``ValueError`` for a bad env or rate,
-    before anything is bound.
+    :class:`~diffplan.envs.robot.auth.AuthError` for missing keys and :class:`~diffplan.config.ConfigError` for
+    an env that cannot be served, before anything is bound.
     """
     auth = ServerKeys.load(keys) if keys is not None else None
-    backend = make_backend(env, hz, safety, seed=seed)
+    try:
+        backend = make_backend(env, hz, safety, seed=seed)
+    except (ValueError, TypeError) as exc:  # unknown task, not a MuJoCo env, not a Box action space, bad rate
+        raise ConfigError(f"cannot serve --env {env!r}: {exc}") from None
     try:
         server = RobotServer(backend, f"tcp://{host}:{port}", watchdog_ticks=watchdog_ticks, auth=auth)
     except Exception:
