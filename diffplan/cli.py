@@ -13,6 +13,7 @@ Examples::
     diffplan eval runs/diffuser-pointmaze-umaze-s0-... --episodes 100
     diffplan serve --env Hopper-v5 --port 5555 --hz 50
     diffplan deploy runs/quickstart --robot tcp://127.0.0.1:5555
+    diffplan robot keys robot-keys --client laptop
 """
 
 from __future__ import annotations
@@ -218,6 +219,12 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     return deploy_command(args)
 
 
+def cmd_robot_keys(args: argparse.Namespace) -> int:
+    from diffplan.deploy.cli import keys_command
+
+    return keys_command(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diffplan", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -312,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--margin", type=float, default=0.02, help="bound margin, fraction of each range")
     serve.add_argument("--max-step", type=float, default=0.25, help="rate limit per tick, fraction of range")
     serve.add_argument("--seed", type=int, default=0)
+    serve.add_argument("--keys", default=None, metavar="KEYDIR",
+                       help="CURVE keys (diffplan robot keys): admit only its clients; required unless --host is loopback")
     serve.set_defaults(func=cmd_serve)
     deploy = sub.add_parser("deploy", help="drive a served robot with a trained chunk planner")
     deploy.add_argument("run_dir")
@@ -321,7 +330,15 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--seed", type=int, default=0)
     deploy.add_argument("--execute-ticks", type=int, default=8, help="new actions per plan (at least the lead)")
     deploy.add_argument("--timeout", type=float, default=1.0, help="deadline of every request (s)")
+    deploy.add_argument("--keys", default=None, metavar="KEYDIR", help="CURVE key directory of a --keys server")
+    deploy.add_argument("--client", default="client", help="client name in --keys (clients/NAME.key_secret)")
     deploy.set_defaults(func=cmd_deploy)
+    robot = sub.add_parser("robot", help="robot bridge utilities").add_subparsers(dest="robot_command", required=True)
+    keys = robot.add_parser("keys", help="make CURVE keys: a server key pair and one per client (secrets 0600)")
+    keys.add_argument("keydir", help="directory to write (the server key pair is kept if it exists)")
+    keys.add_argument("--client", action="append", default=None, metavar="NAME",
+                      help="client to make keys for (repeatable; default: one named 'client')")
+    keys.set_defaults(func=cmd_robot_keys)
     return parser
 
 

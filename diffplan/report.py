@@ -545,6 +545,10 @@ def _robot(root: Path) -> _Section:
     sec.add("### Transport and tick clock", "")
     table = [["request round trip (" + rtt["transport"] + ")", str(rtt["n"]), _num(rtt["p50_ms"], 2),
               _num(rtt["p99_ms"], 1), _num(rtt["max_ms"], 1), "—"]]
+    if "curve" in rtt:  # the same requests with CURVE authentication and encryption (diffplan serve --keys)
+        curve = rtt["curve"]
+        table.append([f"request round trip, {curve['auth']}", str(curve["n"]), _num(curve["p50_ms"], 2),
+                      _num(curve["p99_ms"], 1), _num(curve["max_ms"], 1), "—"])
     for rate in jitter["rates"]:
         lat = rate["lateness"]
         table.append([f"tick lateness, {jitter['env']} at {rate['hz']:.0f} Hz", str(rate["ticks"]),

@@ -20,7 +20,7 @@ import zmq
 
 from diffplan.deploy.runner import ChunkPlanner, DelayedPlanner, LatencyAwareRunner
 from diffplan.envs.robot import protocol as P
-from diffplan.envs.robot.backends import MockBackend, MujocoBackend
+from diffplan.envs.robot.backends import BackendError, MockBackend, MujocoBackend
 from diffplan.envs.robot.client import RobotClient, RobotEnv, RobotError, RobotTimeout, StaleObservation
 from diffplan.envs.robot.relay import FaultRelay
 from diffplan.envs.robot.safety import (
@@ -41,6 +41,7 @@ from diffplan.envs.robot.server import (
     RealTimeClock,
     RobotServer,
     free_port_pair,
+    obs_endpoint_for,
 )
 
 _names = itertools.count()
@@ -187,12 +188,15 @@ def test_server_state_machine_watchdog_estop(mock_server):
     client.request(P.RESET)
     assert server.state == IDLE
     reply = client.submit_chunk(np.full((3, 2), 0.05))
-    assert (reply.body["first"], reply.body["last"], server.state) == (1, 3, RUNNING)
-    _ticks(server, clock, 3)
-    assert len(backend.commands) == 3 and client.wait_obs(3).state == RUNNING
+    # The tick after a RESET holds (the rate limiter ramps from the hold): the chunk starts at tick 2.
+    assert (reply.body["first"], reply.body["last"], server.state) == (2, 4, RUNNING)
+    _ticks(server, clock, 2)
+    client.heartbeat()  # the watchdog counts from the last message (3 ticks)
+    _ticks(server, clock, 2)
+    assert len(backend.commands) == 3 and client.wait_obs(4).state == RUNNING
     client.heartbeat()
     _ticks(server, clock, 2)
-    assert server.state == STARVED and client.wait_obs(5).starved_ticks == 2
+    assert server.state == STARVED and client.wait_obs(6).starved_ticks == 2
     client.heartbeat()
     _ticks(server, clock, 3)  # silent for 3 ticks: still within the watchdog
     assert server.state == STARVED
@@ -210,11 +214,20 @@ def test_server_state_machine_watchdog_estop(mock_server):
     assert server.state == "ESTOP" and backend.estopped
     with pytest.raises(RobotError, match="e-stopped"):
         client.request(P.RESET)
-    client.request(P.CLEAR_FAULT)
-    assert server.state == HOLD
+    for _ in range(2):  # latched locally: no remote message clears it
+        with pytest.raises(RobotError, match="only the operator can clear it"):
+            client.request(P.CLEAR_FAULT)
+    assert server.state == "ESTOP"
+    server.operator_clear()
+    _ticks(server, clock, 1)
+    assert server.state == HOLD and "cleared by the operator" in server.faults[-1]
+    with pytest.raises(RobotError, match="send RESET"):  # held until an explicit RESET
+        client.request(P.CLEAR_FAULT)
     n = len(backend.commands)
     _ticks(server, clock, 2)
     assert len(backend.commands) == n  # nothing commanded while held
+    client.request(P.RESET)
+    assert server.state == IDLE and not backend.estopped
 
 
 def test_server_refuses_nan_version_stale_seq_and_foreign_session(mock_server):
@@ -260,7 +273,7 @@ def test_server_clips_and_rate_limits_out_of_bounds(mock_server):
     chunk = np.tile([[5.0, -5.0], [-5.0, 5.0]], (4, 1))  # wildly out of bounds, alternating sign
     reply = client.submit_chunk(chunk)
     assert reply.body["clipped"] == 8
-    for n in (3, 3, 2):
+    for n in (3, 3, 3):  # one more: the tick after a RESET holds
         _ticks(server, clock, n)
         client.heartbeat()
     sent = np.array(backend.commands)
@@ -283,10 +296,10 @@ def test_robot_env_passes_check_env(task):
     server = RobotServer(backend, endpoint, clock=RealTimeClock(400.0), watchdog_ticks=200)
     thread = server.start_thread()
     ref = backend.env
-    env = RobotEnv(endpoint, timeout_s=2.0, action_space=ref.action_space, observation_space=ref.observation_space,
-                   live_info=False)  # the checker wants equal infos for equal seeds; timing never repeats
+    env = RobotEnv(endpoint, timeout_s=2.0, action_space=ref.action_space, observation_space=ref.observation_space)
     try:
-        check_env(env, skip_render_check=True)
+        check_env(env)  # gymnasium's defaults, RobotEnv's defaults
+        assert {"tick", "state"} <= set(env.last_live)  # timing lives outside info by default
         env.live_info = True
         obs, info = env.reset(seed=3)
         assert env.observation_space.contains(obs)
@@ -471,3 +484,314 @@ def test_cli_serve_and_deploy_refuse_bad_input(capsys, tmp_path):
     assert "error" in capsys.readouterr().err
     with pytest.raises(TypeError, match="does not implement plan_chunk"):
         LatencyAwareRunner(object.__new__(RobotEnv), object())
+
+
+# ------------------------------------------------------------------- hostile input, authentication, e-stop
+# Every attack below goes over TCP to a server running as its own process (started through the same
+# serve() that `diffplan serve` calls; the CLI start itself is covered above), with raw wire messages.
+def _spawn(env: str, port: int, hz: float = 100.0, keys: str | None = None) -> subprocess.Popen:
+    code = (f"from diffplan.envs.robot.server import serve; serve({env!r}, {port}, {hz}, watchdog_ticks=50, "
+            f"keys={keys!r})")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    line = proc.stdout.readline()
+    if "serving" not in line:
+        proc.kill()
+        pytest.fail(f"robot server did not start: {line!r}, exit code {proc.wait()}")
+    return proc
+
+
+class _Raw:
+    """A hand-driven DEALER: any envelope, any session, any sequence number."""
+
+    def __init__(self, endpoint: str, keys=None) -> None:
+        self.sock = zmq.Context.instance().socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        if keys is not None:
+            keys.apply(self.sock)
+        self.sock.connect(endpoint)
+        self.session, self.seq = "", 0
+
+    def send_raw(self, raw: bytes, timeout_s: float = 2.0) -> P.Envelope | None:
+        self.sock.send(raw)
+        return P.decode(self.sock.recv()) if self.sock.poll(timeout_s * 1000) else None
+
+    def req(self, type_: str, body=None, *, session: str | None = None, seq: int | None = None) -> P.Envelope:
+        self.seq += 1
+        reply = self.send_raw(P.encode(type_, body, session=self.session if session is None else session,
+                                       seq=self.seq if seq is None else seq))
+        assert reply is not None, f"no reply to {type_}"
+        return reply
+
+    def hello(self) -> P.Envelope:
+        reply = self.req(P.HELLO)
+        self.session = reply.body["session"]
+        return reply
+
+    def close(self) -> None:
+        self.sock.close(0)
+
+
+def _code(reply: P.Envelope) -> str:
+    return reply.body["code"] if reply.type == P.ERROR else reply.type
+
+
+@pytest.fixture(scope="module")
+def maze_server():
+    port = free_port_pair()
+    proc = _spawn("pointmaze-umaze", port)
+    yield proc, f"tcp://127.0.0.1:{port}"
+    proc.kill()
+    proc.wait(5)
+
+
+@pytest.fixture
+def maze_client(maze_server):
+    """The shared server, and a raw client that has said HELLO (closed after the test)."""
+    proc, endpoint = maze_server
+    c = _Raw(endpoint)
+    c.hello()
+    yield proc, endpoint, c
+    c.close()
+
+
+ATTACKS = [  # (name, type, body, expected error code); all from the issue's probe or of the same kind
+    ("HELLO expect.action_units=5", P.HELLO, {"expect": {"action_units": 5}}, "SCHEMA"),
+    ("HELLO expect.action_low='abc'", P.HELLO, {"expect": {"action_low": "abc", "action_high": [1.0, 1.0]}}, "SCHEMA"),
+    ("HELLO expect=[1, 2]", P.HELLO, {"expect": [1, 2]}, "SCHEMA"),
+    ("CHUNK base_tick=2**62", P.CHUNK, {"actions": np.zeros((2, 2)), "base_tick": 2**62}, "SCHEMA"),
+    ("CHUNK base_tick='soon'", P.CHUNK, {"actions": np.zeros((2, 2)), "base_tick": "soon"}, "SCHEMA"),
+    ("CHUNK blend=2**62", P.CHUNK, {"actions": np.zeros((2, 2)), "blend": 2**62}, "SCHEMA"),
+    ("CHUNK actions={}", P.CHUNK, {"actions": {"x": 1}}, "SHAPE"),
+    ("RESET seed=-1", P.RESET, {"seed": -1}, "SCHEMA"),
+    ("RESET seed=2**64-1", P.RESET, {"seed": 2**64 - 1}, "SCHEMA"),
+    ("RESET seed='x'", P.RESET, {"seed": "x"}, "SCHEMA"),
+]
+
+
+@pytest.mark.parametrize("name,type_,body,code", ATTACKS, ids=[a[0] for a in ATTACKS])
+def test_one_message_never_stops_the_server(maze_client, name, type_, body, code):
+    proc, _, c = maze_client
+    if type_ != P.HELLO:
+        assert c.req(P.RESET, {"seed": 0}).type == P.RESET_OK
+    reply = c.req(type_, body)
+    assert _code(reply) == code, reply.body
+    if type_ != P.HELLO:  # a malformed RESET or CHUNK holds the robot
+        assert c.req(P.HEARTBEAT).body["state"] == HOLD
+    assert proc.poll() is None  # still running, and serving:
+    c.hello()
+    assert c.req(P.HEARTBEAT).type == P.HEARTBEAT_OK
+    log = c.req(P.TELEMETRY).body["fault_log"]
+    assert any(f"REFUSED {type_}: {code}" in reason for _, reason in log[-3:])  # recorded
+
+
+def test_undecodable_oversized_and_flooding_requests(maze_client):
+    proc, endpoint, c = maze_client
+    assert _code(c.send_raw(b"\xc1 not msgpack")) == "SCHEMA"
+    assert _code(c.send_raw(msgpack.packb({"proto": P.PROTOCOL, "v": [1, 0], "type": 7}))) == "SCHEMA"
+    # Larger than the largest legitimate chunk: ZeroMQ drops it before buffering it (MAXMSGSIZE).
+    def peak_mb() -> int:
+        with open(f"/proc/{proc.pid}/status") as f:
+            return next(int(line.split()[1]) // 1024 for line in f if line.startswith("VmHWM"))
+    before = peak_mb()
+    big = _Raw(endpoint)
+    assert big.send_raw(b"\x00" * (64 << 20), timeout_s=0.5) is None
+    big.close()
+    assert peak_mb() - before < 32, "a 64 MB request was buffered"
+    # A flood of junk: every message answered, the fault record stays bounded.
+    for _ in range(600):
+        c.sock.send(b"junk")
+    assert sum(c.sock.poll(2000) and bool(c.sock.recv()) for _ in range(600)) == 600
+    c.hello()
+    t = c.req(P.TELEMETRY).body
+    assert len(t["fault_log"]) == 256 and t["refused_requests"] >= 600 and proc.poll() is None
+
+
+def test_session_token_never_published_and_seq_window(maze_server):
+    _, endpoint = maze_server
+    c, intruder = _Raw(endpoint), _Raw(endpoint)
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(obs_endpoint_for(endpoint))
+    try:
+        c.hello()
+        c.req(P.RESET, {"seed": 0})
+        assert sub.poll(2000)
+        raw = sub.recv()
+        assert c.session.encode() not in raw and c.session not in str(P.decode(raw))
+        published = P.decode(raw).session
+        assert published == P.public_session(c.session)
+        chunk = {"actions": np.full((3, 2), 0.5), "base_tick": -1}
+        assert _code(intruder.req(P.CHUNK, chunk, session=published, seq=c.seq + 1)) == "SESSION"
+        # A far-ahead sequence number is refused and does not move the window: the client is not locked out.
+        assert _code(intruder.req(P.HEARTBEAT, session=c.session, seq=2**62)) == "STALE_SEQ"
+        assert _code(c.req(P.HEARTBEAT)) == P.HEARTBEAT_OK
+        assert _code(c.req(P.HEARTBEAT, seq=c.seq + P.SEQ_WINDOW + 1)) == "STALE_SEQ"
+        assert _code(c.req(P.HEARTBEAT, seq=c.seq + P.SEQ_WINDOW - 1)) == P.HEARTBEAT_OK  # lost requests are fine
+    finally:
+        for s in (c, intruder):
+            s.close()
+        sub.close(0)
+
+
+def _wait_state(c: _Raw, state: str, timeout_s: float = 3.0) -> None:
+    end = time.monotonic() + timeout_s
+    while c.req(P.HEARTBEAT).body["state"] != state:
+        assert time.monotonic() < end, f"server never reached {state}"
+        time.sleep(0.01)
+
+
+def test_estop_latched_until_the_operator_signals(maze_client):
+    proc, _, c = maze_client
+    c.req(P.RESET, {"seed": 0})
+    assert c.req(P.ESTOP, {"reason": "test"}).type == P.ESTOP_OK
+    for _ in range(2):  # two CLEAR_FAULTs cleared it before
+        reply = c.req(P.CLEAR_FAULT)
+        assert _code(reply) == "FAULTED" and "only the operator" in reply.body["message"]
+    for type_, body in [(P.RESET, {}), (P.CHUNK, {"actions": np.full((5, 2), 0.5)})]:
+        assert _code(c.req(type_, body)) == "FAULTED"
+    c.hello()  # a new session does not clear it either
+    assert _code(c.req(P.CLEAR_FAULT)) == "FAULTED" and c.req(P.HEARTBEAT).body["state"] == "ESTOP"
+    n = len(c.req(P.TELEMETRY).body["targets"])
+    os.kill(proc.pid, signal.SIGUSR1)  # the operator, on the robot's machine
+    _wait_state(c, HOLD)
+    assert "send RESET" in c.req(P.CLEAR_FAULT).body["message"]  # held until an explicit RESET
+    assert c.req(P.RESET, {"seed": 0}).type == P.RESET_OK
+    reply = c.req(P.CHUNK, {"actions": np.full((5, 2), 0.5)})
+    assert reply.type == P.CHUNK_OK
+    _wait_state(c, STARVED)
+    assert len(c.req(P.TELEMETRY).body["targets"]) == n + 5  # it moves again, and reports it
+
+
+def test_rate_limit_ramps_across_reset(maze_client):
+    _, _, c = maze_client
+    c.req(P.RESET, {"seed": 0})
+    c.req(P.CHUNK, {"actions": np.full((200, 2), 1.0)})
+    time.sleep(0.1)
+    reset = c.req(P.RESET, {"seed": 1})  # while running at the top of the range
+    reply = c.req(P.CHUNK, {"actions": np.full((10, 2), -1.0)})
+    assert reply.body["first"] >= reset.body["tick"] + 2  # the tick after a RESET holds
+    _wait_state(c, STARVED)
+    t = c.req(P.TELEMETRY).body
+    spec = RobotSpec.from_wire(c.req(P.HELLO).body["spec"])
+    prev = np.vstack([spec.hold_action, t["targets"][:-1]])
+    prev[np.flatnonzero(np.diff(t["ticks"]) != 1) + 1] = spec.hold_action  # held ticks apply the hold
+    step = np.abs(t["targets"] - prev) / (spec.action_high - spec.action_low)
+    assert step.max() <= spec.safety.max_step + 1e-9  # 73% of the range in one tick before
+
+
+def test_curve_authentication_and_fresh_server_does_not_move(tmp_path):
+    from diffplan.cli import main
+    from diffplan.envs.robot.auth import AuthError, ClientKeys, ServerKeys
+
+    keydir, other = tmp_path / "keys", tmp_path / "other"
+    assert main(["robot", "keys", str(keydir), "--client", "alice", "--client", "bob"]) == 0
+    assert main(["robot", "keys", str(other)]) == 0
+    for secret in [keydir / "server.key_secret", keydir / "clients" / "alice.key_secret"]:
+        assert secret.stat().st_mode & 0o777 == 0o600
+    assert not list(keydir.rglob(".keys-*"))  # no temporary left behind
+    ServerKeys.load(keydir)
+    alice, bob, stranger = (ClientKeys.load(keydir, "alice"), ClientKeys.load(keydir, "bob"),
+                            ClientKeys.load(other, "client"))
+    port = free_port_pair()
+    endpoint = f"tcp://127.0.0.1:{port}"
+    proc = _spawn("mock", port, keys=str(keydir))
+    clients = []
+    try:
+        c = RobotClient(endpoint, keys=alice, timeout_s=2.0)
+        clients.append(c)
+        c.connect()
+        # A freshly started server does not move before a RESET: HELLO + CLEAR_FAULT + CHUNK moved it before.
+        with pytest.raises(RobotError, match="send RESET"):
+            c.request(P.CLEAR_FAULT)
+        with pytest.raises(RobotError, match="FAULTED"):
+            c.submit_chunk(np.full((5, 2), 0.5))
+        time.sleep(0.05)
+        assert len(c.telemetry()["targets"]) == 0
+        c.request(P.RESET)
+        first = c.submit_chunk(np.full((3, 2), 0.1)).body["first"]
+        assert c.wait_obs(first).state == RUNNING  # alice, allowed, drives it and reads observations
+        for keys in (None, stranger):  # no key, or a key the server does not list: no handshake, no reply
+            x = RobotClient(endpoint, keys=keys, timeout_s=0.3)
+            clients.append(x)
+            with pytest.raises(RobotTimeout):
+                x.connect()
+            x.sub.setsockopt(zmq.SUBSCRIBE, b"")
+            assert not x.sub.poll(300)  # nor the observation stream
+        b = _Raw(endpoint, keys=bob)  # allowed, but alice's session token is not bob's to use
+        reply = b.req(P.HEARTBEAT, session=c.session, seq=c.seq + 1)
+        b.close()
+        assert _code(reply) == "SESSION" and c.heartbeat().type == P.HEARTBEAT_OK
+    finally:
+        for x in clients:
+            x.close()
+        proc.kill()
+        proc.wait(5)
+    os.chmod(keydir / "server.key_secret", 0o644)
+    with pytest.raises(AuthError, match="readable by other users"):
+        ServerKeys.load(keydir)
+
+
+class _FailingBackend(MockBackend):
+    """Refuses commands (like an e-stopped drive) or fails to reset, on demand."""
+
+    refuse = False
+    fail_reset = False
+
+    def command(self, target):
+        if self.refuse:
+            raise BackendError("drive refused the command")
+        super().command(target)
+
+    def reset(self, seed=None):
+        if self.fail_reset:
+            raise RuntimeError("homing failed")
+        super().reset(seed)
+
+
+def test_backend_failures_are_reported_not_silent():
+    backend = _FailingBackend(2, 50.0)
+    clock = ManualClock()
+    endpoint = f"inproc://robot-{next(_names)}"
+    server = RobotServer(backend, endpoint, clock=clock, watchdog_ticks=50, blend_ticks=0)
+    thread = server.start_thread()
+    client = RobotClient(endpoint, timeout_s=2.0)
+    try:
+        client.connect()
+        client.request(P.RESET)
+        backend.refuse = True
+        client.submit_chunk(np.full((5, 2), 0.1))
+        _ticks(server, clock, 3)
+        obs = client.wait_obs(3)
+        assert obs.state == HOLD and "BACKEND: command failed: BackendError" in obs.faults[-1]
+        assert client.telemetry()["backend_errors"] >= 1 and backend.commands == []
+        backend.refuse, backend.fail_reset = False, True
+        with pytest.raises(RobotError, match="INTERNAL: RESET failed: RuntimeError: homing failed"):
+            client.request(P.RESET)
+        assert server.state == HOLD and thread.is_alive()
+        backend.fail_reset = False
+        client.request(P.RESET)
+        assert server.state == IDLE
+    finally:
+        client.close()
+        server.stop()
+        thread.join(5)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["serve", "--env", "nope"], "cannot serve --env 'nope': unknown task 'nope'"),
+    (["serve", "--env", "mock", "--hz", "0"], "--hz must be a control rate in (0, 10000]"),
+    (["serve", "--env", "mock", "--hz", "nan"], "--hz must be a control rate"),
+    (["serve", "--env", "mock", "--host", "0.0.0.0"], "refusing to serve tcp://0.0.0.0:5555 without authentication"),
+    (["serve", "--env", "mock", "--keys", "/nonexistent"], "key file /nonexistent/server.key_secret does not exist"),
+    (["serve", "--env", "mock", "--port", "70000"], "--port must be in 1-65534"),
+    (["deploy", "runs/none", "--robot", "notaurl"], "--robot 'notaurl' is not a robot address"),
+    (["robot", "keys", "/tmp", "--client", "../x"], "bad client name '../x'"),
+])
+def test_cli_robot_bad_input_is_one_line(capsys, argv, message):
+    from diffplan.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("diffplan: error: ") and message in err and err.count("\n") == 1, err

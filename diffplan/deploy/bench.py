@@ -4,7 +4,8 @@
     python -m diffplan.deploy.bench jitter --out benchmarks/robot_jitter.json
     python -m diffplan.deploy.bench deploy runs/quickstart --episodes 20 --out benchmarks/robot_deploy.json
 
-* ``rtt``: request round trip (HEARTBEAT -> HEARTBEAT_OK) over loopback TCP to a ``diffplan serve`` process.
+* ``rtt``: request round trip (HEARTBEAT -> HEARTBEAT_OK) over loopback TCP to a ``diffplan serve`` process,
+  unauthenticated and with CURVE keys (``--keys``: per-message encryption and authentication).
 * ``jitter``: how late each tick starts (server telemetry) at 50 and 100 Hz with a MuJoCo backend, while a
   client streams chunks, on whatever else the machine is running (recorded as the load average).
 * ``deploy``: a trained chunk planner driving the MuJoCo robot through the bridge with the latency-aware
@@ -73,21 +74,41 @@ def _stats_ms(xs: np.ndarray) -> dict[str, float]:
 
 
 def bench_rtt(args: argparse.Namespace) -> dict[str, Any]:
+    """Round trip without authentication (loopback) and with CURVE (every message encrypted and authenticated):
+    both servers run at once and the two clients alternate in blocks of 250 requests, so load that changes
+    during the run (a shared machine) falls on both alike."""
+    import tempfile
+
+    from diffplan.envs.robot.auth import ClientKeys, generate_keys
     from diffplan.envs.robot.client import RobotClient
 
-    with served("mock", 100.0, "--watchdog-ticks", "1000000") as endpoint:
-        client = RobotClient(endpoint, timeout_s=2.0)
-        client.connect()
-        times = []
-        for i in range(args.repeats + 100):
-            t0 = time.perf_counter()
-            client.heartbeat()
-            if i >= 100:  # warm-up excluded
-                times.append(time.perf_counter() - t0)
-        client.close()
+    block = 250
+    with tempfile.TemporaryDirectory() as keydir:
+        generate_keys(keydir, ["bench"])
+        with served("mock", 100.0, "--watchdog-ticks", "1000000") as plain_ep, \
+                served("mock", 100.0, "--watchdog-ticks", "1000000", "--keys", keydir) as curve_ep:
+            clients = {"plain": RobotClient(plain_ep, timeout_s=2.0),
+                       "curve": RobotClient(curve_ep, timeout_s=2.0, keys=ClientKeys.load(keydir, "bench"))}
+            times: dict[str, list[float]] = {name: [] for name in clients}
+            for client in clients.values():
+                client.connect()
+                for _ in range(100):  # warm-up excluded
+                    client.heartbeat()
+            while len(times["plain"]) < args.repeats:
+                for name, client in clients.items():
+                    for _ in range(min(block, args.repeats - len(times[name]))):
+                        t0 = time.perf_counter()
+                        client.heartbeat()
+                        times[name].append(time.perf_counter() - t0)
+            for client in clients.values():
+                client.close()
     return _write({"benchmark": "robot_rtt", "transport": "ZeroMQ DEALER/ROUTER over loopback TCP, msgpack",
                    "server": "diffplan serve --env mock --hz 100 (subprocess)", "request": "HEARTBEAT",
-                   **_stats_ms(np.array(times)), **_machine()}, args.out)
+                   "method": f"an unauthenticated and a CURVE server at once; clients alternate blocks of {block}",
+                   **_stats_ms(np.array(times["plain"])),
+                   "curve": {"auth": "CURVE (diffplan serve --keys)", **_stats_ms(np.array(times["curve"]))},
+                   "command": f"python -m diffplan.deploy.bench rtt --repeats {args.repeats} --out {args.out}",
+                   **_machine()}, args.out)
 
 
 def bench_jitter(args: argparse.Namespace) -> dict[str, Any]:
@@ -116,7 +137,10 @@ def bench_jitter(args: argparse.Namespace) -> dict[str, Any]:
     return _write({"benchmark": "robot_jitter", "env": args.env, "seconds_per_rate": args.seconds,
                    "definition": "lateness = actual tick start - scheduled start (monotonic clock); overrun = a tick "
                    "more than one period late (missed periods are dropped, not caught up)",
-                   "rates": results, **_machine()}, args.out)
+                   "rates": results,
+                   "command": f"python -m diffplan.deploy.bench jitter --env {args.env} --seconds {args.seconds:g} "
+                              f"--out {args.out}",
+                   **_machine()}, args.out)
 
 
 def bench_deploy(args: argparse.Namespace) -> dict[str, Any]:

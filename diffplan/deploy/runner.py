@@ -152,14 +152,14 @@ class LatencyAwareRunner:
     def run_episode(self, seed: int | None = None, max_ticks: int | None = None) -> EpisodeReport:
         env, client = self.env, self.env.client
         A = env.robot_spec.action_dim
-        obs, info = env.reset(seed=seed)
+        obs, _ = env.reset(seed=seed)
         mirror = ActionScheduler(A)  # our copy of what is scheduled: where the committed prefix comes from
         worker = _PlannerThread(self.planner)
         plan_ms: list[float] = []
         step_ms: list[float] = []
         misses = plans = prefix = 0
         fault = ""
-        tick = start_tick = int(info["tick"])
+        tick = start_tick = int(env.last_live["tick"])
         lead = self.margin_ticks
         last_sent = tick
         o = None

@@ -4,7 +4,9 @@ Contract (:class:`RobotBackend`), called only from the server's tick loop:
 
 * ``spec() -> RobotSpec``: bounds, units, observation space, hold action.
 * ``reset(seed) -> None``: start an episode (a sim resets; hardware would move home).
-* ``command(target (A,))``: apply one target for one control period.
+* ``command(target (A,))``: apply one target for one control period; a backend that cannot or will not apply
+  it (e-stopped, a driver error) raises :class:`BackendError`, never drops it silently: the server then
+  holds and reports the fault.
 * ``hold()``: keep the robot where it is for one control period.
 * ``estop()``: stop now (latched by the server).
 * ``read_state() -> RobotState``: the latest state (flattened observation) and, for sims, reward/done.
@@ -23,7 +25,11 @@ import numpy as np
 
 from diffplan.envs.robot.safety import RobotSpec, SafetyConfig
 
-__all__ = ["MockBackend", "MujocoBackend", "RobotBackend", "RobotState", "make_backend"]
+__all__ = ["BackendError", "MockBackend", "MujocoBackend", "RobotBackend", "RobotState", "make_backend"]
+
+
+class BackendError(RuntimeError):
+    """The backend refused or failed a call (e.g. a command while its e-stop is engaged)."""
 
 
 @dataclass
@@ -127,8 +133,8 @@ class MujocoBackend(RobotBackend):
         self._state = RobotState(gym.spaces.flatten(self.env.observation_space, obs).astype(np.float64), info=info)
 
     def command(self, target: np.ndarray) -> None:
-        if self.estopped:  # belt and braces: the server never commands in ESTOP
-            return
+        if self.estopped:  # the server never commands in ESTOP; if it ever did, it must hear about it
+            raise BackendError(f"{self.task}: e-stop engaged, command refused (reset the robot first)")
         obs, reward, terminated, truncated, info = self.env.step(target.astype(self.env.action_space.dtype))
         flat = gym.spaces.flatten(self.env.observation_space, obs).astype(np.float64)
         self._state = RobotState(flat, float(reward), bool(terminated), bool(truncated), info)
@@ -182,6 +188,8 @@ class MockBackend(RobotBackend):
         self.estopped = False
 
     def command(self, target: np.ndarray) -> None:
+        if self.estopped:
+            raise BackendError("mock: e-stop engaged, command refused")
         self.commands.append(np.array(target))
         self.position = self.position + target / self._spec.control_hz
         self.steps += 1

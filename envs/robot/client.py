@@ -7,6 +7,10 @@ Observations arrive on a conflating SUB socket: only the newest is kept. An obse
 (:class:`StaleObservation`) when the server's tick, known from every reply, is more than
 ``max_obs_lag_ticks`` ahead of it, or when none arrives within the deadline: the client never plans on
 cached data.
+
+Authentication: pass ``keys`` (:class:`~diffplan.envs.robot.auth.ClientKeys`, from a ``diffplan robot keys``
+directory) to talk to a server started with ``--keys``; both sockets are then CURVE clients that also verify
+the server's key. A server that refuses the key never answers: the request times out.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import numpy as np
 import zmq
 
 from diffplan.envs.robot import protocol as P
+from diffplan.envs.robot.auth import ClientKeys
 from diffplan.envs.robot.protocol import Envelope
 from diffplan.envs.robot.safety import RobotSpec, SafetyError, SafetyLayer, check_spec
 from diffplan.envs.robot.server import ESTOP, HOLD, obs_endpoint_for
@@ -65,8 +70,10 @@ class RobotClient:
     """Requests over DEALER with a deadline each; the latest observation over SUB/CONFLATE."""
 
     def __init__(self, endpoint: str, *, obs_endpoint: str | None = None, timeout_s: float = 1.0,
-                 max_obs_lag_ticks: int = 3, context: zmq.Context | None = None) -> None:
+                 max_obs_lag_ticks: int = 3, context: zmq.Context | None = None,
+                 keys: ClientKeys | None = None) -> None:
         self.endpoint = endpoint
+        self.keys = keys
         self.obs_endpoint = obs_endpoint or obs_endpoint_for(endpoint)
         self.timeout_s = timeout_s
         self.max_obs_lag_ticks = max_obs_lag_ticks
@@ -80,6 +87,8 @@ class RobotClient:
         self.dealer = self._dealer()
         self.sub = self.ctx.socket(zmq.SUB)
         self.sub.setsockopt(zmq.LINGER, 0)
+        if keys is not None:
+            keys.apply(self.sub)
         self.sub.setsockopt(zmq.CONFLATE, 1)  # keep only the newest observation
         self.sub.setsockopt(zmq.SUBSCRIBE, b"")
         self.sub.connect(self.obs_endpoint)
@@ -87,6 +96,8 @@ class RobotClient:
     def _dealer(self) -> zmq.Socket:
         s = self.ctx.socket(zmq.DEALER)
         s.setsockopt(zmq.LINGER, 0)
+        if self.keys is not None:
+            self.keys.apply(s)
         s.connect(self.endpoint)
         return s
 
@@ -106,8 +117,9 @@ class RobotClient:
             if left <= 0 or not self.dealer.poll(left * 1000.0):
                 self.dealer.close(0)
                 self.dealer = self._dealer()
+                auth = "" if self.keys is not None else ", or it requires CURVE keys"
                 raise RobotTimeout(f"no reply to {type_} from {self.endpoint} within "
-                                   f"{self.timeout_s if timeout_s is None else timeout_s:.3g} s (server down?)")
+                                   f"{self.timeout_s if timeout_s is None else timeout_s:.3g} s (server down{auth}?)")
             reply = P.decode(self.dealer.recv())
             re = reply.body.get("re")
             if re != seq and not (re == -1 and reply.type == P.ERROR):  # -1: the server could not read a request
@@ -156,7 +168,7 @@ class RobotClient:
 
     def _accept(self, raw: bytes) -> None:
         msg = P.decode(raw)
-        if msg.type != P.OBS or msg.session != self.session:
+        if msg.type != P.OBS or msg.session != P.public_session(self.session):
             return  # another session's stream (e.g. before our HELLO)
         b = msg.body
         if msg.seq <= self._last_obs_seq or (self.latest is not None and b["tick"] <= self.latest.tick):
@@ -198,17 +210,21 @@ class RobotEnv(gym.Env):
     * ``step_chunk(actions (H, A), base_tick=-1)``: schedule a chunk at ``base_tick`` (-1: next tick);
       returns after the observation of its first executed tick.
 
-    ``robot_spec``: the served robot's :class:`RobotSpec`. ``info``: ``tick``, ``obs_age_s`` (since receipt), ``obs_lag_ticks``, ``clipped`` (actions clipped by the
-    server), ``state``, ``faults``, ``starved_ticks``. A fault (server HOLD/ESTOP, a refused chunk) ends the
+    ``robot_spec``: the served robot's :class:`RobotSpec`. ``info``: ``clipped`` (actions clipped by the server),
+    ``faults``; ``last_live`` (and ``info`` with ``live_info``): ``tick``, ``obs_age_s`` (since receipt),
+    ``obs_lag_ticks``, ``state``, ``starved_ticks``. A fault (server HOLD/ESTOP, a refused chunk) ends the
     episode: ``terminated=True`` with the reason in ``info["fault"]``. Lost contact raises
     :class:`RobotTimeout` / :class:`StaleObservation` within the deadline.
 
     ``action_space``/``observation_space``/``action_units``: what the policy was built for; checked against
     the server's spec at connection (:class:`~diffplan.envs.robot.safety.SpecMismatch`).
 
-    ``live_info=False`` keeps the fields that depend on when the observation was taken (tick, obs_age_s,
-    obs_lag_ticks, state, starved_ticks) out of ``info`` and only in ``last_live``: gymnasium's ``check_env``
-    requires equal infos for equal seeds and actions, and timing never repeats exactly.
+    The fields that depend on when an observation was taken (tick, obs_age_s, obs_lag_ticks, state,
+    starved_ticks) are always in ``last_live`` and, with ``live_info=True``, in ``info`` as well. The default
+    (False) keeps ``info`` a function of the seed and the actions, as gymnasium's ``check_env`` requires:
+    timing never repeats exactly.
+
+    ``keys``: CURVE client keys for a server started with ``--keys``.
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
@@ -216,11 +232,11 @@ class RobotEnv(gym.Env):
     def __init__(self, endpoint: str, *, obs_endpoint: str | None = None, timeout_s: float = 1.0,
                  max_obs_lag_ticks: int = 3, action_space: gym.spaces.Box | None = None,
                  observation_space: gym.Space | None = None, action_units: list[str] | None = None,
-                 live_info: bool = True) -> None:
+                 live_info: bool = False, keys: ClientKeys | None = None) -> None:
         self.live_info = live_info
         self.last_live: dict[str, Any] = {}
         self.client = RobotClient(endpoint, obs_endpoint=obs_endpoint, timeout_s=timeout_s,
-                                  max_obs_lag_ticks=max_obs_lag_ticks)
+                                  max_obs_lag_ticks=max_obs_lag_ticks, keys=keys)
         expect: dict[str, Any] = {}
         if action_space is not None:
             expect.update(action_low=np.asarray(action_space.low, np.float64),
@@ -247,8 +263,8 @@ class RobotEnv(gym.Env):
         reply = self.client.request(P.RESET, {"seed": seed} if seed is not None else {})
         self._return = 0.0
         self.safety.reset()
-        tick = int(reply.body["tick"])
-        return self._unflatten(np.asarray(reply.body["obs"])), {"tick": tick, "state": reply.body["state"]}
+        self.last_live = {"tick": int(reply.body["tick"]), "state": str(reply.body["state"])}
+        return self._unflatten(np.asarray(reply.body["obs"])), dict(self.last_live) if self.live_info else {}
 
     def step(self, action: Any) -> tuple[Any, float, bool, bool, dict[str, Any]]:
         return self.step_chunk(np.asarray(action)[None])
@@ -292,7 +308,9 @@ class RobotEnv(gym.Env):
             self.client.request(P.HOLD, {"reason": reason})
         o = self.client.poll_obs()
         obs = self._unflatten(o.obs) if o is not None else self.observation_space.sample() * 0
-        return obs, 0.0, True, False, {"fault": reason, "tick": self.client.server_tick, "state": HOLD}
+        self.last_live = {"tick": self.client.server_tick, "state": HOLD}
+        info: dict[str, Any] = {"fault": reason, **(self.last_live if self.live_info else {})}
+        return obs, 0.0, True, False, info
 
     def close(self) -> None:
         self.client.close()

@@ -8,13 +8,18 @@ Every message is ONE msgpack map (single ZeroMQ frame, so SUB sockets can confla
 * ``proto`` and the **major** version must match or the message is refused (:class:`VersionError`); a
   higher minor version only adds fields, which the receiver ignores.
 * ``seq`` increases by one per message a sender sends in a session; receivers refuse a ``seq`` they have
-  already seen (duplicate or stale), see :class:`SeqGuard`.
+  already seen (duplicate or stale) and one more than :data:`SEQ_WINDOW` ahead of the last accepted (so a
+  forged ``seq=2**62`` cannot lock the real client out), see :class:`SeqGuard`.
+* ``session`` of a request is the secret token the server handed out in ``HELLO_OK``; messages the server
+  sends (replies, observations) carry only its public digest (:func:`public_session`), so a subscriber of
+  the observation stream never learns what would let it send chunks.
 * ``t_send_ns`` is the sender's monotonic clock, for latency statistics only: no decision compares clocks
   across hosts (the server's tick counter is the only clock, see :mod:`diffplan.envs.robot.server`).
 
 Arrays travel as ``{"__nd__": dtype, "shape": [...], "data": bytes}``; only the dtypes in
 :data:`ALLOWED_DTYPES` are accepted, decoding never executes anything (no pickle, no ext types), and
-sizes are bounded.
+sizes are bounded: :func:`request_limit` derives the largest legitimate request from the robot's spec (the
+server sets it as ZeroMQ's ``MAXMSGSIZE``, so a larger message is dropped before it is buffered).
 
 Why msgpack with our own array map rather than ``msgpack-numpy``: that package falls back to pickle for
 object arrays; here an unknown dtype is an error.
@@ -22,6 +27,7 @@ object arrays; here an unknown dtype is an error.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from dataclasses import dataclass
@@ -40,7 +46,12 @@ VERSION: tuple[int, int] = (1, 0)
 
 ALLOWED_DTYPES = frozenset({"float32", "float64", "int32", "int64", "uint8", "bool"})
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+"""Largest message :func:`decode` accepts by default (replies such as TELEMETRY; requests are bounded tighter)."""
 MAX_ARRAY_ELEMENTS = 4 * 1024 * 1024
+SEQ_WINDOW = 1024
+"""How far ahead of the last accepted ``seq`` a request may be (requests lost in between are allowed for)."""
+REQUEST_OVERHEAD_BYTES = 64 * 1024
+"""Room for the envelope and the small fields (reason strings, expected spec) on top of a full chunk."""
 
 # Message types.
 HELLO, HELLO_OK = "HELLO", "HELLO_OK"
@@ -65,6 +76,8 @@ E_SESSION = "SESSION"
 E_FAULTED = "FAULTED"
 E_EPISODE_OVER = "EPISODE_OVER"
 E_SPEC = "SPEC"
+E_INTERNAL = "INTERNAL"
+E_BACKEND = "BACKEND"
 
 __all__ = [
     "ALLOWED_DTYPES",
@@ -77,6 +90,8 @@ __all__ = [
     "decode",
     "encode",
     "new_session_id",
+    "public_session",
+    "request_limit",
 ]
 
 
@@ -109,7 +124,20 @@ class Envelope:
 
 
 def new_session_id() -> str:
-    return os.urandom(8).hex()
+    """A secret session token (128 random bits, hex)."""
+    return os.urandom(16).hex()
+
+
+def public_session(token: str) -> str:
+    """The public name of a session: a digest of its token, safe to publish (it cannot be turned back into the
+    token, which is what requests must carry). "" for no session."""
+    return hashlib.blake2b(token.encode(), digest_size=8).hexdigest() if token else ""
+
+
+def request_limit(action_dim: int, max_chunk: int) -> int:
+    """Largest legitimate request, in bytes, for a robot of ``action_dim`` actions and chunks of at most
+    ``max_chunk`` rows: a full float64 chunk plus :data:`REQUEST_OVERHEAD_BYTES`."""
+    return max_chunk * action_dim * 8 + REQUEST_OVERHEAD_BYTES
 
 
 def _pack_default(obj: Any) -> Any:
@@ -154,10 +182,10 @@ def encode(
     return msgpack.packb(msg, default=_pack_default, use_bin_type=True)
 
 
-def decode(data: bytes) -> Envelope:
+def decode(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> Envelope:
     """Bytes -> :class:`Envelope`, or :class:`ProtocolError` (:class:`VersionError` for a version mismatch)."""
-    if len(data) > MAX_MESSAGE_BYTES:
-        raise ProtocolError(E_SCHEMA, f"message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    if len(data) > max_bytes:
+        raise ProtocolError(E_SCHEMA, f"message of {len(data)} bytes exceeds {max_bytes}")
     try:
         msg = msgpack.unpackb(
             data, object_hook=_unpack_hook, raw=False, strict_map_key=True
@@ -188,16 +216,22 @@ def decode(data: bytes) -> Envelope:
 
 
 class SeqGuard:
-    """Refuses duplicate or stale sequence numbers within a session (a new session starts over)."""
+    """Refuses duplicate or stale sequence numbers within a session (a new session starts over), and any more
+    than ``window`` ahead of the last accepted one: the guard only moves forward on a request it accepts, so
+    one forged far-ahead number cannot make every later genuine request look stale."""
 
-    def __init__(self) -> None:
+    def __init__(self, window: int = SEQ_WINDOW) -> None:
         self.session: str | None = None
         self.last = -1
+        self.window = window
 
-    def reset(self, session: str | None) -> None:
-        self.session, self.last = session, -1
+    def reset(self, session: str | None, last: int = -1) -> None:
+        self.session, self.last = session, last
 
     def check(self, env: Envelope) -> None:
         if env.seq <= self.last:
             raise ProtocolError(E_STALE_SEQ, f"sequence number {env.seq} already seen (last {self.last})")
+        if env.seq > self.last + self.window:
+            raise ProtocolError(E_STALE_SEQ, f"sequence number {env.seq} is more than {self.window} ahead of the "
+                                f"last accepted ({self.last}): refused")
         self.last = env.seq
