@@ -52,10 +52,18 @@ def cmd_data_make(args: argparse.Namespace) -> int:
     import time
 
     from diffplan.compose import load_task
-    from diffplan.data import recipes
+    from diffplan.config import ConfigError
+    from diffplan.data import DatasetError, recipes
     from diffplan.envs import split_locomotion_task
 
+    if args.steps < 1:
+        raise ConfigError(f"data make --steps {args.steps}: give a dataset size of at least 1 env step")
     task = load_task(args.name).task  # a task name or a task file; a user maze gets registered
+    if args.id is not None and recipes.dataset_dir(args.id).exists():
+        raise DatasetError(
+            f"data make --id {args.id}: a Minari dataset with this id already exists at "
+            f"{recipes.dataset_dir(args.id)}; choose another --id (nothing was overwritten)"
+        )
     if args.retrain:
         loco = split_locomotion_task(task)
         if loco is None:
@@ -125,9 +133,7 @@ def cmd_data_info(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import yaml
-
-    from diffplan.checkpoint import CheckpointError
+    from diffplan.checkpoint import CheckpointError, parse_saved_config
     from diffplan.compose import load_config
     from diffplan.training import train
 
@@ -138,7 +144,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         saved_path = Path(args.resume) / "config.yaml"
         if not saved_path.exists():
             raise CheckpointError(f"--resume {args.resume}: not a run directory (no config.yaml)")
-        saved = yaml.safe_load(saved_path.read_text())
+        saved = parse_saved_config(saved_path.read_text(), str(saved_path))
         cfg = load_config(args.config, args.overrides, base=saved)
         cfg.run_dir = str(args.resume)
     else:
@@ -146,7 +152,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             print("diffplan train: give an agent, an experiment or config file (or --resume RUN_DIR)", file=sys.stderr)
             return 2
         cfg = load_config(args.config, args.overrides)
-    results = train(cfg, resume=args.resume, progress=not args.no_progress)
+    results = train(cfg, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite)
     _print_final(results)
     return 0
 
@@ -166,8 +172,11 @@ def _print_final(results: dict[str, Any]) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from diffplan.config import ConfigError
     from diffplan.training import eval_run
 
+    if args.episodes < 1:
+        raise ConfigError(f"eval --episodes {args.episodes}: evaluate at least 1 episode")
     summary = eval_run(
         args.path, episodes=args.episodes, overrides=args.overrides, seed=args.seed,
         progress=not args.no_progress, video=args.video,
@@ -193,7 +202,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
         f"diffplan quickstart: Diffuser planner on {cfg.task}, {cfg.dataset_steps} dataset steps, "
         f"{cfg.train_steps} gradient steps -> {cfg.run_dir}"
     )
-    results = train(cfg, progress=not args.no_progress)
+    results = train(cfg, progress=not args.no_progress, overwrite=args.overwrite)
     _print_final(results)
     return 0
 
@@ -263,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", help="key=value overrides")
     train.add_argument("--resume", default=None, help="run directory to continue exactly where it stopped")
     train.add_argument("--no-progress", action="store_true")
+    train.add_argument("--overwrite", action="store_true",
+                       help="run_dir holds a run: move it aside to <run_dir>.old-<time> (nothing is deleted)")
     train.set_defaults(func=cmd_train)
 
     cfg = sub.add_parser("config", help="print an agent's resolved config on a task, each field documented")
@@ -287,6 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     qs.add_argument("overrides", nargs="*", help="key=value overrides of the embedded config")
     qs.add_argument("--out", default="runs/quickstart")
     qs.add_argument("--no-progress", action="store_true")
+    qs.add_argument("--overwrite", action="store_true",
+                    help="--out holds a run: move it aside to <out>.old-<time> (nothing is deleted)")
     qs.set_defaults(func=cmd_quickstart)
 
     bench = sub.add_parser("bench", help="benchmarks that write JSON results")
@@ -331,7 +344,14 @@ def main(argv: list[str] | None = None) -> int:
     from diffplan.config import ConfigError
     from diffplan.data import DatasetError
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # Options may come after key=value overrides (`train cfg.yaml k=v --no-progress`): argparse stops filling a
+    # positional list at the first option, so what is left over is handed back to the command's overrides.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "overrides") or any(item.startswith("-") or "=" not in item for item in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides.extend(extra)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     os.environ.setdefault("MPLBACKEND", "Agg")
     try:

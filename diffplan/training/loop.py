@@ -193,21 +193,63 @@ def _eval_line(step: int, summary: dict[str, Any]) -> str:
     return " | ".join(parts)
 
 
+RUN_MARKERS = ("config.yaml", "results.json", "checkpoints")
+"""What makes a directory hold a run: any of these entries."""
+
+
+def claim_run_dir(run_dir: str | os.PathLike, *, overwrite: bool = False) -> Path | None:
+    """Make sure a new run may write into ``run_dir``; returns where an old run was moved to (or None).
+
+    A directory that already holds a run (:data:`RUN_MARKERS`) is refused: a new run would overwrite its
+    config and results, repoint ``latest`` and rotate its checkpoints away. With ``overwrite`` the old
+    directory is *moved* to a timestamped sibling ``<run_dir>.old-<YYYYmmdd-HHMMSS>`` (nothing is deleted).
+    """
+    run_dir = Path(run_dir)
+    held = [m for m in RUN_MARKERS if (run_dir / m).exists()]
+    if not held:
+        return None
+    if not overwrite:
+        raise ConfigError(
+            f"run_dir {str(run_dir)!r} already holds a run ({', '.join(held)}); continue it with "
+            f"`diffplan train --resume {run_dir}`, choose another run_dir, or pass --overwrite to move the old "
+            "run aside"
+        )
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside = run_dir.with_name(f"{run_dir.name}.old-{stamp}")
+    n = 1
+    while aside.exists():  # two overwrites within one second
+        aside = run_dir.with_name(f"{run_dir.name}.old-{stamp}-{n}")
+        n += 1
+    run_dir.rename(aside)
+    log.warning("moved the previous run in %s to %s", run_dir, aside)
+    return aside
+
+
 def train(
-    cfg: RunConfig, *, resume: str | os.PathLike | None = None, progress: bool = True
+    cfg: RunConfig, *, resume: str | os.PathLike | None = None, progress: bool = True, overwrite: bool = False
 ) -> dict[str, Any]:
-    """Train ``cfg`` (or continue the run in ``resume``) and return the results written to results.json."""
-    return run_experiment(setup(cfg, progress=progress), resume=resume)
+    """Train ``cfg`` (or continue the run in ``resume``) and return the results written to results.json.
+
+    A new run (``resume`` None) refuses a ``run_dir`` that already holds a run before anything is loaded or
+    built; ``overwrite`` moves that run aside instead (:func:`claim_run_dir`).
+    """
+    if resume is None and cfg.run_dir:
+        claim_run_dir(cfg.run_dir, overwrite=overwrite)
+    return run_experiment(setup(cfg, progress=progress), resume=resume, overwrite=overwrite)
 
 
-def run_experiment(exp: Experiment, *, resume: str | os.PathLike | None = None) -> dict[str, Any]:
+def run_experiment(
+    exp: Experiment, *, resume: str | os.PathLike | None = None, overwrite: bool = False
+) -> dict[str, Any]:
     """Train a built experiment in place (its agent ends trained) and return the results of results.json.
 
     The loop is the same for every agent; :class:`OfflineSteps` or :class:`OnlineSteps` makes one step, by the
-    algorithm's type.
+    algorithm's type. A new run into a directory that holds a run is refused (``overwrite``: moved aside).
     """
     cfg, progress = exp.cfg, exp.progress
     run_dir = exp.run_dir
+    if resume is None:
+        claim_run_dir(run_dir, overwrite=overwrite)
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved_yaml = config_yaml(cfg)
     write_text_atomic(run_dir / "config.yaml", resolved_yaml)
