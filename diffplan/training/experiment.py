@@ -177,8 +177,8 @@ def _loads_with(saved: dict[str, Any], key: str, value: Any, state: dict[str, An
 
     try:
         cfg = load_config(None, None, base={**saved, key: value})
-        setup(cfg, with_data=False, progress=False).agent.algorithm.load_state_dict(state["algorithm"])
-    except (RuntimeError, ConfigError):
+        setup(cfg, with_data=False, progress=False).agent.algorithm.load_state_dict(dict(state["algorithm"]))
+    except (RuntimeError, KeyError, ConfigError):
         return False
     return True
 
@@ -204,7 +204,7 @@ def load_trained(
         )
     exp = setup(cfg, with_data=False, progress=progress)
     try:
-        exp.agent.algorithm.load_state_dict(state["algorithm"])
+        exp.agent.algorithm.load_state_dict(dict(state["algorithm"]))  # a copy: Tianshou pops keys from it
     except RuntimeError as exc:  # size mismatch / missing or unexpected keys: the overrides reshaped the model
         values = config_to_dict(cfg)
         shaped = [k for k in changed if not _loads_with(saved, k, values[k], state)]
