@@ -53,10 +53,10 @@ def quick_refs(monkeypatch, tmp_path):
     monkeypatch.setenv("DIFFPLAN_CACHE_DIR", str(tmp_path / "cache"))
 
 
-def _h5(path: Path, **arrays: np.ndarray) -> Path:
+def _h5(path: Path, compression: str | None = None, **arrays: np.ndarray) -> Path:
     with h5py.File(path, "w") as f:
         for key, value in arrays.items():
-            f.create_dataset(key.replace("__", "/"), data=value)
+            f.create_dataset(key.replace("__", "/"), data=value, compression=compression)
     return path
 
 
@@ -91,7 +91,9 @@ def _bfs(maze: str, start: tuple[int, int], goal: tuple[int, int]) -> list[tuple
 
 
 def write_d4rl_maze2d(path: Path, maze: str = "umaze", goals: int = 4, seed: int = 0) -> dict[str, np.ndarray]:
-    """A maze2d file in D4RL's real format and frame (keys, shapes and dtypes of D4RL's maze2d-*-v1 files).
+    """A maze2d file in D4RL's real format and frame (keys, shapes and dtypes of D4RL's maze2d-*-v1 files:
+    float32 observations (N, 4), actions (N, 2), rewards, infos/goal, infos/qpos, infos/qvel (N, 2); bool
+    terminals and timeouts; gzip-compressed, as ``scripts/generation/generate_maze2d_datasets.py`` writes them).
 
     The stream follows D4RL's conventions: starts and goals are ``cell + U(-0.1, 0.1)`` in the qpos frame
     (``maze_model.py``), the ball moves from waypoint to waypoint (the cells of a shortest path, in qpos
@@ -131,6 +133,7 @@ def write_d4rl_maze2d(path: Path, maze: str = "umaze", goals: int = 4, seed: int
     n = len(obs)
     _h5(
         path,
+        compression="gzip",  # as D4RL's generate_maze2d_datasets.py writes every key
         observations=obs, actions=np.asarray(rows["act"], np.float32), rewards=reward,
         terminals=np.zeros(n, bool), timeouts=np.asarray(rows["timeout"], bool),
         infos__goal=goal, infos__qpos=obs[:, :2].copy(), infos__qvel=obs[:, 2:].copy(),
@@ -236,6 +239,8 @@ def _write_bad_inputs(tmp: Path, run: Path) -> dict[str, str]:
     paths["medium"] = str(tmp / "d4rl" / "maze2d-medium-sparse-v1.hdf5")
     write_d4rl_maze2d(Path(paths["medium"]), "medium", goals=2)
     paths["noname"] = str(_h5(tmp / "stream.hdf5", **maze))
+    shutil.copytree(run, tmp / "copy")
+    paths["copy"] = str(tmp / "copy")
     unsafe = tmp / "unsafe"
     shutil.copytree(run, unsafe)
     ckpt = checkpoint.resolve_checkpoint(unsafe)
@@ -270,6 +275,8 @@ BAD_INPUTS: list[tuple[str, list[str], str]] = [
      "cannot change at eval time"),
     ("eval of a checkpoint config with an unsafe YAML tag", ["eval", "{unsafe}", "--episodes", "1"],
      "not a plain YAML config"),
+    ("resume with a network override (dim=64)", ["train", "--resume", "{copy}", "dim=64"],
+     "does not fit the model this config builds"),
     ("resume of a run config with an unsafe YAML tag", ["train", "--resume", "{unsafe}"], "not a plain YAML config"),
     ("hdf5 with a byte-string observation dtype", ["data", "info", "d4rl:{bytes}"], "has dtype |S2"),
     ("hdf5 whose every row is terminal", ["data", "info", "d4rl:{allterm}"], "every one of the 10 rows"),
@@ -307,9 +314,12 @@ def test_bad_input_is_one_line_and_exit_2(case, argv, expected, tiny_run, tmp_pa
     assert sorted(p.name for p in Path(tiny_run).rglob("*")) == before  # the shared run is untouched
 
 
-def test_bad_input_table_size():
-    """The README's Reliability section quotes this count."""
-    assert len(BAD_INPUTS) == 26
+def test_readme_quotes_the_table_size():
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    match = re.search(r"test_reliability.py`: (\d+) bad inputs", readme)
+    assert match is not None and int(match.group(1)) == len(BAD_INPUTS)
 
 
 # -------------------------------------------------------------------------------------------- no lost run
@@ -414,3 +424,11 @@ def test_atomic_writes_respect_the_umask(tmp_path, umask):
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o666 & ~umask
     assert ckpt.stat().st_mode & 0o777 == 0o777 & ~umask
     assert (ckpt / "state.pt").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+@pytest.mark.parametrize("steps", [0, -1000])
+def test_recipe_make_refuses_a_non_positive_size(steps):
+    from diffplan.data import DatasetError, recipes
+
+    with pytest.raises(DatasetError, match="steps must be >= 1"):  # 0 once made the default million steps
+        recipes.make("pointmaze-umaze", steps=steps, minari_id="diffplan/never-made-v0", progress=False)

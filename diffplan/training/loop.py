@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from diffplan.agent import OnlineConfig, WarmStartable
 from diffplan.checkpoint import (
+    CheckpointError,
     load_checkpoint,
     rng_state,
     save_checkpoint,
@@ -263,7 +264,14 @@ def run_experiment(
         exp.agent.algorithm.warm_start(init_from)
     if resume is not None:
         state, _ = load_checkpoint(resume, map_location=cfg.device)
-        step, train_time, history = _restore(exp, steps, state)
+        try:
+            step, train_time, history = _restore(exp, steps, state)
+        except (RuntimeError, KeyError) as exc:  # e.g. `--resume DIR dim=64`: the weights no longer fit
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(
+                f"--resume {resume}: the checkpoint does not fit the model this config builds ({first}); "
+                "overrides of a resumed run may change budgets and execution settings, not the network"
+            ) from exc
         steps.restart(step)
         log.info("resumed %s at step %d", resume, step)
 
