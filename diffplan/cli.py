@@ -338,12 +338,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_import_notices() -> None:
+    """gymnasium-robotics prints a notice about its Adroit hand envs (which diffplan never uses) to stderr when it
+    is imported, from ``farama_notifications``; on the command line it would be a second stderr line beside every
+    error. Drop that notice before the first import (nothing else reads the table)."""
+    try:
+        from farama_notifications import notifications
+    except ImportError:
+        return
+    notifications.pop("gymnasium_robotics", None)
+
+
 def main(argv: list[str] | None = None) -> int:
     from diffplan.behaviour import BehaviourPolicyError
     from diffplan.checkpoint import CheckpointError
     from diffplan.config import ConfigError
     from diffplan.data import DatasetError
 
+    _quiet_import_notices()
     parser = build_parser()
     # Options may come after key=value overrides (`train cfg.yaml k=v --no-progress`): argparse stops filling a
     # positional list at the first option, so what is left over is handed back to the command's overrides.
