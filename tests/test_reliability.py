@@ -90,7 +90,9 @@ def _bfs(maze: str, start: tuple[int, int], goal: tuple[int, int]) -> list[tuple
     return path[::-1]
 
 
-def write_d4rl_maze2d(path: Path, maze: str = "umaze", goals: int = 4, seed: int = 0) -> dict[str, np.ndarray]:
+def write_d4rl_maze2d(
+    path: Path, maze: str = "umaze", goals: int = 4, seed: int = 0, stale: bool = False
+) -> dict[str, np.ndarray]:
     """A maze2d file in D4RL's real format and frame (keys, shapes and dtypes of D4RL's maze2d-*-v1 files:
     float32 observations (N, 4), actions (N, 2), rewards, infos/goal, infos/qpos, infos/qvel (N, 2); bool
     terminals and timeouts; gzip-compressed, as ``scripts/generation/generate_maze2d_datasets.py`` writes them).
@@ -99,12 +101,15 @@ def write_d4rl_maze2d(path: Path, maze: str = "umaze", goals: int = 4, seed: int
     (``maze_model.py``), the ball moves from waypoint to waypoint (the cells of a shortest path, in qpos
     coordinates) at 2 units/s with ``qvel`` its true velocity, the action points along the motion,
     ``timeouts`` mark a reached goal (terminals all False), the sparse reward is ``||qpos - goal|| <= 0.5``.
+    ``stale``: as D4RL's generator, the row after a reached goal repeats the previous observation while the ball
+    moves on from where it really is.
     """
     rng = np.random.default_rng(seed)
     cells = _d4rl_cells(maze)
     cell = cells[rng.integers(len(cells))]
     pos = np.asarray(cell, float) + rng.uniform(-0.1, 0.1, 2)
     rows: dict[str, list] = {k: [] for k in ("obs", "act", "goal", "timeout", "cell", "goal_cell")}
+    repeat = False
     for _ in range(goals):
         goal_cell = cell
         while goal_cell == cell:
@@ -116,17 +121,18 @@ def write_d4rl_maze2d(path: Path, maze: str = "umaze", goals: int = 4, seed: int
                 delta = target - pos
                 dist = float(np.linalg.norm(delta))
                 step = delta if dist <= 0.02 else delta / dist * 0.02
-                rows["obs"].append(np.concatenate([pos, step / DT]))
+                rows["obs"].append(rows["obs"][-1].copy() if repeat else np.concatenate([pos, step / DT]))
+                repeat = False
                 rows["act"].append(np.clip(step / 0.02, -1, 1))
                 rows["goal"].append(goal)
-                rows["cell"].append(_d4rl_cell_of(pos[None])[0])
+                rows["cell"].append(_d4rl_cell_of(rows["obs"][-1][None, :2])[0])
                 rows["goal_cell"].append(goal_cell)
                 rows["timeout"].append(False)
                 pos = pos + step
                 if dist <= 0.02:
                     break
         rows["timeout"][-1] = True
-        cell = goal_cell
+        cell, repeat = goal_cell, stale
     obs = np.asarray(rows["obs"], np.float32)
     goal = np.asarray(rows["goal"], np.float32)
     reward = (np.linalg.norm(obs[:, :2] - goal, axis=1) <= 0.5).astype(np.float32)
@@ -174,6 +180,16 @@ def test_d4rl_start_and_goal_cells_land_in_the_same_pointmaze_cells(maze, tmp_pa
                                            <= 0.5).astype(np.float32))
     md = ep.metadata
     assert md["frame"] == "pointmaze" and md["task"] == task and "qpos_y" in md["frame_conversion"]
+
+
+def test_d4rl_stale_rows_at_goal_changes_are_dropped(tmp_path, quick_refs):
+    path = tmp_path / "maze2d-umaze-sparse-v1.hdf5"
+    truth = write_d4rl_maze2d(path, goals=4, stale=True)
+    ep = load_episodes(str(path))
+    assert ep.metadata["dropped_stale_rows"] == 2 * 3  # the cut row and the repeat, at each of 3 goal changes
+    assert ep.num_episodes == 4 and ep.num_steps == len(truth["obs"]) - 6 - 1  # and the file's last row
+    # Every kept transition is real motion: the successor is where the ball went (velocity = its derivative).
+    np.testing.assert_allclose((ep.next_obs[:, :2] - ep.obs[:, :2]) / DT, ep.obs[:, 2:], atol=1e-3)
 
 
 def test_d4rl_action_moves_the_ball_the_same_way_in_pointmaze(tmp_path, quick_refs):
@@ -257,6 +273,7 @@ BAD_INPUTS: list[tuple[str, list[str], str]] = [
     # (case, argv with {placeholders}, expected part of the one error line)
     ("train into a run_dir that holds a run", ["train", "{cfg}", "run_dir={run}", "--no-progress"],
      "already holds a run"),
+    ("train into a run_dir that is a file", ["train", "{cfg}", "run_dir={cfg}"], "is a file, not a directory"),
     ("train_steps=0", ["train", "{cfg}", "train_steps=0"], "train_steps=0 must be >= 1"),
     ("train_steps=-5", ["train", "{cfg}", "train_steps=-5"], "train_steps=-5 must be >= 1"),
     ("batch_size=0", ["train", "{cfg}", "batch_size=0"], "batch_size=0 must be >= 1"),
@@ -273,6 +290,8 @@ BAD_INPUTS: list[tuple[str, list[str], str]] = [
      "dim=64 (saved 8)"),
     ("eval with a task override (task=Hopper-v5)", ["eval", "{run}", "task=Hopper-v5", "--episodes", "1"],
      "cannot change at eval time"),
+    ("eval with another noise process (diffusion_steps=50)", ["eval", "{run}", "diffusion_steps=50"],
+     "diffusion_steps=50 differs from the run's diffusion_steps=10"),
     ("eval of a checkpoint config with an unsafe YAML tag", ["eval", "{unsafe}", "--episodes", "1"],
      "not a plain YAML config"),
     ("resume with a network override (dim=64)", ["train", "--resume", "{copy}", "dim=64"],

@@ -421,6 +421,38 @@ def _read_d4rl(path: Path, source: str) -> dict[str, np.ndarray]:
     return raw
 
 
+def _drop_stale_rows_at_cuts(
+    arrays: dict[str, np.ndarray | None], metadata: dict[str, Any]
+) -> dict[str, np.ndarray | None]:
+    """Remove the two rows around every goal change of a D4RL maze2d stream that records a stale state.
+
+    D4RL's ``generate_maze2d_datasets.py`` steps the env at the row where the goal is reached (``timeouts``) but
+    does not keep the resulting state: the next row repeats that row's observation exactly while the simulator
+    has moved on. So the cut row's successor is unknown and the row after it starts from a state the ball was
+    no longer in; both are dropped and the row before the cut ends its episode (a timeout). Detected by the
+    exact repeat, so data without the artefact is left alone; the count goes to
+    ``metadata['dropped_stale_rows']``. Arrays are ``(N, ...)``; returns them without the dropped rows.
+    """
+    obs, timeout = arrays["obs"], arrays["timeout"]
+    assert obs is not None and timeout is not None
+    stale = np.flatnonzero(timeout[:-1] & (obs[1:] == obs[:-1]).all(axis=1))
+    if not len(stale):
+        return arrays
+    keep = np.ones(len(obs), dtype=bool)
+    keep[stale] = keep[stale + 1] = False
+    metadata["dropped_stale_rows"] = int((~keep).sum())
+    # Successors are taken from the stream before rows go (the row before a cut is followed by the cut row's
+    # state, the one the ball really reached); the file's last row has none and goes too.
+    succ = np.empty_like(obs)
+    succ[:-1] = obs[1:]
+    keep[-1] = False
+    metadata["dropped_transitions"] = 1
+    timeout = timeout.copy()
+    timeout[np.flatnonzero(keep[:-1] & ~keep[1:])] = True  # the row before each dropped block ends an episode
+    out = {**arrays, "timeout": timeout, "next_obs": succ}
+    return {k: None if v is None else v[keep] for k, v in out.items()}
+
+
 def load_d4rl(path: str | Path, *, allow_zero_rewards: bool = False) -> Episodes:
     """Read a D4RL-layout HDF5 file into :class:`Episodes`.
 
@@ -435,7 +467,8 @@ def load_d4rl(path: str | Path, *, allow_zero_rewards: bool = False) -> Episodes
     **maze2d streams.** A file with ``infos/goal`` and no terminal at all is a maze2d-style continuous stream:
     ``timeouts`` mark a reached goal / new target, not a reset, so the episodes are cut at timeouts while
     ``next_obs[i] = observations[i + 1]`` keeps following the stream across the cut. Only the file's final
-    transition, which has no successor, is dropped (unless ``next_observations`` exists).
+    transition, which has no successor, is dropped (unless ``next_observations`` exists). The two rows around a
+    goal change that D4RL's generator recorded with a stale state are dropped (:func:`_drop_stale_rows_at_cuts`).
 
     **next_obs elsewhere.** With ``next_observations`` it is used as is. Without it, ``observations[i + 1]``
     inside an episode; at a terminal step ``next_obs`` repeats the step's observation (the successor is
@@ -511,6 +544,7 @@ def load_d4rl(path: str | Path, *, allow_zero_rewards: bool = False) -> Episodes
         "merged_double_terminals": 0,
         "dropped_duplicate_rows": 0,
         "dropped_transitions": 0,
+        "dropped_stale_rows": 0,
     }
     if refs is not None:
         metadata["dataset_name"], metadata["ref_min_score"], metadata["ref_max_score"] = refs
@@ -549,6 +583,9 @@ def load_d4rl(path: str | Path, *, allow_zero_rewards: bool = False) -> Episodes
         "goal": goal,
         "next_obs": next_obs,
     }
+    if stream and next_obs is None:
+        arrays = _drop_stale_rows_at_cuts(arrays, metadata)
+        obs, terminal, timeout = arrays["obs"], arrays["terminal"], arrays["timeout"]
     pairs = np.flatnonzero(terminal[:-1] & terminal[1:])
     if len(pairs):
         # First drop duplicated log rows, then look at the pairs that remain (a duplicate inside a chain of

@@ -153,9 +153,11 @@ def setup(cfg: RunConfig, *, with_data: bool = True, progress: bool = True) -> E
     return Experiment(cfg, agent, episodes, _run_dir(cfg), ref_min, ref_max, progress)
 
 
-IDENTITY_KEYS = ("agent", "task", "maze")
-"""Config keys that can never change when a trained run is evaluated: the weights were trained, and the
-normalized score's reference scores computed, for that agent on that task."""
+IDENTITY_KEYS = ("agent", "task", "maze", "diffusion_steps", "beta_schedule", "predict_epsilon")
+"""Config keys that can never change when a trained run is evaluated, beside the keys that shape the network
+(found by building it, see :func:`load_trained`): the weights were trained, and the normalized score's reference
+scores computed, for that agent on that task, and a diffusion network for one noise process and prediction
+target: those three load without a shape error and would then sample garbage."""
 
 
 def _changed_keys(saved: RunConfig, cfg: RunConfig) -> list[str]:
@@ -178,7 +180,7 @@ def _loads_with(saved: dict[str, Any], key: str, value: Any, state: dict[str, An
     try:
         cfg = load_config(None, None, base={**saved, key: value})
         setup(cfg, with_data=False, progress=False).agent.algorithm.load_state_dict(dict(state["algorithm"]))
-    except (RuntimeError, KeyError, ConfigError):
+    except (RuntimeError, KeyError, ValueError, ConfigError):
         return False
     return True
 
@@ -200,12 +202,12 @@ def load_trained(
         raise CheckpointError(
             f"{path}: {', '.join(f'{k}={getattr(cfg, k)!r}' for k in fixed)} differs from the run's "
             f"{', '.join(f'{k}={getattr(saved_cfg, k)!r}' for k in fixed)}; {', '.join(IDENTITY_KEYS)} cannot "
-            "change at eval time (the weights and reference scores belong to them): train a run for it"
+            "change at eval time (the weights and reference scores belong to them): train a run for that"
         )
     exp = setup(cfg, with_data=False, progress=progress)
     try:
         exp.agent.algorithm.load_state_dict(dict(state["algorithm"]))  # a copy: Tianshou pops keys from it
-    except RuntimeError as exc:  # size mismatch / missing or unexpected keys: the overrides reshaped the model
+    except (RuntimeError, KeyError, ValueError) as exc:  # size mismatch, missing keys, other optimizer groups
         values = config_to_dict(cfg)
         shaped = [k for k in changed if not _loads_with(saved, k, values[k], state)]
         named = ", ".join(f"{k}={getattr(cfg, k)!r} (saved {getattr(saved_cfg, k)!r})" for k in shaped or changed)

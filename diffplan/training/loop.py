@@ -206,6 +206,8 @@ def claim_run_dir(run_dir: str | os.PathLike, *, overwrite: bool = False) -> Pat
     directory is *moved* to a timestamped sibling ``<run_dir>.old-<YYYYmmdd-HHMMSS>`` (nothing is deleted).
     """
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"run_dir {str(run_dir)!r} is a file, not a directory; choose another run_dir")
     held = [m for m in RUN_MARKERS if (run_dir / m).exists()]
     if not held:
         return None
@@ -266,7 +268,7 @@ def run_experiment(
         state, _ = load_checkpoint(resume, map_location=cfg.device)
         try:
             step, train_time, history = _restore(exp, steps, state)
-        except (RuntimeError, KeyError) as exc:  # e.g. `--resume DIR dim=64`: the weights no longer fit
+        except (RuntimeError, KeyError, ValueError) as exc:  # e.g. `--resume DIR dim=64`: the weights no longer fit
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise CheckpointError(
                 f"--resume {resume}: the checkpoint does not fit the model this config builds ({first}); "
