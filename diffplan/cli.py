@@ -58,7 +58,18 @@ def cmd_data_make(args: argparse.Namespace) -> int:
 
     if args.steps < 1:
         raise ConfigError(f"data make --steps {args.steps}: give a dataset size of at least 1 env step")
+    _check_seed(args.seed, "data make")
     task = load_task(args.name).task  # a task name or a task file; a user maze gets registered
+    if args.id is not None:
+        from minari.dataset.minari_dataset import parse_dataset_id
+
+        try:
+            parse_dataset_id(args.id)  # Minari's own parser; an id without -v<N> fails there with a TypeError
+        except (ValueError, TypeError):
+            raise DatasetError(
+                f"data make --id {args.id!r}: a Minari id looks like <namespace>/<name>-v<version>, e.g. "
+                "diffplan/my-maze-v0"
+            ) from None
     if args.id is not None and recipes.dataset_dir(args.id).exists():
         raise DatasetError(
             f"data make --id {args.id}: a Minari dataset with this id already exists at "
@@ -88,10 +99,19 @@ def cmd_data_make(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_seed(seed: int, command: str) -> None:
+    """Seeds feed numpy's SeedSequence, which takes non-negative integers only."""
+    from diffplan.config import ConfigError
+
+    if seed < 0:
+        raise ConfigError(f"{command} --seed {seed}: a seed is a non-negative integer")
+
+
 def cmd_data_train_behaviour(args: argparse.Namespace) -> int:
     from diffplan.behaviour import SACTrainConfig, retrain
     from diffplan.envs.evaluation import evaluate
 
+    _check_seed(args.seed, "data train-behaviour")
     cfg = SACTrainConfig(
         seed=args.seed, max_env_steps=args.max_env_steps, epoch_steps=args.epoch_steps,
         start_steps=min(10_000, args.max_env_steps),
@@ -177,6 +197,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if args.episodes < 1:
         raise ConfigError(f"eval --episodes {args.episodes}: evaluate at least 1 episode")
+    if args.seed is not None:
+        _check_seed(args.seed, "eval")
+    if args.video is not None and Path(args.video).is_dir():
+        raise ConfigError(f"eval --video {args.video}: is a directory; give a file name such as {args.video}/run.gif")
     summary = eval_run(
         args.path, episodes=args.episodes, overrides=args.overrides, seed=args.seed,
         progress=not args.no_progress, video=args.video,

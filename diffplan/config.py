@@ -153,7 +153,7 @@ class RunConfig:
 
 _AT_LEAST_ONE = ("train_steps", "batch_size", "log_every", "final_eval_episodes", "eval_envs", "dataset_steps",
                  "video_every")
-_NOT_NEGATIVE = ("eval_every", "checkpoint_every", "max_train_minutes", "torch_threads", "plot_plans", "video_frames")
+_NOT_NEGATIVE = ("seed", "eval_every", "checkpoint_every", "max_train_minutes", "torch_threads", "plot_plans", "video_frames")
 
 
 def check_run_fields(cfg: RunConfig) -> None:

@@ -105,6 +105,25 @@ class Experiment:
         return plot_plans(self.cfg.task, xy, starts=xy[:, 0], goals=goals, titles=titles)
 
 
+def check_device(device: str) -> None:
+    """Refuse a torch device this machine cannot use (:class:`ConfigError`), before anything is built.
+
+    Checked here rather than in the config's validation so that a run trained on a GPU still loads its saved
+    config on a CPU machine, where ``diffplan eval RUN device=cpu`` evaluates it.
+    """
+    from diffplan.config import ConfigError
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"device={device!r} is not a torch device (cpu, cuda, cuda:1, mps, ...)") from None
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if not available.get(dev.type, True):
+        raise ConfigError(f"device={device!r}: this torch ({torch.__version__}) cannot use it here; use device=cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"device={device!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+
+
 def check_dataset_task(cfg: RunConfig, episodes: Episodes) -> None:
     """Refuse data that cannot belong to the task it would be trained and evaluated on (:class:`DatasetError`).
 
@@ -137,6 +156,7 @@ def setup(cfg: RunConfig, *, with_data: bool = True, progress: bool = True) -> E
     """
     from diffplan.agents import AGENTS
 
+    check_device(cfg.device)
     torch.set_num_threads(cfg.torch_threads if cfg.torch_threads > 0 else (os.cpu_count() or 1))
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
