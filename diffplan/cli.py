@@ -395,6 +395,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DatasetError, CheckpointError, BehaviourPolicyError) as exc:
         print(f"diffplan: error: {exc}", file=sys.stderr)
         return 2
+    except (PermissionError, NotADirectoryError, FileExistsError) as exc:
+        # A path the user chose that cannot be written (a read-only run_dir, a file where a folder must go):
+        # the user's to fix, not a bug, so no traceback.
+        where = exc.filename if exc.filename is not None else "a path"
+        print(f"diffplan: error: cannot write {where}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

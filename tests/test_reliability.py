@@ -274,6 +274,7 @@ BAD_INPUTS: list[tuple[str, list[str], str]] = [
     ("train into a run_dir that holds a run", ["train", "{cfg}", "run_dir={run}", "--no-progress"],
      "already holds a run"),
     ("train into a run_dir that is a file", ["train", "{cfg}", "run_dir={cfg}"], "is a file, not a directory"),
+    ("train into a run_dir under a file", ["train", "{cfg}", "run_dir={cfg}/run"], "cannot write"),
     ("train_steps=0", ["train", "{cfg}", "train_steps=0"], "train_steps=0 must be >= 1"),
     ("train_steps=-5", ["train", "{cfg}", "train_steps=-5"], "train_steps=-5 must be >= 1"),
     ("batch_size=0", ["train", "{cfg}", "batch_size=0"], "batch_size=0 must be >= 1"),

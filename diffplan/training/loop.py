@@ -210,6 +210,7 @@ def claim_run_dir(run_dir: str | os.PathLike, *, overwrite: bool = False) -> Pat
         raise ConfigError(f"run_dir {str(run_dir)!r} is a file, not a directory; choose another run_dir")
     held = [m for m in RUN_MARKERS if (run_dir / m).exists()]
     if not held:
+        run_dir.mkdir(parents=True, exist_ok=True)  # an unwritable place fails now, not after data and build
         return None
     if not overwrite:
         raise ConfigError(
@@ -225,6 +226,7 @@ def claim_run_dir(run_dir: str | os.PathLike, *, overwrite: bool = False) -> Pat
         n += 1
     run_dir.rename(aside)
     log.warning("moved the previous run in %s to %s", run_dir, aside)
+    run_dir.mkdir(parents=True)
     return aside
 
 
