@@ -255,6 +255,8 @@ def _write_bad_inputs(tmp: Path, run: Path) -> dict[str, str]:
     paths["medium"] = str(tmp / "d4rl" / "maze2d-medium-sparse-v1.hdf5")
     write_d4rl_maze2d(Path(paths["medium"]), "medium", goals=2)
     paths["noname"] = str(_h5(tmp / "stream.hdf5", **maze))
+    save_checkpoint(tmp / "noalg", 1, {"step": 1}, (run / "config.yaml").read_text())
+    paths["noalg"] = str(tmp / "noalg")
     shutil.copytree(run, tmp / "copy")
     paths["copy"] = str(tmp / "copy")
     unsafe = tmp / "unsafe"
@@ -298,6 +300,7 @@ BAD_INPUTS: list[tuple[str, list[str], str]] = [
      "cannot change at eval time"),
     ("eval with another noise process (diffusion_steps=50)", ["eval", "{run}", "diffusion_steps=50"],
      "diffusion_steps=50 differs from the run's diffusion_steps=10"),
+    ("eval of a checkpoint without training state", ["eval", "{noalg}"], "holds no 'algorithm' state"),
     ("eval of a checkpoint config with an unsafe YAML tag", ["eval", "{unsafe}", "--episodes", "1"],
      "not a plain YAML config"),
     ("resume with a network override (dim=64)", ["train", "--resume", "{copy}", "dim=64"],

@@ -224,15 +224,23 @@ def load_trained(
             f"{', '.join(f'{k}={getattr(saved_cfg, k)!r}' for k in fixed)}; {', '.join(IDENTITY_KEYS)} cannot "
             "change at eval time (the weights and reference scores belong to them): train a run for that"
         )
+    if not isinstance(state.get("algorithm"), dict):
+        raise CheckpointError(f"{path}: the checkpoint holds no 'algorithm' state (not a diffplan training checkpoint)")
     exp = setup(cfg, with_data=False, progress=progress)
     try:
         exp.agent.algorithm.load_state_dict(dict(state["algorithm"]))  # a copy: Tianshou pops keys from it
     except (RuntimeError, KeyError, ValueError) as exc:  # size mismatch, missing keys, other optimizer groups
+        if not changed:  # no override to blame: the checkpoint and its own config disagree
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(
+                f"{path}: the checkpoint's weights do not fit the network its own config builds (another diffplan "
+                f"version?): {first}"
+            ) from exc
         values = config_to_dict(cfg)
         shaped = [k for k in changed if not _loads_with(saved, k, values[k], state)]
         named = ", ".join(f"{k}={getattr(cfg, k)!r} (saved {getattr(saved_cfg, k)!r})" for k in shaped or changed)
         raise CheckpointError(
-            f"{path}: the checkpoint's weights do not fit the network these overrides build: {named or 'none'}; "
+            f"{path}: the checkpoint's weights do not fit the network these overrides build: {named}; "
             "keys that set the model's shapes cannot change at eval time, only execution settings can"
         ) from exc
     exp.ref_min, exp.ref_max = state.get("ref_min_score"), state.get("ref_max_score")
