@@ -143,7 +143,9 @@ def dataset_info(source: str) -> dict[str, Any]:
         "return_max": float(np.max(returns)),
         "ref_min_score": meta.get("ref_min_score"),
         "ref_max_score": meta.get("ref_max_score"),
-        **{k: meta[k] for k in ("recipe", "maze", "task", "seed", "noisy", "kind", "behaviour", "timing") if k in meta},
+        **{k: meta[k] for k in ("recipe", "maze", "task", "seed", "noisy", "kind", "behaviour", "timing", "frame",
+                                "frame_conversion", "ref_scores_from", "d4rl_ref_scores", "dropped_stale_rows")
+           if k in meta},
     }
 
 

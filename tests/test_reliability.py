@@ -231,6 +231,9 @@ def test_d4rl_maze2d_file_trains_and_evaluates_in_the_pointmaze_frame(tmp_path, 
     capsys.readouterr()
     assert main(["eval", str(run_dir), "--episodes", "2", "--no-progress"]) == 0
     assert "normalized_score" in json.loads(capsys.readouterr().out)
+    assert main(["data", "info", f"d4rl:{path}"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["task"] == "pointmaze-umaze" and info["frame"] == "pointmaze" and "qpos_y" in info["frame_conversion"]
 
 
 # ------------------------------------------------------------------------------------- the bad-input table
