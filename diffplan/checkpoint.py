@@ -13,12 +13,14 @@ checkpoint under a real name; the checksum catches files damaged afterwards.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import random
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,26 @@ class CheckpointError(RuntimeError):
     """A checkpoint that is missing, corrupt, truncated or incompatible."""
 
 
+class DiskFullError(CheckpointError):
+    """A write failed because the disk (or the user's quota) is full; the previous file or checkpoint is kept."""
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+_umask_lock = threading.Lock()
+
+
+def _umask() -> int:
+    """The process umask. ``os.umask`` can only be read by setting it, so set and restore it under a lock."""
+    with _umask_lock:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def _disk_full(exc: OSError, what: str, kept: str) -> DiskFullError:
+    return DiskFullError(f"cannot write {what}: the disk is full ({exc.strerror or exc}); {kept}")
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -46,15 +68,27 @@ def _sha256(path: Path) -> str:
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file and a rename: readers see the old or the new file."""
+    """Write ``data`` to ``path`` via a temporary file and a rename: readers see the old or the new file.
+
+    The file gets the permissions an ordinary ``open(path, "w")`` would give (``0o666`` minus the umask), not
+    ``mkstemp``'s private 0600. A full disk raises :class:`DiskFullError` and leaves the old file and no
+    temporary file behind.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), 0o666 & ~_umask())
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
+            raise _disk_full(exc, str(path), "the previous file is unchanged") from exc
+        raise
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
@@ -90,13 +124,20 @@ def save_checkpoint(
     Args:
         state: nested dict of tensors and plain values (anything ``torch.load(weights_only=True)`` accepts).
         config_yaml: the resolved config as YAML text.
-        keep: how many most recent checkpoints to keep (older ones are deleted); 0 keeps all.
+        keep: how many checkpoints to keep: the one just saved (which ``latest`` names) and the ``keep - 1``
+            highest other steps; older ones are deleted. 0 keeps all. The checkpoint ``latest`` names is never
+            deleted, even when older runs left higher step numbers in the directory.
+
+    Raises:
+        DiskFullError: the disk filled up mid-save; the partial save is removed and ``latest`` still names
+            the previous checkpoint, which stays loadable.
     """
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:08d}"
     final = root / name
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp-{name}-"))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private (0700); a checkpoint is an ordinary directory
     try:
         state_path = tmp / STATE_FILE
         with open(state_path, "wb") as fh:
@@ -109,15 +150,42 @@ def save_checkpoint(
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
+            previous = (root / LATEST_FILE).read_text().strip() if (root / LATEST_FILE).exists() else None
+            kept = f"the previous checkpoint {previous} is kept" if previous else "no earlier checkpoint exists"
+            raise _disk_full(exc, f"checkpoint {final}", kept + "; free space and resume") from exc
         raise
     write_text_atomic(root / LATEST_FILE, name)
     if keep > 0:
-        saved = sorted(p for p in root.glob("step_*") if p.is_dir())
-        for old in saved[:-keep]:
+        others = sorted((p for p in root.glob("step_*") if p.is_dir() and p.name != name), key=_step_of)
+        for old in others[: max(len(others) - (keep - 1), 0)]:
             shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _step_of(path: Path) -> int:
+    """The step number of a ``step_<N>`` directory (by value, not by name: names sort wrongly past 8 digits)."""
+    digits = path.name.removeprefix("step_")
+    return int(digits) if digits.isdigit() else -1
+
+
+def parse_saved_config(text: str, where: str) -> dict[str, Any]:
+    """A saved run's ``config.yaml`` as a mapping, read with ``yaml.safe_load`` (no tag ever builds an object).
+
+    Raises CheckpointError for YAML that is not plain data (e.g. a ``!!python/object`` tag) or not a mapping.
+    """
+    import yaml
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise CheckpointError(f"{where}: not a plain YAML config ({problem}); refusing to load it") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{where}: a saved config must be a mapping of keys to values")
+    return data
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:

@@ -53,10 +53,29 @@ def cmd_data_make(args: argparse.Namespace) -> int:
     import time
 
     from diffplan.compose import load_task
-    from diffplan.data import recipes
+    from diffplan.config import ConfigError
+    from diffplan.data import DatasetError, recipes
     from diffplan.envs import split_locomotion_task
 
+    if args.steps < 1:
+        raise ConfigError(f"data make --steps {args.steps}: give a dataset size of at least 1 env step")
+    _check_seed(args.seed, "data make")
     task = load_task(args.name).task  # a task name or a task file; a user maze gets registered
+    if args.id is not None:
+        from minari.dataset.minari_dataset import parse_dataset_id
+
+        try:
+            parse_dataset_id(args.id)  # Minari's own parser; an id without -v<N> fails there with a TypeError
+        except (ValueError, TypeError):
+            raise DatasetError(
+                f"data make --id {args.id!r}: a Minari id looks like <namespace>/<name>-v<version>, e.g. "
+                "diffplan/my-maze-v0"
+            ) from None
+    if args.id is not None and recipes.dataset_dir(args.id).exists():
+        raise DatasetError(
+            f"data make --id {args.id}: a Minari dataset with this id already exists at "
+            f"{recipes.dataset_dir(args.id)}; choose another --id (nothing was overwritten)"
+        )
     if args.retrain:
         loco = split_locomotion_task(task)
         if loco is None:
@@ -81,10 +100,19 @@ def cmd_data_make(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_seed(seed: int, command: str) -> None:
+    """Seeds feed numpy's SeedSequence, which takes non-negative integers only."""
+    from diffplan.config import ConfigError
+
+    if seed < 0:
+        raise ConfigError(f"{command} --seed {seed}: a seed is a non-negative integer")
+
+
 def cmd_data_train_behaviour(args: argparse.Namespace) -> int:
     from diffplan.behaviour import SACTrainConfig, retrain
     from diffplan.envs.evaluation import evaluate
 
+    _check_seed(args.seed, "data train-behaviour")
     cfg = SACTrainConfig(
         seed=args.seed, max_env_steps=args.max_env_steps, epoch_steps=args.epoch_steps,
         start_steps=min(10_000, args.max_env_steps),
@@ -116,7 +144,9 @@ def dataset_info(source: str) -> dict[str, Any]:
         "return_max": float(np.max(returns)),
         "ref_min_score": meta.get("ref_min_score"),
         "ref_max_score": meta.get("ref_max_score"),
-        **{k: meta[k] for k in ("recipe", "maze", "task", "seed", "noisy", "kind", "behaviour", "timing") if k in meta},
+        **{k: meta[k] for k in ("recipe", "maze", "task", "seed", "noisy", "kind", "behaviour", "timing", "frame",
+                                "frame_conversion", "ref_scores_from", "d4rl_ref_scores", "dropped_stale_rows")
+           if k in meta},
     }
 
 
@@ -126,9 +156,7 @@ def cmd_data_info(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import yaml
-
-    from diffplan.checkpoint import CheckpointError
+    from diffplan.checkpoint import CheckpointError, parse_saved_config
     from diffplan.compose import load_config
     from diffplan.training import train
 
@@ -139,7 +167,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         saved_path = Path(args.resume) / "config.yaml"
         if not saved_path.exists():
             raise CheckpointError(f"--resume {args.resume}: not a run directory (no config.yaml)")
-        saved = yaml.safe_load(saved_path.read_text())
+        saved = parse_saved_config(saved_path.read_text(), str(saved_path))
         cfg = load_config(args.config, args.overrides, base=saved)
         cfg.run_dir = str(args.resume)
     else:
@@ -147,7 +175,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             print("diffplan train: give an agent, an experiment or config file (or --resume RUN_DIR)", file=sys.stderr)
             return 2
         cfg = load_config(args.config, args.overrides)
-    results = train(cfg, resume=args.resume, progress=not args.no_progress)
+    results = train(cfg, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite)
     _print_final(results)
     return 0
 
@@ -167,8 +195,15 @@ def _print_final(results: dict[str, Any]) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from diffplan.config import ConfigError
     from diffplan.training import eval_run
 
+    if args.episodes < 1:
+        raise ConfigError(f"eval --episodes {args.episodes}: evaluate at least 1 episode")
+    if args.seed is not None:
+        _check_seed(args.seed, "eval")
+    if args.video is not None and Path(args.video).is_dir():
+        raise ConfigError(f"eval --video {args.video}: is a directory; give a file name such as {args.video}/run.gif")
     summary = eval_run(
         args.path, episodes=args.episodes, overrides=args.overrides, seed=args.seed,
         progress=not args.no_progress, video=args.video,
@@ -194,7 +229,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
         f"diffplan quickstart: Diffuser planner on {cfg.task}, {cfg.dataset_steps} dataset steps, "
         f"{cfg.train_steps} gradient steps -> {cfg.run_dir}"
     )
-    results = train(cfg, progress=not args.no_progress)
+    results = train(cfg, progress=not args.no_progress, overwrite=args.overwrite)
     _print_final(results)
     return 0
 
@@ -270,6 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", help="key=value overrides")
     train.add_argument("--resume", default=None, help="run directory to continue exactly where it stopped")
     train.add_argument("--no-progress", action="store_true")
+    train.add_argument("--overwrite", action="store_true",
+                       help="run_dir holds a run: move it aside to <run_dir>.old-<time> (nothing is deleted)")
     train.set_defaults(func=cmd_train)
 
     cfg = sub.add_parser("config", help="print an agent's resolved config on a task, each field documented")
@@ -294,6 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     qs.add_argument("overrides", nargs="*", help="key=value overrides of the embedded config")
     qs.add_argument("--out", default="runs/quickstart")
     qs.add_argument("--no-progress", action="store_true")
+    qs.add_argument("--overwrite", action="store_true",
+                    help="--out holds a run: move it aside to <out>.old-<time> (nothing is deleted)")
     qs.set_defaults(func=cmd_quickstart)
 
     bench = sub.add_parser("bench", help="benchmarks that write JSON results")
@@ -342,19 +381,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_import_notices() -> None:
+    """gymnasium-robotics prints a notice about its Adroit hand envs (which diffplan never uses) to stderr when it
+    is imported, from ``farama_notifications``; on the command line it would be a second stderr line beside every
+    error. Drop that notice before the first import (nothing else reads the table)."""
+    try:
+        from farama_notifications import notifications
+    except ImportError:
+        return
+    notifications.pop("gymnasium_robotics", None)
+
+
 def main(argv: list[str] | None = None) -> int:
     from diffplan.behaviour import BehaviourPolicyError
     from diffplan.checkpoint import CheckpointError
     from diffplan.config import ConfigError
     from diffplan.data import DatasetError
 
-    args = build_parser().parse_args(argv)
+    _quiet_import_notices()
+    parser = build_parser()
+    # Options may come after key=value overrides (`train cfg.yaml k=v --no-progress`): argparse stops filling a
+    # positional list at the first option, so what is left over is handed back to the command's overrides.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "overrides") or any(item.startswith("-") or "=" not in item for item in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides.extend(extra)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     os.environ.setdefault("MPLBACKEND", "Agg")
     try:
         return int(args.func(args) or 0)
     except (ConfigError, DatasetError, CheckpointError, BehaviourPolicyError) as exc:
         print(f"diffplan: error: {exc}", file=sys.stderr)
+        return 2
+    except (PermissionError, NotADirectoryError, FileExistsError) as exc:
+        # A path the user chose that cannot be written (a read-only run_dir, a file where a folder must go):
+        # the user's to fix, not a bug, so no traceback.
+        where = exc.filename if exc.filename is not None else "a path"
+        print(f"diffplan: error: cannot write {where}: {exc.strerror or exc}", file=sys.stderr)
         return 2
 
 

@@ -55,6 +55,12 @@ def config_class(agent: str) -> type[RunConfig]:
     return AGENTS[agent].CONFIG
 
 
+def _is_agent(name: str) -> bool:
+    from diffplan.agents import AGENTS
+
+    return name in AGENTS
+
+
 def _show(path: Path) -> str:
     """A file's name for messages: relative to the working directory when under it."""
     rel = os.path.relpath(path)
@@ -146,6 +152,8 @@ def load_config(
     cli = parse_overrides(overrides or [])
     flat: list[Layer] = [("saved config", dict(base))] if base else []
     compose: dict[str, Any] | None = None
+    if source is not None and Path(source).is_dir() and not _is_agent(str(source)):
+        raise ConfigError(f"{source}: is a directory; give a config or experiment file (.yaml) or an agent name")
     if source is not None and _is_file_arg(source):
         data = read_yaml(source)
         if "defaults" in data:

@@ -151,6 +151,30 @@ class RunConfig:
     """Env steps between two video frames."""
 
 
+_AT_LEAST_ONE = ("train_steps", "batch_size", "log_every", "final_eval_episodes", "eval_envs", "dataset_steps",
+                 "video_every")
+_NOT_NEGATIVE = ("seed", "eval_every", "checkpoint_every", "max_train_minutes", "torch_threads", "plot_plans", "video_frames")
+
+
+def check_run_fields(cfg: RunConfig) -> None:
+    """The checks on the fields every agent shares (:class:`RunConfig`), run before the agent's own ``validate``.
+
+    A zero or negative budget would not fail later: ``train_steps=0`` reported an untrained model's score as a
+    result, ``final_eval_episodes=0`` a NaN score, ``log_every=0`` a ZeroDivisionError mid-run. To evaluate a
+    trained run use ``diffplan eval``.
+    """
+    for name in _AT_LEAST_ONE:
+        value = getattr(cfg, name)
+        if value < 1:
+            raise ConfigError(f"{name}={value} must be >= 1")
+    for name in _NOT_NEGATIVE:
+        value = getattr(cfg, name)
+        if value < 0:
+            raise ConfigError(f"{name}={value} must be >= 0")
+    if cfg.eval_every > 0 and cfg.eval_episodes < 1:
+        raise ConfigError(f"eval_episodes={cfg.eval_episodes} must be >= 1 when eval_every={cfg.eval_every} > 0")
+
+
 # ------------------------------------------------------------------------------------------ reading input
 
 
@@ -259,10 +283,13 @@ def _validate_tree(obj: Any, origins: dict[str, str]) -> None:
         if dataclasses.is_dataclass(value):
             _validate_tree(value, origins)
     validate = getattr(obj, "validate", None)
-    if not callable(validate):
+    if not callable(validate) and not isinstance(obj, RunConfig):
         return
     try:
-        validate()
+        if isinstance(obj, RunConfig):  # whether or not the agent's validate() calls up to these checks
+            check_run_fields(obj)
+        if callable(validate):
+            validate()
     except ConfigError as exc:
         msg = str(exc)
         named = sorted({o for k, o in origins.items() if re.search(rf"\b{re.escape(k)}\b", msg)})

@@ -13,11 +13,11 @@ fix. Minari is imported lazily: it is only needed for Minari sources.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 import socket
-import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +28,9 @@ from urllib.parse import urlparse
 import h5py
 import numpy as np
 
-from diffplan.data.d4rl_refs import d4rl_ref_scores
+from diffplan.checkpoint import CheckpointError, write_bytes_atomic
+from diffplan.data.d4rl_maze import maze2d_maze, to_pointmaze_frame
+from diffplan.data.d4rl_refs import canonical_d4rl_name, d4rl_ref_scores
 from diffplan.data.episodes import DatasetError, Episodes, check_finite, check_rows
 
 VALID_FORMS = (
@@ -115,7 +117,9 @@ def load_minari(dataset_id: str, *, download: bool = False) -> Episodes:
         if not download:
             raise DatasetError(
                 f"dataset {source!r} is not in the local Minari root {root} (set by MINARI_DATASETS_PATH, "
-                "default ~/.minari/datasets); pass download=True (CLI: --download) to fetch it"
+                "default ~/.minari/datasets); fetch a remote dataset with `minari download "
+                f"{dataset_id}` (or load_episodes(..., download=True)), make one of diffplan's with "
+                "`diffplan data make <task>`"
             )
         reason = _network_unavailable_reason()
         if reason is not None:
@@ -163,12 +167,11 @@ def _load_minari_dir_cached(data_dir: Path, *, source: str) -> Episodes:
             pass  # unreadable or stale cache: rebuild it from the dataset below
     episodes = _load_minari_dir(data_dir, source=source)
     arrays = {k: getattr(episodes, k) for k in _ARRAY_KEYS if getattr(episodes, k) is not None}
+    buffer = io.BytesIO()
+    np.savez(buffer, key=np.array(key), metadata=np.array(json.dumps(episodes.metadata, default=str)), **arrays)
     try:
-        fd, tmp = tempfile.mkstemp(dir=data_dir, prefix=".tmp-", suffix=".npz")
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, key=np.array(key), metadata=np.array(json.dumps(episodes.metadata, default=str)), **arrays)
-        os.replace(tmp, cache)
-    except OSError:
+        write_bytes_atomic(cache, buffer.getvalue())  # usual permissions, no half-written cache
+    except (OSError, CheckpointError):  # read-only dataset or a full disk: the cache is only an optimisation
         pass
     return episodes
 
@@ -390,7 +393,13 @@ def _read_d4rl(path: Path, source: str) -> dict[str, np.ndarray]:
             node = handle[key]
             if not isinstance(node, h5py.Dataset):
                 raise DatasetError(f"dataset {source!r}: key {key!r} is a group, expected an array")
-            raw[key] = np.asarray(node[()])
+            arr = np.asarray(node[()])
+            if arr.dtype != bool and not np.issubdtype(arr.dtype, np.number):
+                raise DatasetError(
+                    f"dataset {source!r}: key {key!r} has dtype {arr.dtype} ({arr.dtype.kind!r} kind); "
+                    "D4RL arrays must be numbers or booleans"
+                )
+            raw[key] = arr
     for key, arr in raw.items():
         if key in _D4RL_STEP_KEYS:
             if arr.ndim == 2 and arr.shape[1] == 1:
@@ -412,6 +421,38 @@ def _read_d4rl(path: Path, source: str) -> dict[str, np.ndarray]:
     return raw
 
 
+def _drop_stale_rows_at_cuts(
+    arrays: dict[str, np.ndarray | None], metadata: dict[str, Any]
+) -> dict[str, np.ndarray | None]:
+    """Remove the two rows around every goal change of a D4RL maze2d stream that records a stale state.
+
+    D4RL's ``generate_maze2d_datasets.py`` steps the env at the row where the goal is reached (``timeouts``) but
+    does not keep the resulting state: the next row repeats that row's observation exactly while the simulator
+    has moved on. So the cut row's successor is unknown and the row after it starts from a state the ball was
+    no longer in; both are dropped and the row before the cut ends its episode (a timeout). Detected by the
+    exact repeat, so data without the artefact is left alone; the count goes to
+    ``metadata['dropped_stale_rows']``. Arrays are ``(N, ...)``; returns them without the dropped rows.
+    """
+    obs, timeout = arrays["obs"], arrays["timeout"]
+    assert obs is not None and timeout is not None
+    stale = np.flatnonzero(timeout[:-1] & (obs[1:] == obs[:-1]).all(axis=1))
+    if not len(stale):
+        return arrays
+    keep = np.ones(len(obs), dtype=bool)
+    keep[stale] = keep[stale + 1] = False
+    metadata["dropped_stale_rows"] = int((~keep).sum())
+    # Successors are taken from the stream before rows go (the row before a cut is followed by the cut row's
+    # state, the one the ball really reached); the file's last row has none and goes too.
+    succ = np.empty_like(obs)
+    succ[:-1] = obs[1:]
+    keep[-1] = False
+    metadata["dropped_transitions"] = 1
+    timeout = timeout.copy()
+    timeout[np.flatnonzero(keep[:-1] & ~keep[1:])] = True  # the row before each dropped block ends an episode
+    out = {**arrays, "timeout": timeout, "next_obs": succ}
+    return {k: None if v is None else v[keep] for k, v in out.items()}
+
+
 def load_d4rl(path: str | Path, *, allow_zero_rewards: bool = False) -> Episodes:
     """Read a D4RL-layout HDF5 file into :class:`Episodes`.
 
@@ -426,7 +467,8 @@ def load_d4rl(path: str | Path, *, allow_zero_rewards: bool = False) -> Episodes
     **maze2d streams.** A file with ``infos/goal`` and no terminal at all is a maze2d-style continuous stream:
     ``timeouts`` mark a reached goal / new target, not a reset, so the episodes are cut at timeouts while
     ``next_obs[i] = observations[i + 1]`` keeps following the stream across the cut. Only the file's final
-    transition, which has no successor, is dropped (unless ``next_observations`` exists).
+    transition, which has no successor, is dropped (unless ``next_observations`` exists). The two rows around a
+    goal change that D4RL's generator recorded with a stale state are dropped (:func:`_drop_stale_rows_at_cuts`).
 
     **next_obs elsewhere.** With ``next_observations`` it is used as is. Without it, ``observations[i + 1]``
     inside an episode; at a terminal step ``next_obs`` repeats the step's observation (the successor is
@@ -460,6 +502,12 @@ def load_d4rl(path: str | Path, *, allow_zero_rewards: bool = False) -> Episodes
     if not path.is_file():
         raise DatasetError(f"dataset {source!r}: D4RL file does not exist")
     raw = _read_d4rl(path, source)
+    refs = d4rl_ref_scores(path.stem)
+    maze = maze2d_maze(refs[0] if refs else canonical_d4rl_name(path.stem))
+    frame_meta: dict[str, Any] = {}
+    if maze is not None:
+        # D4RL's maze2d frame is not PointMaze's: convert before anything reads positions (see d4rl_maze).
+        raw, frame_meta = to_pointmaze_frame(raw, maze, source)  # type: ignore[assignment]
     obs, act = raw["observations"], raw["actions"]
     rew = raw["rewards"].astype(np.float32)
     terminal = raw["terminals"].astype(bool)
@@ -472,6 +520,14 @@ def load_d4rl(path: str | Path, *, allow_zero_rewards: bool = False) -> Episodes
             f"dataset {source!r}: key 'next_observations' has {next_obs.shape[1]} dims "
             f"but 'observations' has "
             f"{obs.shape[1]}"
+        )
+    if n > 1 and terminal.all():
+        # The double-terminal repair below assumes isolated pairs inside continuing data; on a file whose every
+        # row is terminal it would merge everything into one episode. Whether such rows are 1-step episodes or
+        # a mislabelled 'terminals' key cannot be told from the data, so refuse rather than guess.
+        raise DatasetError(
+            f"dataset {source!r}: every one of the {n} rows has terminals=True (1-step episodes, or a "
+            "'terminals' key that means something else); refusing to guess the episode boundaries"
         )
     stream = goal is not None and not terminal.any()
     metadata: dict[str, Any] = {
@@ -488,10 +544,19 @@ def load_d4rl(path: str | Path, *, allow_zero_rewards: bool = False) -> Episodes
         "merged_double_terminals": 0,
         "dropped_duplicate_rows": 0,
         "dropped_transitions": 0,
+        "dropped_stale_rows": 0,
     }
-    refs = d4rl_ref_scores(path.stem)
     if refs is not None:
         metadata["dataset_name"], metadata["ref_min_score"], metadata["ref_max_score"] = refs
+    if maze is not None:
+        # The evaluation runs diffplan's PointMaze protocol, whose reference scores differ from D4RL's (another
+        # episode length, goal radius and start/goal draw): normalize with the protocol's own.
+        from diffplan.data.recipes.pointmaze import protocol_reference_scores
+
+        metadata["d4rl_ref_scores"] = list(refs[1:]) if refs is not None else None
+        metadata["ref_min_score"], metadata["ref_max_score"] = protocol_reference_scores(frame_meta["task"])
+        metadata["ref_scores_from"] = f"diffplan's {frame_meta['task']} protocol (random policy / waypoint controller)"
+        metadata.update(frame_meta)
 
     # ---- rewards
     if not rew.any():
@@ -518,6 +583,9 @@ def load_d4rl(path: str | Path, *, allow_zero_rewards: bool = False) -> Episodes
         "goal": goal,
         "next_obs": next_obs,
     }
+    if stream and next_obs is None:
+        arrays = _drop_stale_rows_at_cuts(arrays, metadata)
+        obs, terminal, timeout = arrays["obs"], arrays["terminal"], arrays["timeout"]
     pairs = np.flatnonzero(terminal[:-1] & terminal[1:])
     if len(pairs):
         # First drop duplicated log rows, then look at the pairs that remain (a duplicate inside a chain of

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from diffplan.agent import OnlineConfig, WarmStartable
 from diffplan.checkpoint import (
+    CheckpointError,
     load_checkpoint,
     rng_state,
     save_checkpoint,
@@ -200,21 +201,67 @@ def _eval_line(step: int, summary: dict[str, Any]) -> str:
     return " | ".join(parts)
 
 
+RUN_MARKERS = ("config.yaml", "results.json", "checkpoints")
+"""What makes a directory hold a run: any of these entries."""
+
+
+def claim_run_dir(run_dir: str | os.PathLike, *, overwrite: bool = False) -> Path | None:
+    """Make sure a new run may write into ``run_dir``; returns where an old run was moved to (or None).
+
+    A directory that already holds a run (:data:`RUN_MARKERS`) is refused: a new run would overwrite its
+    config and results, repoint ``latest`` and rotate its checkpoints away. With ``overwrite`` the old
+    directory is *moved* to a timestamped sibling ``<run_dir>.old-<YYYYmmdd-HHMMSS>`` (nothing is deleted).
+    """
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"run_dir {str(run_dir)!r} is a file, not a directory; choose another run_dir")
+    held = [m for m in RUN_MARKERS if (run_dir / m).exists()]
+    if not held:
+        run_dir.mkdir(parents=True, exist_ok=True)  # an unwritable place fails now, not after data and build
+        return None
+    if not overwrite:
+        raise ConfigError(
+            f"run_dir {str(run_dir)!r} already holds a run ({', '.join(held)}); continue it with "
+            f"`diffplan train --resume {run_dir}`, choose another run_dir, or pass --overwrite to move the old "
+            "run aside"
+        )
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside = run_dir.with_name(f"{run_dir.name}.old-{stamp}")
+    n = 1
+    while aside.exists():  # two overwrites within one second
+        aside = run_dir.with_name(f"{run_dir.name}.old-{stamp}-{n}")
+        n += 1
+    run_dir.rename(aside)
+    log.warning("moved the previous run in %s to %s", run_dir, aside)
+    run_dir.mkdir(parents=True)
+    return aside
+
+
 def train(
-    cfg: RunConfig, *, resume: str | os.PathLike | None = None, progress: bool = True
+    cfg: RunConfig, *, resume: str | os.PathLike | None = None, progress: bool = True, overwrite: bool = False
 ) -> dict[str, Any]:
-    """Train ``cfg`` (or continue the run in ``resume``) and return the results written to results.json."""
-    return run_experiment(setup(cfg, progress=progress), resume=resume)
+    """Train ``cfg`` (or continue the run in ``resume``) and return the results written to results.json.
+
+    A new run (``resume`` None) refuses a ``run_dir`` that already holds a run before anything is loaded or
+    built; ``overwrite`` moves that run aside instead (:func:`claim_run_dir`).
+    """
+    if resume is None and cfg.run_dir:
+        claim_run_dir(cfg.run_dir, overwrite=overwrite)
+    return run_experiment(setup(cfg, progress=progress), resume=resume, overwrite=overwrite)
 
 
-def run_experiment(exp: Experiment, *, resume: str | os.PathLike | None = None) -> dict[str, Any]:
+def run_experiment(
+    exp: Experiment, *, resume: str | os.PathLike | None = None, overwrite: bool = False
+) -> dict[str, Any]:
     """Train a built experiment in place (its agent ends trained) and return the results of results.json.
 
     The loop is the same for every agent; :class:`OfflineSteps` or :class:`OnlineSteps` makes one step, by the
-    algorithm's type.
+    algorithm's type. A new run into a directory that holds a run is refused (``overwrite``: moved aside).
     """
     cfg, progress = exp.cfg, exp.progress
     run_dir = exp.run_dir
+    if resume is None:
+        claim_run_dir(run_dir, overwrite=overwrite)
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved_yaml = config_yaml(cfg)
     write_text_atomic(run_dir / "config.yaml", resolved_yaml)
@@ -230,7 +277,14 @@ def run_experiment(exp: Experiment, *, resume: str | os.PathLike | None = None) 
     bar = None
     try:
         if state is not None:
-            step, train_time, history = _restore(exp, steps, state)
+            try:
+                step, train_time, history = _restore(exp, steps, state)
+            except (RuntimeError, KeyError, ValueError) as exc:  # `--resume DIR dim=64`: the weights no longer fit
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise CheckpointError(
+                    f"--resume {resume}: the checkpoint does not fit the model this config builds ({first}); "
+                    "overrides of a resumed run may change budgets and execution settings, not the network"
+                ) from exc
             steps.restart(step)
             log.info("resumed %s at step %d", resume, step)
         writer = SummaryWriter(str(run_dir / "tb"))

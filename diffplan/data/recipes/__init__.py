@@ -220,7 +220,12 @@ def _recipe(task: str, noisy: bool) -> Recipe:
 def make(task: str, *, steps: int | None = None, seed: int = 0, noisy: bool = False, minari_id: str | None = None,
          progress: bool = True) -> str:
     """Generate ``task``'s dataset with its recipe (fails if it exists); returns the Minari id (default
-    :func:`dataset_id` of the arguments)."""
+    :func:`dataset_id` of the arguments).
+
+    ``steps`` None means the recipe's default size; 0 or less is refused (the recipes read a falsy size as the
+    default, so ``steps=0`` once generated a million steps)."""
+    if steps is not None and steps < 1:
+        raise DatasetError(f"{task}: steps must be >= 1, got {steps}")
     return _recipe(task, noisy).make(task, steps=steps, seed=seed, noisy=noisy, minari_id=minari_id,
                                      progress=progress)
 

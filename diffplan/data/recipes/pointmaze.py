@@ -57,6 +57,7 @@ import time
 import warnings
 from collections import deque
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -82,6 +83,7 @@ __all__ = [
     "default_dataset_id",
     "ensure_dataset",
     "generate_pointmaze_dataset",
+    "protocol_reference_scores",
     "random_episode_returns",
     "run_stream",
 ]
@@ -309,6 +311,48 @@ def random_episode_returns(task: str | MazeTask, n: int, seed: int = REF_SEED) -
     finally:
         env.close()
     return returns
+
+
+PROTOCOL_REF_EPISODES = 100
+"""Episodes per reference score, as every generated dataset's (``generate_pointmaze_dataset``'s default)."""
+
+
+def protocol_reference_scores(task: str | MazeTask) -> tuple[float, float]:
+    """``(ref_min, ref_max)`` of ``task`` under diffplan's evaluation protocol: the uniform random policy and the
+    waypoint controller over :data:`PROTOCOL_REF_EPISODES` episodes of :data:`REF_SEED`, exactly the reference
+    scores a generated dataset of the task stores. For data made elsewhere (a D4RL maze2d file), whose own
+    reference scores belong to another protocol.
+
+    Deterministic, so they are computed once (10-40 s on 2 cores) and cached as JSON in
+    ``$DIFFPLAN_CACHE_DIR`` (default ``$XDG_CACHE_HOME/diffplan`` or ``~/.cache/diffplan``).
+    """
+    from diffplan.checkpoint import CheckpointError, write_text_atomic
+
+    t = get_task(task)
+    key = json.dumps([t.name, t.maze_map, t.max_episode_steps, t.goal_radius, PROTOCOL_REF_EPISODES, REF_SEED])
+    cache = _cache_dir() / "protocol-ref-scores.json"
+    try:
+        known = json.loads(cache.read_text()) if cache.is_file() else {}
+    except (OSError, ValueError):
+        known = {}
+    if key in known:
+        lo, hi = known[key]
+        return float(lo), float(hi)
+    hi = float(np.mean(controller_episode_returns(t, PROTOCOL_REF_EPISODES, REF_SEED)))
+    lo = float(np.mean(random_episode_returns(t, PROTOCOL_REF_EPISODES, REF_SEED)))
+    try:
+        write_text_atomic(cache, json.dumps({**known, key: [lo, hi]}, indent=1))
+    except (OSError, CheckpointError):  # a read-only or full cache only costs the recomputation next time
+        pass
+    return lo, hi
+
+
+def _cache_dir() -> Path:
+    import os
+
+    if os.environ.get("DIFFPLAN_CACHE_DIR"):
+        return Path(os.environ["DIFFPLAN_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "diffplan"
 
 
 # ------------------------------------------------------------------------------------------------ stream
