@@ -147,7 +147,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             return 2
         cfg = load_config(args.config, args.overrides)
     results = train(cfg, resume=args.resume, progress=not args.no_progress)
-    _print_final(results)
+    from diffplan.training.distributed import launched
+
+    if not launched() or os.environ.get("RANK") == "0":  # under torchrun, rank 0 alone prints
+        _print_final(results)
     return 0
 
 
