@@ -18,7 +18,7 @@ from diffplan.agent import Agent, OnlineConfig, PlanRecorder
 from diffplan.checkpoint import load_checkpoint
 from diffplan.config import RunConfig
 from diffplan.data import Episodes, load_episodes, recipes
-from diffplan.envs import EVAL_SEED, make_env, make_vector_env
+from diffplan.envs import EVAL_SEED, check_vector_env, make_env, make_vector_env
 from diffplan.envs.evaluation import EvalResult, evaluate
 
 log = logging.getLogger("diffplan")
@@ -72,7 +72,10 @@ class Experiment:
     """Show progress bars (evaluations too)."""
 
     def make_venv(self, n: int, seed: int, subproc: bool = False) -> Any:
-        return make_vector_env(self.cfg.task, n, seed, subproc=subproc)
+        """``n`` envs of the task (seeds ``seed..seed+n-1``) in the config's ``vector_env`` kind."""
+        return make_vector_env(
+            self.cfg.task, n, seed, subproc=subproc, kind=self.cfg.vector_env, ray_address=self.cfg.ray_address
+        )
 
     def evaluate(self, n_episodes: int, record_plans: int = 0, seed: int = EVAL_SEED) -> EvalResult:
         """The evaluation protocol over ``n_episodes``; ``seed`` draws the start/goal pairs (EVAL_SEED: the
@@ -113,6 +116,7 @@ def setup(cfg: RunConfig, *, with_data: bool = True, progress: bool = True) -> E
     """
     from diffplan.agents import AGENTS
 
+    check_vector_env(cfg.vector_env)  # now, not at the first evaluation hours later
     torch.set_num_threads(cfg.torch_threads if cfg.torch_threads > 0 else (os.cpu_count() or 1))
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
