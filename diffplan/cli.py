@@ -313,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     qs.set_defaults(func=cmd_quickstart)
 
     bench = sub.add_parser("bench", help="benchmarks that write JSON results")
-    bench.add_argument("what", choices=["plan", "train", "maze", "curve", "report"])
+    bench.add_argument("what", choices=["plan", "train", "maze", "curve", "report", "ddp", "sweep"])
     bench.add_argument(
         "path", nargs="?",
         help="run directory (plan, maze, curve), config (train) or results folder (report, default benchmarks)",
@@ -323,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=50)
     bench.add_argument("--steps", type=int, default=300, help="env steps timed for the decision latency (plan)")
     bench.add_argument("--out", default=None, help="JSON file to write (report: the page, default <folder>/README.md)")
+    bench.add_argument("--ranks", default="1,2", help="ddp: numbers of torchrun ranks to compare")
     bench.set_defaults(func=cmd_bench)
 
     sweep = sub.add_parser("sweep", help="many runs (every combination of key=v1,v2 ... seed=0,1,2) as Ray tasks")

@@ -23,7 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MIN_SEEDS", "ReportError", "Row", "RunResult", "aggregate", "by_dataset_then_agent", "format_score", "generate", "write"]
+__all__ = [
+    "MIN_SEEDS", "ReportError", "Row", "RunResult", "aggregate", "by_dataset_then_agent", "format_score", "generate",
+    "sweep_table", "write",
+]
 
 MIN_SEEDS = 3
 """Training seeds a result needs to meet the project's standard; rows with fewer are flagged on the page."""
@@ -584,7 +587,73 @@ def _robot(root: Path) -> _Section:
     return sec
 
 
-SECTIONS: tuple[Callable[[Path], _Section], ...] = (_quickstart, _maze, _qactors, _locomotion, _datasets, _robot)
+def sweep_table(summary: dict[str, Any]) -> list[str]:
+    """A ``diffplan sweep`` summary (its ``summary.json``) as a Markdown table: one row per agent, task and
+    setting, the mean ± s.e. over seeds (:func:`aggregate`'s rule, computed by the sweep), seeds flagged below
+    :data:`MIN_SEEDS`."""
+    rows = []
+    try:
+        for g in summary["groups"]:
+            per_seed = ", ".join(f"s{seed} {v:.1f}" for seed, v in zip(g["seeds"], g["per_seed"], strict=True))
+            seeds = f"{len(g['seeds'])}" + ("" if len(g["seeds"]) >= MIN_SEEDS else " ⚠")
+            rows.append([g["agent"], str(g["task"]), g["setting"] or "—", g["metric"].replace("_", " "),
+                         f"{g['mean']:.1f} ± {g['se']:.1f}", per_seed, seeds])
+    except KeyError as exc:
+        raise ReportError(f"sweep summary: missing field {exc}") from exc
+    failed = [r["name"] for r in summary.get("runs", []) if r.get("status") == "failed"]
+    out = _table(["agent", "task", "setting", "metric", "mean ± s.e.", "per seed", "seeds"], rows)
+    return out + (["", f"Failed runs (not in the rows): {', '.join(failed)}."] if failed else [])
+
+
+def _scaleout(root: Path) -> _Section:
+    sec = _Section(root, "Scaling out")
+    sec.add(
+        "### Data-parallel training (`torchrun`, gloo on CPU)", "",
+        "Samples per second of the global batch (gradient steps × batch size / training time; start-up and the",
+        "final evaluation excluded), one torch thread per rank, mean ± s.e. over repeated runs interleaved across",
+        "rank counts. On this shared 2-core machine two ranks compete with the other jobs for the same two cores",
+        "(the recorded load is above 2), so these rows measure the overhead of the all-reduce and the sharded",
+        "batches, not the speed-up a multi-GPU node gives. No GPU machine was available for this measurement.",
+        "",
+    )
+    table, labelled = [], []
+    for name in ("ddp_diffuser_umaze.json", "ddp_bc_umaze.json"):
+        d = sec.read(f"scaleout/{name}")
+        for row in d["summary"]:
+            trials = [t for t in d["trials"] if t["ranks"] == row["ranks"]]
+            load = statistics.fmean(t["load_1min_before"] for t in trials)
+            table.append([d["config"], str(trials[0]["batch_size"]), str(row["ranks"]),
+                          f"{row['samples_per_s']:.0f} ± {row['samples_per_s_se']:.0f}", f"{row['speedup']:.2f}",
+                          str(row["runs"]), f"{load:.1f}"])
+        labelled.append((d["config"], _command(d)))
+    sec.add(*_table(["agent", "global batch", "ranks", "samples/s", "vs 1 rank", "runs", "load before (1 min)"],
+                    table))
+    sec.commands(labelled)
+    d = sec.read("scaleout/sweep_overhead.json")
+    sec.add(
+        "", "### Sweep overhead (`diffplan sweep` on a local Ray)", "",
+        f"{d['runs']} tiny runs as Ray tasks on {d['cpus']} CPUs. Overhead per run: from submitting the task to",
+        "its result, minus the time `train` ran inside it (a worker process start, imports, config, scheduling).",
+        "",
+        *_table(
+            ["ray.init", "overhead per run", "of which inside the task (imports, config)", "train per run",
+             "sweep wall time", "re-run (all finished: skipped)"],
+            [[_num(d["ray_init_s"], 1, " s"), f"{d['overhead_s_mean']:.1f} ± {d['overhead_s_se']:.1f} s",
+              _num(d["in_task_setup_s_mean"], 1, " s"), _num(d["train_s_mean"], 1, " s"),
+              _num(d["sweep_wall_s"], 1, " s"), _num(d["rerun_wall_s"], 2, " s")]],
+        ),
+    )
+    sec.commands([("sweep overhead", _command(d))])
+    for path in sorted((root / "sweeps").glob("*.json")):
+        summary = sec.read(f"sweeps/{path.name}")
+        sec.add("", f"### Sweep `{path.stem}`", "", *sweep_table(summary))
+        sec.commands([(path.stem, _command(summary))])
+    return sec
+
+
+SECTIONS: tuple[Callable[[Path], _Section], ...] = (
+    _quickstart, _maze, _qactors, _locomotion, _datasets, _robot, _scaleout,
+)
 
 
 def generate(root: Path | str = "benchmarks") -> str:
