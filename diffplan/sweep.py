@@ -16,7 +16,7 @@ Resumable at two levels:
 
 The driver composes and validates every run's config before it starts anything (a bad value is one error line,
 nothing launched) and sends the resolved config to the task, so a cluster's workers need the package and the
-datasets, not the config files. At the end it writes ``<out>/summary.json``: every run's final evaluation and, for
+datasets, not the config files; ``--out`` must be a path every worker can write (a shared file system). At the end it writes ``<out>/summary.json``: every run's final evaluation and, for
 every (agent, task, dataset, setting), the mean ± s.e. over seeds — aggregated by :func:`diffplan.report.aggregate`,
 the same rule as the benchmark page (one seed: the s.e. over evaluation episodes).
 """
@@ -39,6 +39,7 @@ import yaml
 from diffplan.checkpoint import write_text_atomic
 from diffplan.compose import load_config
 from diffplan.config import ConfigError, config_yaml, parse_overrides
+from diffplan.envs import connect_ray
 from diffplan.report import RunResult, aggregate
 
 SUMMARY = "summary.json"
@@ -118,7 +119,7 @@ def plan(config: str | None, items: list[str], out: str | os.PathLike) -> list[S
     keys = [k for k, _ in axes]
     for values in itertools.product(*(v for _, v in axes)) if axes else [()]:
         combo = [f"{k}={v}" for k, v in zip(keys, values, strict=True)]
-        run_dir = Path(out) / _dir_name(combo)
+        run_dir = (Path(out) / _dir_name(combo)).absolute()  # Ray workers need not share this process's cwd
         cfg = load_config(config, [*fixed, *combo, f"run_dir={run_dir}"])
         if cfg.torch_threads <= 0:  # "one thread per core" for each of many runs would oversubscribe the CPUs
             cfg.torch_threads = 1
@@ -174,15 +175,6 @@ def run_one(config_text: str, run_dir: str) -> dict[str, Any]:
             "train_s": time.time() - train_start, "task_s": time.time() - started}
 
 
-def _connect(address: str) -> None:
-    try:
-        import ray
-    except ImportError:
-        raise ConfigError("diffplan sweep needs Ray: pip install 'diffplan[distributed]' (or ray)") from None
-    if not ray.is_initialized():
-        ray.init(address=address or None, log_to_driver=False)
-
-
 def run_sweep(
     config: str | None,
     items: list[str],
@@ -206,7 +198,7 @@ def run_sweep(
     todo = [r for r in runs if not r.result]
     t0 = time.time()
     if todo:
-        _connect(address)
+        connect_ray(address, what="diffplan sweep")
         import ray
 
         remote = ray.remote(run_one)

@@ -123,15 +123,23 @@ def check_vector_env(kind: str) -> None:
     if kind and kind not in VECTOR_ENVS:
         raise ConfigError(f"vector_env={kind!r}; valid: {', '.join(VECTOR_ENVS)} (or empty for the default)")
     if kind == "ray":
-        import importlib.util
-
-        if importlib.util.find_spec("ray") is None:
-            raise ConfigError("vector_env=ray needs Ray: pip install 'diffplan[distributed]' (or ray)")
+        _require_ray("vector_env=ray")
 
 
-def connect_ray(address: str = "") -> None:
+def _require_ray(what: str) -> None:
+    import importlib.util
+
+    from diffplan.config import ConfigError
+
+    if importlib.util.find_spec("ray") is None:
+        raise ConfigError(f"{what} needs Ray: pip install 'diffplan[distributed]' (or ray)")
+
+
+def connect_ray(address: str = "", what: str = "vector_env=ray") -> None:
     """Join the Ray cluster at ``address`` ("auto": the one this machine belongs to), or start a local Ray
-    when ``address`` is empty; nothing when this process is connected already."""
+    when ``address`` is empty; nothing when this process is connected already. ``what`` names the feature in
+    the error when Ray is not installed."""
+    _require_ray(what)
     import ray
 
     if not ray.is_initialized():

@@ -157,3 +157,32 @@ def test_baseline_resume_is_exact_in_one_process(tiny_maze_dataset, tmp_path):
     a, b = _weights(straight), _weights(halves)
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def _offline_cases() -> dict[str, tuple[list[str], str]]:
+    from .test_agents import CASES
+
+    return {name: case for name, case in CASES.items() if case[1] is not None}
+
+
+@pytest.mark.parametrize("case", sorted(_offline_cases()))
+def test_every_optimizer_that_steps_is_all_reduced(case, request):
+    """Each torch optimizer that steps during an offline update (the agents' own, Tianshou's actor/critic
+    wrappers, SAC's temperature, CQL's Lagrange multiplier) is one the data-parallel hook is put on: no
+    optimizer steps on rank-local gradients."""
+    from diffplan.training.distributed import torch_optimizers
+    from diffplan.training.experiment import setup
+    from diffplan.training.loop import OfflineSteps
+
+    overrides, fixture = _offline_cases()[case]
+    exp = setup(load_config(None, [*overrides, f"dataset={request.getfixturevalue(fixture)}"]), progress=False)
+    hooked = {id(opt) for opt, _, _ in torch_optimizers(exp.agent.algorithm)}
+    stepped: set[int] = set()
+    handle = torch.optim.optimizer.register_optimizer_step_pre_hook(lambda opt, *_: stepped.add(id(opt)))
+    try:
+        steps = OfflineSteps(exp)
+        for _ in range(3):
+            steps.step()
+    finally:
+        handle.remove()
+    assert stepped and stepped <= hooked, (len(stepped), len(hooked))

@@ -119,3 +119,25 @@ def test_killed_worker_is_resumed_from_its_checkpoint(local_ray, tiny_maze_datas
     for key, value in a.items():
         if isinstance(value, torch.Tensor):
             assert torch.equal(value, b[key]), key
+
+
+def test_online_training_on_ray_vector_envs_equals_in_process(local_ray, tmp_path):
+    """PPO collecting through RayVectorEnv (training and evaluation envs) learns exactly what it learns with
+    its envs in this process: same seeds, same episodes, same updates."""
+    import torch
+
+    from diffplan.compose import load_config
+    from diffplan.training import load_trained, train
+
+    from .conftest import TINY_PPO
+
+    weights = []
+    for kind in ("dummy", "ray"):
+        cfg = load_config(None, [*TINY_PPO, "train_steps=2", "final_eval_episodes=1", f"vector_env={kind}",
+                                 f"run_dir={tmp_path / kind}"])
+        results = train(cfg, progress=False)
+        weights.append(load_trained(tmp_path / kind).agent.algorithm.state_dict())
+        assert results["env_steps"] == 2 * 64
+    for key, value in weights[0].items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, weights[1][key]), key

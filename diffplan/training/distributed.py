@@ -18,7 +18,7 @@ What makes N ranks one training run:
   reseeds from ``(seed, r)``: the ranks' shards see independent noise, as N/N-th of one big batch would.
 * **Gradient all-reduce before every optimizer step** (:func:`all_reduce_gradients`), for every torch optimizer
   the algorithm holds: the diffusion agents' optimizers, Tianshou's actor/critic optimizers of the baselines,
-  SAC's temperature and CQL's Lagrange multiplier. Parameters start equal (broadcast from rank 0), every step
+  SAC's temperature and CQL's Lagrange multiplier. The state starts equal (rank 0's, broadcast), every step
   applies the same averaged gradient, so weights, optimizer moments, EMA copies and normalizer statistics are
   the same on every rank (:func:`check_replicas` verifies it).
 * **Rank 0 alone writes** TensorBoard, checkpoints, plan figures and results.json, and runs the evaluations.
@@ -65,6 +65,11 @@ log = logging.getLogger("diffplan")
 TIMEOUT = timedelta(minutes=60)
 """How long a rank waits at a collective: rank 0 evaluates while the others wait at the next all-reduce, and a
 long locomotion evaluation with a planner takes many minutes."""
+
+
+INDEX_STREAM = 1 << 20
+"""Spawn key of the batch-index stream of a data-parallel run (``SeedSequence([seed, INDEX_STREAM])``): far from
+the rank numbers, whose noise streams are ``SeedSequence([seed, rank, i])``."""
 
 
 @dataclass(frozen=True)
@@ -165,7 +170,10 @@ class ShardedBatches:
         self.index_generator: torch.Generator | None = None
         # One rank: the sampler keeps the generator it shares with the algorithm (a plain run, unchanged).
         if world > 1 and isinstance(source, WindowSampler):
-            self.index_generator = torch.Generator().manual_seed(seed)
+            # Alike on every rank, and apart from the noise stream that rank 0 keeps on the run's seed (the same
+            # seed for both would pair each sample's index with its diffusion timestep at the first step).
+            index_seed = int(np.random.SeedSequence([seed, INDEX_STREAM]).generate_state(1)[0])
+            self.index_generator = torch.Generator().manual_seed(index_seed)
             source.generator = self.index_generator
 
     def sample(self, batch_size: int) -> tuple[Batch, np.ndarray]:
@@ -231,13 +239,16 @@ def torch_optimizers(algorithm: Algorithm) -> list[tuple[torch.optim.Optimizer, 
                 if id(w._optim) not in seen:
                     seen.add(id(w._optim))
                     found.append((w._optim, w._max_grad_norm, list(w._module.parameters())))
-                    # The clip moves behind the all-reduce (below): clipping must see the averaged gradient.
-                    w._max_grad_norm = None
             if isinstance(value, torch.optim.Optimizer) and id(value) not in seen:
                 seen.add(id(value))
                 params = [p for g in value.param_groups for p in g["params"]]
                 found.append((value, None, params))
     return found
+
+
+def _tianshou_optimizers(algorithm: Algorithm) -> list[Algorithm.Optimizer]:
+    """Tianshou's optimizer wrappers of ``algorithm`` and of any algorithm inside it."""
+    return [w for module in algorithm.modules() if isinstance(module, Algorithm) for w in module._optimizers]
 
 
 def all_reduce_gradients(params: list[torch.nn.Parameter], world: int) -> None:
@@ -288,8 +299,11 @@ def prepare(agent: Agent, cfg: RunConfig, ctx: DistContext) -> ShardedBatches | 
             f"batch_size={cfg.batch_size} is the global batch and must divide among the {ctx.world} ranks"
         )
     algorithm = agent.algorithm
-    for tensor in [*algorithm.parameters(), *algorithm.buffers()]:
-        dist.broadcast(tensor.data, src=0)
+    # Every rank starts from rank 0's complete state: weights, EMA, normalizer statistics (module extra state,
+    # which a broadcast of parameters and buffers would miss) and optimizer state.
+    state = broadcast(_to_cpu(algorithm.state_dict()) if ctx.main else None, ctx)
+    if not ctx.main:
+        algorithm.load_state_dict(state)
     if ctx.rank:
         # Rank 0 keeps the run's seeds; rank r reseeds its noise (its generators and the global RNGs). The
         # baselines' buffer has its own RandomState, untouched: it is the index stream, alike on every rank.
@@ -298,9 +312,37 @@ def prepare(agent: Agent, cfg: RunConfig, ctx: DistContext) -> ShardedBatches | 
         seed = rank_seed(cfg.seed, ctx.rank)
         torch.manual_seed(seed)
         np.random.seed(seed)
-    for optimizer, clip, params in torch_optimizers(algorithm):
+    found = torch_optimizers(algorithm)
+    for wrapper in _tianshou_optimizers(algorithm):
+        # The wrapper clips between backward and step; the clip moves behind the all-reduce (into the hook),
+        # because clipping must see the averaged gradient, as in a one-process run.
+        wrapper._max_grad_norm = None
+    for optimizer, clip, params in found:
         optimizer.register_step_pre_hook(functools.partial(_step_pre_hook, params, clip, ctx.world))
     return sharded
+
+
+def _to_cpu(obj: Any) -> Any:
+    """``obj`` with every tensor (in nested dicts, lists, tuples) on the CPU: what crosses between ranks as a
+    pickled object must not name one rank's GPU."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+def _tensors(obj: Any) -> list[torch.Tensor]:
+    """Every tensor in ``obj`` (nested dicts, lists, tuples), in a fixed order."""
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, dict):
+        return [t for v in obj.values() for t in _tensors(v)]
+    if isinstance(obj, list | tuple):
+        return [t for v in obj for t in _tensors(v)]
+    return []
 
 
 def gather(obj: Any, ctx: DistContext) -> list[Any] | None:
@@ -337,16 +379,17 @@ def check_world(saved: int, ctx: DistContext, path: Any) -> None:
 
 
 def check_replicas(agent: Agent, ctx: DistContext) -> float:
-    """Largest difference between this rank's parameters and buffers and rank 0's (0.0 in a one-rank run).
+    """Largest difference between this rank's algorithm state and rank 0's (0.0 in a one-rank run): weights,
+    EMA, normalizer statistics and optimizer moments.
 
     A test and a debugging aid: after any number of steps every replica must equal rank 0.
     """
     if not ctx.enabled:
         return 0.0
-    state = agent.algorithm.state_dict()
-    flat = torch.cat([v.detach().float().reshape(-1).cpu() for v in state.values() if isinstance(v, torch.Tensor)])
+    tensors = _tensors(agent.algorithm.state_dict())
+    flat = torch.cat([t.detach().double().reshape(-1).cpu() for t in tensors])
     reference = flat.clone()
     dist.broadcast(reference, src=0)
-    diff = torch.tensor([(flat - reference).abs().max().item()])
+    diff = torch.tensor([(flat - reference).abs().max().item()], dtype=torch.float64)
     dist.all_reduce(diff, op=dist.ReduceOp.MAX)
     return float(diff.item())
