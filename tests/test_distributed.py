@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from diffplan.checkpoint import CheckpointError
 from diffplan.compose import load_config
@@ -178,7 +179,7 @@ def test_every_optimizer_that_steps_is_all_reduced(case, request):
     exp = setup(load_config(None, [*overrides, f"dataset={request.getfixturevalue(fixture)}"]), progress=False)
     hooked = {id(opt) for opt, _, _ in torch_optimizers(exp.agent.algorithm)}
     stepped: set[int] = set()
-    handle = torch.optim.optimizer.register_optimizer_step_pre_hook(lambda opt, *_: stepped.add(id(opt)))
+    handle = register_optimizer_step_pre_hook(lambda opt, *_: stepped.add(id(opt)))
     try:
         steps = OfflineSteps(exp)
         for _ in range(3):
