@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,9 @@ def _rank_main(rank: int, world: int, port: int, dataset: str, root: str) -> Non
         ("diffuser_straight", DIFFUSER, out / "dif2", ["train_steps=4"], None),
         ("diffuser_half", DIFFUSER, out / "dif2_halves", ["train_steps=2"], None),
         ("diffuser_resumed", DIFFUSER, out / "dif2_halves", ["train_steps=4"], out / "dif2_halves"),
+        # a time budget with evaluations on rank 0: every rank must stop at the same step (no rank left waiting)
+        ("bc_budget", BC, out / "bc2_budget", ["train_steps=100000", "max_train_minutes=0.01", "eval_every=25",
+                                                "eval_episodes=1"], None),
     ]
     for name, base, run_dir, extra, resume in scenarios:
         cfg = _cfg(base, dataset, run_dir, *extra)
@@ -78,7 +82,13 @@ def _rank_main(rank: int, world: int, port: int, dataset: str, root: str) -> Non
 @pytest.fixture(scope="module")
 def two_ranks(tiny_maze_dataset, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("ddp")
-    mp.spawn(_rank_main, args=(2, _free_port(), tiny_maze_dataset, str(root)), nprocs=2, join=True)
+    ranks = mp.spawn(_rank_main, args=(2, _free_port(), tiny_maze_dataset, str(root)), nprocs=2, join=False)
+    deadline = time.time() + 300
+    while not ranks.join(timeout=1):  # a rank stuck in a collective must fail the test, not hang it
+        if time.time() > deadline:
+            for process in ranks.processes:
+                process.kill()
+            pytest.fail("the two ranks did not finish in 300 s (a collective never matched?)")
     return root
 
 
@@ -98,6 +108,8 @@ def test_two_ranks_equal_one_process_with_the_same_global_batch(two_ranks, tiny_
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
     results = json.loads((two_ranks / "bc2" / "results.json").read_text())
     assert results["ranks"] == 2 and results["gradient_steps"] == STEPS
+    budget = json.loads((two_ranks / "bc2_budget" / "results.json").read_text())
+    assert 0 < budget["gradient_steps"] < 100000 and len(budget["history"]) >= 2  # periodic evals + final
     assert not (two_ranks / "bc2" / "rank1").exists()
 
 
@@ -105,7 +117,7 @@ def test_ranks_stay_replicas(two_ranks):
     """Weights, optimizer moments, EMA and normalizers are identical on both ranks after every run."""
     for rank in (0, 1):
         report = json.loads((two_ranks / f"rank{rank}.json").read_text())
-        for name in ("bc_straight", "bc_resumed", "diffuser_straight", "diffuser_resumed"):
+        for name in ("bc_straight", "bc_resumed", "diffuser_straight", "diffuser_resumed", "bc_budget"):
             assert report[name] == 0.0, (rank, name, report[name])
 
 

@@ -368,6 +368,21 @@ def barrier(ctx: DistContext) -> None:
         dist.barrier()
 
 
+def _comm_device() -> torch.device:
+    """Where a tensor must be for a collective: NCCL reduces GPU tensors only, gloo CPU ones."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def agree_max(value: float, ctx: DistContext) -> float:
+    """The largest ``value`` over the ranks: decisions that must be the same everywhere (stop on the time
+    budget) use it, or one rank would stop while the others wait for it at the next all-reduce."""
+    if not ctx.enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=_comm_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
 def check_world(saved: int, ctx: DistContext, path: Any) -> None:
     """Refuse to resume a checkpoint of ``saved`` ranks with another number."""
     if saved != ctx.world:
@@ -387,9 +402,7 @@ def check_replicas(agent: Agent, ctx: DistContext) -> float:
     if not ctx.enabled:
         return 0.0
     tensors = _tensors(agent.algorithm.state_dict())
-    flat = torch.cat([t.detach().double().reshape(-1).cpu() for t in tensors])
+    flat = torch.cat([t.detach().double().reshape(-1).to(_comm_device()) for t in tensors])
     reference = flat.clone()
     dist.broadcast(reference, src=0)
-    diff = torch.tensor([(flat - reference).abs().max().item()], dtype=torch.float64)
-    dist.all_reduce(diff, op=dist.ReduceOp.MAX)
-    return float(diff.item())
+    return agree_max((flat - reference).abs().max().item(), ctx)

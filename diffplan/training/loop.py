@@ -306,6 +306,8 @@ def run_experiment(exp: Experiment, *, resume: str | os.PathLike | None = None) 
             t0 = time.perf_counter()
             stats, advanced, scalars = steps.step()
             train_time += time.perf_counter() - t0
+            if ctx.enabled and time_limit < float("inf"):  # every rank stops at the same step
+                train_time = distributed.agree_max(train_time, ctx)
             step += 1
             bar.update(advanced)
             if step % cfg.log_every == 0:
@@ -315,10 +317,12 @@ def run_experiment(exp: Experiment, *, resume: str | os.PathLike | None = None) 
                 writer.add_scalar("train/steps_per_s", step / max(train_time, 1e-9), step)
                 bar.set_postfix(loss=f"{losses.get('loss', float('nan')):.4f}")
             last = step >= cfg.train_steps or train_time >= time_limit
-            if cfg.eval_every and step % cfg.eval_every == 0 and not last and ctx.main:
-                summary = _log_eval(writer, exp, exp.evaluate(cfg.eval_episodes, cfg.plot_plans), step)
-                history.append({"step": step, "train_time_s": train_time, **summary})
-                bar.write(_eval_line(step, summary))
+            if cfg.eval_every and step % cfg.eval_every == 0 and not last:
+                if ctx.main:
+                    summary = _log_eval(writer, exp, exp.evaluate(cfg.eval_episodes, cfg.plot_plans), step)
+                    history.append({"step": step, "train_time_s": train_time, **summary})
+                    bar.write(_eval_line(step, summary))
+                distributed.barrier(ctx)  # the other ranks wait for rank 0's evaluation here, outside the timing
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and not last:
                 state = _checkpoint_state(exp, steps, step, history, train_time, ctx)
                 if ctx.main:
