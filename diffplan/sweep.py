@@ -123,9 +123,11 @@ def plan(config: str | None, items: list[str], out: str | os.PathLike) -> list[S
         cfg = load_config(config, [*fixed, *combo, f"run_dir={run_dir}"])
         if cfg.torch_threads <= 0:  # "one thread per core" for each of many runs would oversubscribe the CPUs
             cfg.torch_threads = 1
+        text = config_yaml(cfg)
+        _check_same_config(run_dir, text)
         setting = ",".join(c for c in combo if not c.startswith("seed="))
         runs.append(SweepRun(
-            name=run_dir.name, overrides=combo, setting=setting, run_dir=run_dir, config_yaml=config_yaml(cfg),
+            name=run_dir.name, overrides=combo, setting=setting, run_dir=run_dir, config_yaml=text,
             num_cpus=float(cfg.torch_threads), num_gpus=1.0 if cfg.device.startswith("cuda") else 0.0,
             seed=cfg.seed,
         ))
@@ -133,6 +135,19 @@ def plan(config: str | None, items: list[str], out: str | os.PathLike) -> list[S
     if len(set(names)) != len(names):
         raise ConfigError("two combinations of the sweep map to the same run directory; use plainer values")
     return runs
+
+
+def _check_same_config(run_dir: Path, planned: str) -> None:
+    """A run directory that exists already must hold this very run (a sweep continued, not another sweep
+    written over it): its saved config must equal the planned one, or one ``ConfigError`` names the keys."""
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.exists():
+        return
+    saved, new = yaml.safe_load(saved_path.read_text()) or {}, yaml.safe_load(planned)
+    differ = sorted(k for k in set(saved) | set(new) if k != "run_dir" and saved.get(k) != new.get(k))
+    if differ:
+        shown = ", ".join(f"{k}: {saved.get(k)!r} -> {new.get(k)!r}" for k in differ[:4])
+        raise ConfigError(f"{run_dir} holds a run of another config ({shown}); give the sweep another --out")
 
 
 def _has_checkpoint(run_dir: Path) -> bool:

@@ -76,6 +76,10 @@ def test_two_run_sweep_aggregates_and_a_rerun_skips(local_ray, tiny_maze_dataset
     assert [r["status"] for r in again["runs"]] == ["skipped", "skipped"]
     assert [(out / n / "results.json").stat().st_mtime_ns for n in ("seed=0", "seed=1")] == mtimes
     assert again["groups"] == summary["groups"]
+    # the same folder with another config is refused in one line (nothing started, nothing overwritten)
+    assert main([a.replace("train_steps=20", "train_steps=30") for a in args]) == 2
+    assert "holds a run of another config (train_steps: 20 -> 30)" in capsys.readouterr().err
+    assert [(out / n / "results.json").stat().st_mtime_ns for n in ("seed=0", "seed=1")] == mtimes
 
 
 def test_bad_sweep_item_is_one_error_line_and_starts_nothing(capsys, tmp_path):
