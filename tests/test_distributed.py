@@ -22,6 +22,8 @@ from diffplan.checkpoint import CheckpointError
 from diffplan.compose import load_config
 from diffplan.training import load_trained, train
 
+from .conftest import TINY_DIFFUSION_QL, tiny_baseline
+
 STEPS = 6
 BC = ["agent=bc", "task=pointmaze-umaze", "hidden=[16,16]", "batch_size=8", "lr=1e-2", "eval_every=0",
       "checkpoint_every=0", "log_every=1", "final_eval_episodes=1", "eval_envs=1", "plot_plans=0", "torch_threads=1"]
@@ -60,6 +62,11 @@ def _rank_main(rank: int, world: int, port: int, dataset: str, root: str) -> Non
         ("diffuser_straight", DIFFUSER, out / "dif2", ["train_steps=4"], None),
         ("diffuser_half", DIFFUSER, out / "dif2_halves", ["train_steps=2"], None),
         ("diffuser_resumed", DIFFUSER, out / "dif2_halves", ["train_steps=4"], out / "dif2_halves"),
+        # the Tianshou actor-critics (TD3+BC; CQL with SAC's temperature and its Lagrange multiplier) and a
+        # diffusion actor-critic: several optimizers per update, all replicated
+        *[(name, [*base, "final_eval_episodes=1", "eval_envs=1"], out / name, ["train_steps=3"], None)
+          for name, base in (("td3bc", tiny_baseline("td3bc")), ("cql", tiny_baseline("cql")),
+                             ("diffusion_ql", TINY_DIFFUSION_QL))],
         # a time budget with evaluations on rank 0: every rank must stop at the same step (no rank left waiting)
         ("bc_budget", BC, out / "bc2_budget", ["train_steps=100000", "max_train_minutes=0.01", "eval_every=25",
                                                 "eval_episodes=1"], None),
@@ -114,10 +121,12 @@ def test_two_ranks_equal_one_process_with_the_same_global_batch(two_ranks, tiny_
 
 
 def test_ranks_stay_replicas(two_ranks):
-    """Weights, optimizer moments, EMA and normalizers are identical on both ranks after every run."""
+    """Weights, optimizer moments, EMA and normalizers are identical on both ranks after every run, for agents
+    with one optimizer and with several."""
     for rank in (0, 1):
         report = json.loads((two_ranks / f"rank{rank}.json").read_text())
-        for name in ("bc_straight", "bc_resumed", "diffuser_straight", "diffuser_resumed", "bc_budget"):
+        for name in ("bc_straight", "bc_resumed", "diffuser_straight", "diffuser_resumed", "bc_budget", "td3bc",
+                     "cql", "diffusion_ql"):
             assert report[name] == 0.0, (rank, name, report[name])
 
 
