@@ -611,9 +611,9 @@ def _scaleout(root: Path) -> _Section:
         "### Data-parallel training (`torchrun`, gloo on CPU)", "",
         "Samples per second of the global batch (gradient steps × batch size / training time; start-up and the",
         "final evaluation excluded), one torch thread per rank, mean ± s.e. over repeated runs interleaved across",
-        "rank counts. On this shared 2-core machine two ranks compete with the other jobs for the same two cores",
-        "(the recorded load is above 2), so these rows measure the overhead of the all-reduce and the sharded",
-        "batches, not the speed-up a multi-GPU node gives. No GPU machine was available for this measurement.",
+        "rank counts. On this shared 2-core machine two ranks share the two cores with whatever else ran then (the",
+        "load column: above 2, the cores were oversubscribed), so these rows measure the cost of the all-reduce and",
+        "the sharded batches, not the speed-up a multi-GPU node gives. No GPU machine was available to this work.",
         "",
         "What to expect on a multi-GPU node (an estimate, not a measurement): with the global batch fixed, each",
         "rank computes 1/N of it, and one step adds one all-reduce of the gradients (4 bytes a parameter: 4 MB for",
@@ -623,7 +623,10 @@ def _scaleout(root: Path) -> _Section:
         "",
     )
     table, labelled = [], []
-    for name in ("ddp_diffuser_umaze.json", "ddp_bc_umaze.json"):
+    files = sorted(p.name for p in (root / "scaleout").glob("ddp_*.json"))
+    if not files:
+        raise ReportError(f"{root / 'scaleout'}: no ddp_*.json results (diffplan bench ddp)")
+    for name in files:
         d = sec.read(f"scaleout/{name}")
         for row in d["summary"]:
             trials = [t for t in d["trials"] if t["ranks"] == row["ranks"]]
@@ -631,7 +634,7 @@ def _scaleout(root: Path) -> _Section:
             table.append([d["config"], str(trials[0]["batch_size"]), str(row["ranks"]),
                           f"{row['samples_per_s']:.0f} ± {row['samples_per_s_se']:.0f}", f"{row['speedup']:.2f}",
                           str(row["runs"]), f"{load:.1f}"])
-        labelled.append((d["config"], _command(d)))
+        labelled.append((f"{d['config']} ({name})", _command(d)))
     sec.add(*_table(["agent", "global batch", "ranks", "samples/s", "vs 1 rank", "runs", "load before (1 min)"],
                     table))
     sec.commands(labelled)
