@@ -8,6 +8,8 @@
   training minutes and gradient steps) as one JSON file and a PNG beside it.
 * ``report [benchmarks/]``: ``benchmarks/README.md`` generated from the JSON results (``diffplan.report``); ``--out``
   writes the page elsewhere.
+* ``ddp <config> [k=v] --ranks 1,2``: training samples per second under torchrun with each number of ranks.
+* ``sweep <config> [k=v] --repeats N``: the per-run cost of ``diffplan sweep`` on a local Ray (N tiny runs).
 * ``maze <run>``: the maze evaluation protocol over ``--episodes`` episodes, beside the planner-free
   go-to-goal PD baseline on the same start/goal pairs, and the score on the "hard" episodes that baseline fails.
 """
@@ -16,11 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 from tianshou.algorithm.algorithm_base import Policy
 from tianshou.data import Batch
 
@@ -215,6 +219,90 @@ def bench_curve(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def bench_ddp(args: argparse.Namespace) -> dict[str, Any]:
+    """Training throughput (samples per second of the global batch) of a config under ``torchrun`` with each
+    number of ranks in ``--ranks`` (one torch thread per rank), ``--repeats`` runs each, interleaved so that
+    the machine's load changes hit every rank count alike. Read from each run's results.json: training time
+    only (start-up and the final evaluation excluded)."""
+    import subprocess
+    import sys
+    import tempfile
+
+    ranks = [int(r) for r in str(args.ranks).split(",")]
+    trials: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="diffplan-ddp-") as tmp:
+        for rep in range(args.repeats):
+            for n in ranks:
+                run_dir = Path(tmp) / f"r{n}-{rep}"
+                load_before = os.getloadavg()[0]
+                cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
+                       "-m", "diffplan", "train", str(args.path), *args.overrides, "torch_threads=1",
+                       f"run_dir={run_dir}", "--no-progress"]
+                subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                               stdout=subprocess.DEVNULL)
+                res = json.loads((run_dir / "results.json").read_text())
+                batch = int(yaml.safe_load((run_dir / "config.yaml").read_text())["batch_size"])
+                trials.append({
+                    "ranks": n, "repeat": rep, "gradient_steps": res["gradient_steps"], "batch_size": batch,
+                    "train_time_s": res["train_time_s"],
+                    "samples_per_s": res["gradient_steps"] * batch / res["train_time_s"],
+                    "load_1min_before": load_before, "load_1min_after": os.getloadavg()[0],
+                })
+    summary = []
+    for n in ranks:
+        rates = np.array([t["samples_per_s"] for t in trials if t["ranks"] == n])
+        se = float(rates.std(ddof=1) / np.sqrt(len(rates))) if len(rates) > 1 else 0.0
+        summary.append({"ranks": n, "samples_per_s": float(rates.mean()), "samples_per_s_se": se,
+                        "runs": len(rates)})
+    base = summary[0]["samples_per_s"]
+    for row in summary:
+        row["speedup"] = row["samples_per_s"] / base
+    command = " ".join(["diffplan bench ddp", str(args.path), *args.overrides, f"--ranks {args.ranks}",
+                        f"--repeats {args.repeats}"] + ([f"--out {args.out}"] if args.out else []))
+    result = {"benchmark": "ddp", "config": str(args.path), "overrides": list(args.overrides), "command": command,
+              "summary": summary, "trials": trials, **machine_info()}
+    return _write(result, args.out)
+
+
+def bench_sweep(args: argparse.Namespace) -> dict[str, Any]:
+    """What a sweep on a local Ray costs per run beyond its training: ``--repeats`` runs of a tiny config
+    (``seed=0..N-1``, one CPU each), each a Ray task, then the same sweep again (every run finished: skipped).
+
+    Overhead per run = (sweep wall time x CPU slots - the time ``train`` ran in all tasks) / runs: the slot time
+    a run costs beyond its training (worker start, imports, config, scheduling, waiting for results)."""
+    import tempfile
+
+    import ray
+
+    from diffplan.sweep import run_sweep
+
+    t0 = time.perf_counter()
+    ray.init(log_to_driver=False, include_dashboard=False)
+    init_s = time.perf_counter() - t0
+    slots = int(ray.cluster_resources().get("CPU", 1))
+    seeds = ",".join(str(i) for i in range(args.repeats))
+    try:
+        with tempfile.TemporaryDirectory(prefix="diffplan-sweep-") as tmp:
+            first = run_sweep(str(args.path), [*args.overrides, f"seed={seeds}"], Path(tmp) / "a", echo=False)
+            again = run_sweep(str(args.path), [*args.overrides, f"seed={seeds}"], Path(tmp) / "a", echo=False)
+    finally:
+        ray.shutdown()
+    runs = first["runs"]
+    train_s = np.array([r["train_s"] for r in runs])
+    command = " ".join(["diffplan bench sweep", str(args.path), *args.overrides, f"--repeats {args.repeats}"]
+                       + ([f"--out {args.out}"] if args.out else []))
+    result = {
+        "benchmark": "sweep", "config": str(args.path), "overrides": list(args.overrides), "command": command,
+        "runs": len(runs), "cpu_slots": slots, "ray_init_s": init_s, "sweep_wall_s": first["wall_s"],
+        "rerun_wall_s": again["wall_s"], "train_s_mean": float(train_s.mean()),
+        "overhead_s_per_run": (first["wall_s"] * slots - float(train_s.sum())) / len(runs),
+        "in_task_setup_s_mean": float(np.mean([r["task_s"] - r["train_s"] for r in runs])),
+        "per_run": [{k: r[k] for k in ("name", "train_s", "task_s", "latency_s")} for r in runs],
+        **machine_info(),
+    }
+    return _write(result, args.out)
+
+
 def bench_report(args: argparse.Namespace) -> dict[str, Any]:
     """Regenerate the benchmark page from the committed JSON results (no training code involved)."""
     from diffplan.report import write
@@ -225,4 +313,5 @@ def bench_report(args: argparse.Namespace) -> dict[str, Any]:
 
 BENCHMARKS = {
     "plan": bench_plan, "train": bench_train, "maze": bench_maze, "curve": bench_curve, "report": bench_report,
+    "ddp": bench_ddp, "sweep": bench_sweep,
 }

@@ -1,4 +1,4 @@
-"""The ``diffplan`` command: data, train, eval, quickstart, bench, serve, deploy.
+"""The ``diffplan`` command: data, train, eval, sweep, quickstart, bench, serve, deploy.
 
 Examples::
 
@@ -11,6 +11,8 @@ Examples::
     diffplan config diffuser pointmaze-large
     diffplan train --resume runs/diffuser-pointmaze-umaze-s0-...
     diffplan eval runs/diffuser-pointmaze-umaze-s0-... --episodes 100
+    torchrun --nproc-per-node 2 -m diffplan train diffuser task=pointmaze-umaze batch_size=64
+    diffplan sweep diffuser task=pointmaze-umaze lr=1e-3,3e-4 seed=0,1,2 --out sweeps/lr
     diffplan serve --env Hopper-v5 --port 5555 --hz 50
     diffplan deploy runs/quickstart --robot tcp://127.0.0.1:5555
     diffplan robot keys robot-keys --client laptop
@@ -176,7 +178,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             return 2
         cfg = load_config(args.config, args.overrides)
     results = train(cfg, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite)
-    _print_final(results)
+    from diffplan.training.distributed import launched
+
+    if not launched() or os.environ.get("RANK") == "0":  # under torchrun, rank 0 alone prints
+        _print_final(results)
     return 0
 
 
@@ -240,6 +245,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
     result = BENCHMARKS[args.what](args)
     _print_json(result)
     return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Exit 0 when every run finished, 1 when some failed (the others are kept; run it again to retry them)."""
+    from diffplan.sweep import SUMMARY, run_sweep
+
+    config, items = args.config, list(args.items)
+    if "=" in config and not config.endswith((".yaml", ".yml")):  # `sweep task=... agent=...`: no config given
+        items.insert(0, config)
+        config = None
+    out = args.out or str(Path("sweeps") / (Path(config).stem if config else "sweep"))
+    command = " ".join(["diffplan sweep", args.config, *args.items, *(["--address", args.address] if args.address else [])])
+    summary = run_sweep(config, items, out, address=args.address, retries=args.retries, command=command)
+    for g in summary["groups"]:
+        print(f"{g['agent']} {g['task']} {g['setting'] or '(no swept keys)'}: {g['metric']} {g['mean']:.1f} ± "
+              f"{g['se']:.1f} over seeds {g['seeds']}")
+    print(f"summary: {Path(out) / SUMMARY}")
+    return 1 if summary["failed"] else 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -336,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     qs.set_defaults(func=cmd_quickstart)
 
     bench = sub.add_parser("bench", help="benchmarks that write JSON results")
-    bench.add_argument("what", choices=["plan", "train", "maze", "curve", "report"])
+    bench.add_argument("what", choices=["plan", "train", "maze", "curve", "report", "ddp", "sweep"])
     bench.add_argument(
         "path", nargs="?",
         help="run directory (plan, maze, curve), config (train) or results folder (report, default benchmarks)",
@@ -346,7 +369,17 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=50)
     bench.add_argument("--steps", type=int, default=300, help="env steps timed for the decision latency (plan)")
     bench.add_argument("--out", default=None, help="JSON file to write (report: the page, default <folder>/README.md)")
+    bench.add_argument("--ranks", default="1,2", help="ddp: numbers of torchrun ranks to compare")
     bench.set_defaults(func=cmd_bench)
+
+    sweep = sub.add_parser("sweep", help="many runs (every combination of key=v1,v2 ... seed=0,1,2) as Ray tasks")
+    sweep.add_argument("config", help="an agent, an experiment or config file (as train takes)")
+    sweep.add_argument("items", nargs="*", help="key=value overrides; key=v1,v2 sweeps the values")
+    sweep.add_argument("--out", default=None, help="the sweep's folder: one run directory per combination "
+                       "and summary.json (default sweeps/<config>); run again to continue a sweep")
+    sweep.add_argument("--address", default="", help="Ray cluster (auto, host:port); default: a local Ray")
+    sweep.add_argument("--retries", type=int, default=3, help="restarts of a run whose worker died")
+    sweep.set_defaults(func=cmd_sweep)
 
     # The real-robot bridge (needs the 'robot' extra); handlers import it only when run.
     serve = sub.add_parser("serve", help="serve a MuJoCo env (or a robot backend) as a robot over ZeroMQ")

@@ -149,6 +149,12 @@ class RunConfig:
     software on a machine without a GPU (0.1-0.4 s a frame on a 2-core CPU), hence the cap."""
     video_every: int = 4
     """Env steps between two video frames."""
+    vector_env: str = ""
+    """Vector env of evaluations and online training: dummy | subproc | ray (Tianshou's DummyVectorEnv,
+    SubprocVectorEnv, RayVectorEnv: one Ray actor per env, spread over a Ray cluster). Empty: dummy for
+    evaluations; online agents' ``subproc_envs`` decides for their training envs."""
+    ray_address: str = ""
+    """The Ray cluster of ``vector_env=ray``: empty starts a local Ray; ``auto`` or ``host:port`` joins one."""
 
 
 _AT_LEAST_ONE = ("train_steps", "batch_size", "log_every", "final_eval_episodes", "eval_envs", "dataset_steps",

@@ -9,12 +9,15 @@ map to Gymnasium's v5 MuJoCo envs with D4RL's 1000-step limit; any other name is
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING
 
 import gymnasium as gym
 
 if TYPE_CHECKING:  # imported where used: a robot server (diffplan.envs.robot) starts without torch/tianshou
     from tianshou.env import BaseVectorEnv
+
+    from diffplan.envs.maze import MazeTask
 
 
 EVAL_SEED = 12_345
@@ -107,13 +110,86 @@ def make_env(task: str, seed: int = 0, render_mode: str | None = None) -> gym.En
     return env
 
 
-def make_vector_env(task: str, n: int, seed: int = 0, subproc: bool = False) -> BaseVectorEnv:
-    """``n`` envs in a Tianshou vector env (Dummy by default: PointMaze steps are cheaper than a process hop)."""
-    from tianshou.env import DummyVectorEnv, SubprocVectorEnv
+VECTOR_ENVS: tuple[str, ...] = ("dummy", "subproc", "ray")
+"""Kinds of vector env: ``dummy`` (Tianshou's DummyVectorEnv, every env in this process), ``subproc``
+(SubprocVectorEnv, one process each) or ``ray`` (RayVectorEnv, one Ray actor each: on a Ray cluster the envs
+spread over its machines)."""
 
-    if is_maze_task(task):
-        from diffplan.envs.maze import make_maze_vector_env
 
-        return make_maze_vector_env(task, n, seed, subproc=subproc)
-    fns = [lambda i=i: make_env(task, seed + i) for i in range(n)]
-    return SubprocVectorEnv(fns) if subproc else DummyVectorEnv(fns)
+def check_vector_env(kind: str) -> None:
+    """A :data:`VECTOR_ENVS` kind ('' for the caller's default) that can run here, else one ``ConfigError``."""
+    from diffplan.config import ConfigError
+
+    if kind and kind not in VECTOR_ENVS:
+        raise ConfigError(f"vector_env={kind!r}; valid: {', '.join(VECTOR_ENVS)} (or empty for the default)")
+    if kind == "ray":
+        _require_ray("vector_env=ray")
+
+
+def _require_ray(what: str) -> None:
+    import importlib.util
+
+    from diffplan.config import ConfigError
+
+    if importlib.util.find_spec("ray") is None:
+        raise ConfigError(f"{what} needs Ray: pip install 'diffplan[distributed]' (or ray)")
+
+
+def connect_ray(address: str = "", what: str = "vector_env=ray") -> None:
+    """Join the Ray cluster at ``address`` ("auto": the one this machine belongs to), or start a local Ray
+    when ``address`` is empty; nothing when this process is connected already. ``what`` names the feature in
+    the error when Ray is not installed."""
+    _require_ray(what)
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address or None, ignore_reinit_error=True, log_to_driver=False)
+
+
+def make_vector_env(
+    task: str | MazeTask, n: int, seed: int = 0, subproc: bool = False, *, kind: str = "", ray_address: str = ""
+) -> BaseVectorEnv:
+    """``n`` envs of ``task`` with seeds ``seed .. seed+n-1`` in a Tianshou vector env: the one place that builds
+    vector envs (evaluation, online training, tests).
+
+    ``kind``: one of :data:`VECTOR_ENVS`; empty: ``subproc`` when ``subproc`` else ``dummy`` (PointMaze steps are
+    cheaper than a process hop). ``ray_address``: the Ray cluster of ``kind="ray"`` (empty: a local Ray).
+    """
+    from tianshou.env import DummyVectorEnv, RayVectorEnv, SubprocVectorEnv
+
+    check_vector_env(kind)
+    kind = kind or ("subproc" if subproc else "dummy")
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    if not isinstance(task, str) or is_maze_task(task):  # a maze by name, or a MazeTask itself
+        from diffplan.envs.maze import maze_env_fns
+
+        fns = maze_env_fns(task, n, seed)
+    else:
+        fns = [functools.partial(make_env, task, seed + i) for i in range(n)]
+    if kind == "dummy":
+        return DummyVectorEnv(fns)
+    if kind == "subproc":
+        return SubprocVectorEnv(fns)
+    connect_ray(ray_address)
+    return RayVectorEnv([functools.partial(_BuiltInActor, fn) for fn in fns])
+
+
+class _BuiltInActor:
+    """What Tianshou's ``RayEnvWorker`` ships to its actor: the env factory, which runs there.
+
+    ``RayEnvWorker`` calls the factory in this process and sends the env it returns to a Ray actor by pickling.
+    A gymnasium env does not survive that (it unpickles as a fresh env from its constructor arguments, EzPickle,
+    losing the seeding the factory did), so the factory returns this stand-in, which unpickles into
+    ``fn()``: the env is built in the actor, as a SubprocVectorEnv builds it in its worker process.
+    """
+
+    def __init__(self, fn: functools.partial[gym.Env]) -> None:
+        self.fn = fn
+
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:
+        return _call, (self.fn,)
+
+
+def _call(fn: functools.partial[gym.Env]) -> gym.Env:
+    return fn()

@@ -58,6 +58,7 @@ __all__ = [
     "get_task",
     "make_maze_env",
     "make_maze_vector_env",
+    "maze_env_fns",
     "maze_geometry",
     "protocol_metadata",
     "register_maze",
@@ -274,17 +275,20 @@ def make_maze_env(task: str | MazeTask, seed: int = 0, *, render_mode: str | Non
     return RandomCellsReset(env, seed=seed)
 
 
-def make_maze_vector_env(task: str | MazeTask, n: int, seed: int = 0, subproc: bool = False):
-    """``n`` protocol envs (seeds ``seed .. seed+n-1``) in a Tianshou ``DummyVectorEnv`` or ``SubprocVectorEnv``.
+def maze_env_fns(task: str | MazeTask, n: int, seed: int = 0) -> list[functools.partial[gym.Env]]:
+    """Factories of ``n`` protocol envs with seeds ``seed .. seed+n-1``.
 
-    ``functools.partial`` keeps the factories picklable for subprocess workers; each worker imports this
-    module and registers the gymnasium-robotics ids itself. The factories carry the ``MazeTask`` itself, not
-    its name, so a worker process needs no registered user maze.
+    ``functools.partial`` keeps them picklable for subprocess and Ray workers; each worker imports this module
+    and registers the gymnasium-robotics ids itself. The factories carry the ``MazeTask`` itself, not its name,
+    so a worker process needs no registered user maze.
     """
-    from tianshou.env import DummyVectorEnv, SubprocVectorEnv
-
     t = get_task(task)  # fail fast on a bad name, before any worker starts
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
-    fns = [functools.partial(make_maze_env, t, seed + i) for i in range(n)]
-    return SubprocVectorEnv(fns) if subproc else DummyVectorEnv(fns)
+    return [functools.partial(make_maze_env, t, seed + i) for i in range(n)]
+
+
+def make_maze_vector_env(task: str | MazeTask, n: int, seed: int = 0, subproc: bool = False, kind: str = ""):
+    """``n`` protocol envs (seeds ``seed .. seed+n-1``) in a Tianshou vector env, built by
+    :func:`diffplan.envs.make_vector_env` (Dummy; Subproc with ``subproc``; or ``kind``)."""
+    from diffplan.envs import make_vector_env
+
+    return make_vector_env(task, n, seed, subproc, kind=kind)

@@ -97,3 +97,28 @@ def test_cli_writes_the_page(tmp_path):
     out = tmp_path / "page.md"
     assert main(["bench", "report", str(ROOT / "benchmarks"), "--out", str(out)]) == 0
     assert out.read_text() == (ROOT / "benchmarks" / "README.md").read_text()
+
+
+def test_a_sweep_summary_groups_seeds_by_setting_and_renders_as_a_table(tmp_path):
+    """`diffplan sweep`'s summary (diffplan.sweep.summarize) groups runs by setting with the report's rule."""
+    from diffplan.report import sweep_table
+    from diffplan.sweep import SweepRun, summarize
+
+    def run(setting: str, seed: int, score: float) -> SweepRun:
+        r = SweepRun(name=f"{setting},seed={seed}", overrides=[], setting=setting, run_dir=tmp_path / f"{setting}{seed}",
+                     config_yaml="", num_cpus=1, num_gpus=0, seed=seed)
+        r.result = {"status": "trained", "results": {**_result(seed, score), "task": "hopper-medium", "updates": 1}}
+        return r
+
+    runs = [run("lr=0.001", 0, 10.0), run("lr=0.001", 1, 20.0), run("lr=0.0003", 0, 40.0)]
+    failed = SweepRun(name="lr=0.0003,seed=1", overrides=[], setting="lr=0.0003", run_dir=tmp_path / "f",
+                      config_yaml="", num_cpus=1, num_gpus=0, seed=1, result={"status": "failed", "error": "boom"})
+    summary = summarize([*runs, failed], "diffplan sweep diffuser lr=0.001,0.0003 seed=0,1")
+    assert summary["failed"] == 1
+    first, second = summary["groups"]
+    assert first["setting"] == "lr=0.001" and first["seeds"] == [0, 1]
+    assert first["mean"] == pytest.approx(15.0) and first["se"] == pytest.approx(5.0)
+    assert second["seeds"] == [0] and second["se"] == pytest.approx(1.0)  # one seed: the episode s.e.
+    lines = sweep_table(summary)
+    assert "| diffuser | hopper-medium | lr=0.001 | normalized score | 15.0 ± 5.0 | s0 10.0, s1 20.0 | 2 ⚠ |" in lines
+    assert lines[-1] == "Failed runs (not in the rows): lr=0.0003,seed=1."

@@ -10,6 +10,9 @@ def test_ci_runs_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text()
     command = "python -m pytest -q --nbmake tests notebooks"
     assert command in readme and command in ci
+    # ... after installing the same extras (the Ray tests need `distributed`)
+    extras = '-e ".[dev,robot,distributed]"'
+    assert f'pip install {extras} && {command}' in readme and f"install --quiet {extras}" in ci
     assert "diffplan quickstart" in readme
 
 

@@ -17,7 +17,7 @@ from diffplan.agent import Agent, OnlineConfig, PlanRecorder
 from diffplan.checkpoint import CheckpointError, load_checkpoint, parse_saved_config, resolve_checkpoint
 from diffplan.config import RunConfig
 from diffplan.data import Episodes, load_episodes, recipes
-from diffplan.envs import EVAL_SEED, make_env, make_vector_env
+from diffplan.envs import EVAL_SEED, check_vector_env, make_env, make_vector_env
 from diffplan.envs.evaluation import EvalResult, evaluate
 
 log = logging.getLogger("diffplan")
@@ -71,7 +71,10 @@ class Experiment:
     """Show progress bars (evaluations too)."""
 
     def make_venv(self, n: int, seed: int, subproc: bool = False) -> Any:
-        return make_vector_env(self.cfg.task, n, seed, subproc=subproc)
+        """``n`` envs of the task (seeds ``seed..seed+n-1``) in the config's ``vector_env`` kind."""
+        return make_vector_env(
+            self.cfg.task, n, seed, subproc=subproc, kind=self.cfg.vector_env, ray_address=self.cfg.ray_address
+        )
 
     def evaluate(self, n_episodes: int, record_plans: int = 0, seed: int = EVAL_SEED) -> EvalResult:
         """The evaluation protocol over ``n_episodes``; ``seed`` draws the start/goal pairs (EVAL_SEED: the
@@ -149,6 +152,13 @@ def check_dataset_task(cfg: RunConfig, episodes: Episodes) -> None:
         )
 
 
+def check_runtime(cfg: RunConfig) -> None:
+    """The settings this machine must support (device, vector env kind), checked before a run claims its
+    directory or loads anything."""
+    check_device(cfg.device)
+    check_vector_env(cfg.vector_env)
+
+
 def setup(cfg: RunConfig, *, with_data: bool = True, progress: bool = True) -> Experiment:
     """Seed, load data (offline agents; an online agent only when its config names a dataset), build the agent.
 
@@ -156,7 +166,7 @@ def setup(cfg: RunConfig, *, with_data: bool = True, progress: bool = True) -> E
     """
     from diffplan.agents import AGENTS
 
-    check_device(cfg.device)
+    check_runtime(cfg)  # now, not at the first evaluation hours later
     torch.set_num_threads(cfg.torch_threads if cfg.torch_threads > 0 else (os.cpu_count() or 1))
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)

@@ -44,20 +44,31 @@ from diffplan.checkpoint import (
 from diffplan.config import ConfigError, RunConfig, config_yaml
 from diffplan.envs import EVAL_SEED
 from diffplan.envs.evaluation import EvalResult
-from diffplan.training.experiment import Experiment, default_dataset, load_trained, machine_info, setup
+from diffplan.training import distributed
+from diffplan.training.distributed import DistContext
+from diffplan.training.experiment import (
+    Experiment,
+    check_runtime,
+    default_dataset,
+    load_trained,
+    machine_info,
+    setup,
+)
 
 log = logging.getLogger("diffplan")
 
 
 class OfflineSteps:
-    """One step = one gradient step on a batch drawn from the agent's dataset."""
+    """One step = one gradient step on a batch drawn from the agent's dataset (in a data-parallel run: this
+    rank's shard of the global batch, :mod:`diffplan.training.distributed`)."""
 
     unit = "step"
 
-    def __init__(self, exp: Experiment) -> None:
-        if exp.agent.batch_source is None:
+    def __init__(self, exp: Experiment, ctx: DistContext | None = None) -> None:
+        sharded = distributed.prepare(exp.agent, exp.cfg, ctx or DistContext())
+        if sharded is None:
             raise ConfigError(f"agent {exp.cfg.agent!r} learns offline but was built without a dataset")
-        self.exp, self.source = exp, exp.agent.batch_source
+        self.exp, self.source = exp, sharded
 
     def total(self) -> int:
         """Progress-bar length in :attr:`unit`."""
@@ -77,10 +88,10 @@ class OfflineSteps:
         """Called after every checkpoint and on resume (nothing to restart offline)."""
 
     def state_dict(self) -> dict[str, Any]:
-        return {}
+        return {"source": self.source.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
+        self.source.load_state_dict(state.get("source", {}))
 
     def close(self) -> None:
         pass
@@ -142,14 +153,29 @@ class OnlineSteps:
         self.venv.close()
 
 
-def _checkpoint_state(
-    exp: Experiment, steps: OfflineSteps | OnlineSteps, step: int, history: list[dict], train_time: float
-) -> dict[str, Any]:
+def _rank_state(exp: Experiment, steps: OfflineSteps | OnlineSteps) -> dict[str, Any]:
+    """What differs between the ranks of a data-parallel run (the same keys as a checkpoint's top level)."""
     return {
-        "algorithm": exp.agent.algorithm.state_dict(),
         "generators": {name: g.get_state() for name, g in exp.agent.generators().items()},
         "loop": steps.state_dict(),
         "rng": rng_state(),
+    }
+
+
+def _checkpoint_state(
+    exp: Experiment, steps: OfflineSteps | OnlineSteps, step: int, history: list[dict], train_time: float,
+    ctx: DistContext | None = None,
+) -> dict[str, Any]:
+    """The checkpoint of this step. In a data-parallel run every rank must call it (it gathers each rank's
+    generator and RNG states to rank 0, under ``ranks``); only rank 0's result is complete and saved."""
+    ctx = ctx or DistContext()
+    own = _rank_state(exp, steps)
+    ranks = distributed.gather(own, ctx) if ctx.enabled else None
+    return {
+        "algorithm": exp.agent.algorithm.state_dict(),
+        **own,
+        "world_size": ctx.world,
+        **({"ranks": ranks} if ranks is not None else {}),
         "step": step,
         "train_time": train_time,
         "history": json.dumps(history, default=float),
@@ -158,8 +184,13 @@ def _checkpoint_state(
     }
 
 
-def _restore(exp: Experiment, steps: OfflineSteps | OnlineSteps, state: dict[str, Any]) -> tuple[int, float, list]:
+def _restore(
+    exp: Experiment, steps: OfflineSteps | OnlineSteps, state: dict[str, Any], ctx: DistContext | None = None
+) -> tuple[int, float, list]:
     exp.agent.algorithm.load_state_dict(state["algorithm"])
+    ctx = ctx or DistContext()
+    if ctx.enabled:  # this rank's own noise streams (check_world made sure the checkpoint has them)
+        state = {**state, **state["ranks"][ctx.rank]}
     generators = exp.agent.generators()
     saved = state.get("generators", {"algorithm": state.get("generator")})  # older checkpoints: one generator
     for name, gen_state in saved.items():
@@ -244,10 +275,48 @@ def train(
 
     A new run (``resume`` None) refuses a ``run_dir`` that already holds a run before anything is loaded or
     built; ``overwrite`` moves that run aside instead (:func:`claim_run_dir`).
+
+    Launched by torchrun (``torchrun --nproc-per-node N -m diffplan train ...``), every rank runs this; they
+    train one model data-parallel (:mod:`diffplan.training.distributed`) and return rank 0's results.
     """
-    if resume is None and cfg.run_dir:
-        claim_run_dir(cfg.run_dir, overwrite=overwrite)
-    return run_experiment(setup(cfg, progress=progress), resume=resume, overwrite=overwrite)
+    check_runtime(cfg)
+    ctx = distributed.init(cfg)
+    try:
+        if resume is None and cfg.run_dir and ctx.main:
+            claim_run_dir(cfg.run_dir, overwrite=overwrite)
+        if ctx.enabled and not ctx.main:
+            distributed.barrier(ctx)  # rank 0 makes the dataset first, if it is not on disk yet
+        exp = setup(cfg, progress=progress and ctx.main)
+        if ctx.enabled and ctx.main:
+            distributed.barrier(ctx)
+        return run_experiment(exp, resume=resume, overwrite=overwrite)
+    finally:
+        distributed.shutdown()
+
+
+class _NoWriter:
+    """TensorBoard on the ranks that do not write (every rank but 0 of a data-parallel run)."""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: None
+
+
+def _load_resume(path: str | os.PathLike, cfg: RunConfig, ctx: DistContext) -> dict[str, Any]:
+    """Rank 0 reads the checkpoint and sends it to the other ranks (no shared file system needed); a bad
+    checkpoint is the same one-line error on every rank."""
+    if not ctx.enabled:
+        state, _ = load_checkpoint(path, map_location=cfg.device)
+        return state
+    loaded: tuple[dict[str, Any] | None, str] = (None, "")
+    if ctx.main:
+        try:
+            loaded = (load_checkpoint(path, map_location="cpu")[0], "")
+        except CheckpointError as exc:
+            loaded = (None, str(exc))
+    state, error = distributed.broadcast(loaded, ctx)
+    if state is None:
+        raise CheckpointError(error)
+    return state
 
 
 def run_experiment(
@@ -259,26 +328,36 @@ def run_experiment(
     algorithm's type. A new run into a directory that holds a run is refused (``overwrite``: moved aside).
     """
     cfg, progress = exp.cfg, exp.progress
+    ctx = distributed.current()
+    if ctx.enabled and exp.agent.online:
+        raise ConfigError(
+            f"agent {cfg.agent!r} learns online: it trains in one process (torchrun is for offline agents); "
+            "spread its collection over Ray with vector_env=ray"
+        )
     run_dir = exp.run_dir
-    if resume is None:
-        claim_run_dir(run_dir, overwrite=overwrite)
-    run_dir.mkdir(parents=True, exist_ok=True)
     resolved_yaml = config_yaml(cfg)
-    write_text_atomic(run_dir / "config.yaml", resolved_yaml)
+    if ctx.main:
+        if resume is None:
+            claim_run_dir(run_dir, overwrite=overwrite)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(run_dir / "config.yaml", resolved_yaml)
     init_from = cfg.init_from if isinstance(cfg, OnlineConfig) else ""
     if init_from and resume is None:
         if not isinstance(exp.agent.algorithm, WarmStartable):
             raise ConfigError(f"agent {cfg.agent!r} cannot start from another run (init_from={init_from!r})")
         exp.agent.algorithm.warm_start(init_from)
-    state = None if resume is None else load_checkpoint(resume, map_location=cfg.device)[0]
+    state = None
+    if resume is not None:
+        state = _load_resume(resume, cfg, ctx)
+        distributed.check_world(int(state.get("world_size", 1)), ctx, resume)
 
-    steps: OfflineSteps | OnlineSteps = OnlineSteps(exp) if exp.agent.online else OfflineSteps(exp)
+    steps: OfflineSteps | OnlineSteps = OnlineSteps(exp) if exp.agent.online else OfflineSteps(exp, ctx)
     step, history, train_time = 0, [], 0.0
     bar = None
     try:
         if state is not None:
             try:
-                step, train_time, history = _restore(exp, steps, state)
+                step, train_time, history = _restore(exp, steps, state, ctx)
             except (RuntimeError, KeyError, ValueError) as exc:  # `--resume DIR dim=64`: the weights no longer fit
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise CheckpointError(
@@ -287,7 +366,7 @@ def run_experiment(
                 ) from exc
             steps.restart(step)
             log.info("resumed %s at step %d", resume, step)
-        writer = SummaryWriter(str(run_dir / "tb"))
+        writer: Any = SummaryWriter(str(run_dir / "tb")) if ctx.main else _NoWriter()
         bar = tqdm(total=steps.total(), initial=steps.done(step), desc=f"train {cfg.agent}", disable=not progress,
                    unit=steps.unit)
         time_limit = cfg.max_train_minutes * 60.0 if cfg.max_train_minutes > 0 else float("inf")
@@ -295,6 +374,8 @@ def run_experiment(
             t0 = time.perf_counter()
             stats, advanced, scalars = steps.step()
             train_time += time.perf_counter() - t0
+            if ctx.enabled and time_limit < float("inf"):  # every rank stops at the same step
+                train_time = distributed.agree_max(train_time, ctx)
             step += 1
             bar.update(advanced)
             if step % cfg.log_every == 0:
@@ -305,20 +386,27 @@ def run_experiment(
                 bar.set_postfix(loss=f"{losses.get('loss', float('nan')):.4f}")
             last = step >= cfg.train_steps or train_time >= time_limit
             if cfg.eval_every and step % cfg.eval_every == 0 and not last:
-                summary = _log_eval(writer, exp, exp.evaluate(cfg.eval_episodes, cfg.plot_plans), step)
-                history.append({"step": step, "train_time_s": train_time, **summary})
-                bar.write(_eval_line(step, summary))
+                if ctx.main:
+                    summary = _log_eval(writer, exp, exp.evaluate(cfg.eval_episodes, cfg.plot_plans), step)
+                    history.append({"step": step, "train_time_s": train_time, **summary})
+                    bar.write(_eval_line(step, summary))
+                distributed.barrier(ctx)  # the other ranks wait for rank 0's evaluation here, outside the timing
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and not last:
-                save_checkpoint(run_dir, step, _checkpoint_state(exp, steps, step, history, train_time), resolved_yaml)
+                ckpt = _checkpoint_state(exp, steps, step, history, train_time, ctx)
+                if ctx.main:
+                    save_checkpoint(run_dir, step, ckpt, resolved_yaml)
                 steps.restart(step)
         # Saved before the final evaluation so that a crash in it loses no training, and saved again after it
         # (same weights and RNG state, so resuming stays exact) so that a resumed run's history keeps this eval.
-        final_state = _checkpoint_state(exp, steps, step, history, train_time)
-        save_checkpoint(run_dir, step, final_state, resolved_yaml)
+        final_state = _checkpoint_state(exp, steps, step, history, train_time, ctx)
+        if ctx.main:
+            save_checkpoint(run_dir, step, final_state, resolved_yaml)
     finally:
         if bar is not None:
             bar.close()
         steps.close()  # the training envs (subprocesses for online agents), also when something above failed
+    if not ctx.main:  # rank 0 evaluates and writes; the others get its results
+        return distributed.broadcast(None, ctx)
 
     final = exp.evaluate(cfg.final_eval_episodes, cfg.plot_plans)
     summary = _log_eval(writer, exp, final, step)
@@ -346,8 +434,10 @@ def run_experiment(
         "run_dir": str(run_dir),
         **machine_info(),
     }
+    if ctx.enabled:
+        results["ranks"] = ctx.world
     write_text_atomic(run_dir / "results.json", json.dumps(results, indent=2, default=float))
-    return results
+    return distributed.broadcast(results, ctx)
 
 
 def log_rollout_video(writer: SummaryWriter, exp: Experiment, step: int) -> Path | None:
