@@ -52,6 +52,7 @@ from diffplan.data import (
 )
 from diffplan.data.conditioning import fit_normalizers
 from diffplan.diffusion import (
+    SCHEDULERS,
     Inpaint,
     ValueGuide,
     denoising_loss,
@@ -161,10 +162,10 @@ class DiffuserConfig(DiffusionAgentConfig):
                 raise ConfigError(
                     f"value_guided plans are executed by their actions: set tracking=action (got {self.tracking!r})"
                 )
-            if self.sampler == "ddim" and self.scale_grad_by_std and self.guide_scale:
+            if SCHEDULERS[self.sampler].deterministic and self.scale_grad_by_std and self.guide_scale:
                 raise ConfigError(
-                    "value guidance with scale_grad_by_std needs stochastic steps, but sampler='ddim' steps "
-                    "have std 0 (no guidance at all); use sampler=ddpm or scale_grad_by_std=false"
+                    f"value guidance with scale_grad_by_std needs stochastic steps, but sampler={self.sampler!r} "
+                    "steps have std 0 (no guidance at all); use sampler=ddpm or scale_grad_by_std=false"
                 )
             if self.n_guide_steps < 0 or self.t_stopgrad < 0:
                 raise ConfigError("n_guide_steps and t_stopgrad must be >= 0")
