@@ -114,11 +114,13 @@ class _CountingDiffuser:
 
     def __init__(self, policy):
         self.calls: list[int] = []
+        self.warm: list[bool] = []
         self._plan = policy.plan
 
-        def plan(obs, goal):
+        def plan(obs, goal, init=None):
             self.calls.append(len(obs))
-            return self._plan(obs, goal)
+            self.warm.append(init is not None)
+            return self._plan(obs, goal, init)
 
         policy.plan = plan
 

@@ -178,9 +178,9 @@ def sample(
         model_fn: called instead of ``denoiser`` with the same arguments; how classifier-free guidance
             (:func:`~diffplan.diffusion.guidance.classifier_free`) plugs in.
         start_from: (B, H, D) a clean guess of the result (warm start, e.g. the previous plan shifted by the
-            executed steps): instead of pure noise the loop starts from it noised to the level of timestep
-            ``timesteps[start_index]`` (``scheduler.add_noise``) and runs only the remaining model calls.
-        start_index: how many of the scheduler's model calls ``timesteps`` to skip (only with
+            executed steps, SDEdit-style): instead of pure noise the loop starts from it noised to the level of
+            solver step ``start_index`` (``scheduler.add_noise``) and runs only the remaining steps.
+        start_index: how many of the scheduler's ``num_steps`` solver steps to skip (only with
             ``start_from``); 0 with ``start_from`` re-noises to the first level, nearly pure noise.
     Returns:
         x0 (B, H, D); with ``return_chain`` also chain (B, K + 1, H, D): chain[:, 0] is the initial noise,
@@ -196,13 +196,13 @@ def sample(
         timesteps = scheduler.timesteps.tolist()
         if start_from is None and start_index:
             raise ValueError("start_index needs start_from (the clean guess to re-noise)")
-        if not 0 <= start_index < len(timesteps):
-            raise ValueError(f"start_index={start_index} must be in [0, {len(timesteps)}) (model calls)")
+        if not 0 <= start_index < scheduler.num_steps:
+            raise ValueError(f"start_index={start_index} must be in [0, {scheduler.num_steps}) (solver steps)")
         scheduler.reset()
         with torch.enable_grad() if enable_grad else torch.no_grad():
             x = randn_tensor(shape, generator, dev, dtype)
             if start_from is not None:
-                timesteps = timesteps[start_index:]
+                timesteps = timesteps[scheduler.call_index(start_index):]
                 x = scheduler.add_noise(start_from.to(device=dev, dtype=dtype), x, timesteps[0])
             if inpaint is not None:
                 x = inpaint.apply(x)

@@ -163,6 +163,11 @@ class NoiseScheduler:
         """Denoiser evaluations per sample: ``len(timesteps)``; K for one-stage solvers, 2K - 1 for Heun."""
         return len(self.timesteps)
 
+    def call_index(self, step: int) -> int:
+        """Index in ``timesteps`` (model calls) where solver step ``step`` (0..K-1) begins: ``step`` itself
+        for one-call-per-step solvers."""
+        return step
+
     def reset(self) -> None:
         """Forget per-sample solver state; :func:`~diffplan.diffusion.sample` calls it before each sample.
         One-step samplers (DDPM, DDIM, Euler) keep none; multistep / multistage ones override it."""
@@ -611,6 +616,10 @@ class FlowMatchHeunScheduler(FlowMatchEulerScheduler):
         self.solver_timesteps = self.timesteps
         """(K,) the solver's steps; ``timesteps`` (2K - 1,) lists the model evaluations."""
         self.timesteps = torch.tensor(evals, dtype=torch.long)
+
+    def call_index(self, step: int) -> int:
+        """Step j's predictor is call 2j (calls: t_0, then a corrector and a predictor at each t_j)."""
+        return 2 * step
 
     def _velocity(self, model_out: torch.Tensor, t: int, x_t: torch.Tensor) -> torch.Tensor:
         """v (B, ...) from the (clipped) x0 estimate: (x_t - x0_hat) / s_t."""
