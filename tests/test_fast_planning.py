@@ -79,7 +79,7 @@ def test_warm_start_guess_is_the_previous_plan_shifted(tiny_maze_dataset):
 
 
 def test_plan_chunk_warm_start_keeps_the_committed_prefix_exact(tiny_maze_dataset):
-    cfg, env, agent = _build(
+    _cfg, env, agent = _build(
         "diffuser", tiny_maze_dataset, ["sampling_steps=6", "sampler=ddim", "warm_start_level=0.34"]
     )
     policy = agent.policy
@@ -100,7 +100,7 @@ def test_plan_chunk_warm_start_keeps_the_committed_prefix_exact(tiny_maze_datase
 
 
 def test_latency_budget_cuts_steps_then_candidates_with_a_fake_slow_model(tiny_maze_dataset):
-    cfg, _env, agent = _build(
+    _cfg, _env, agent = _build(
         "diffuser", tiny_maze_dataset,
         ["sampling_steps=10", "n_candidates=4", "latency_budget_ms=50", "budget_min_steps=3"],
     )

@@ -8,6 +8,8 @@ is checked against that map, and the second-order ones against their first-order
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -92,7 +94,7 @@ def test_dpm_solver_many_steps_approaches_ddim_all_steps() -> None:
     count grows (at first order: the gap halves when the steps double)."""
     x_dpm, _ = _solve("dpmsolver++", 100)
     gaps = [float((_solve("ddim", k)[0] - x_dpm).abs().max()) for k in (25, 50, 100, T)]
-    assert all(0.4 < b / a < 0.6 for a, b in zip(gaps, gaps[1:])), gaps
+    assert all(0.4 < b / a < 0.6 for a, b in itertools.pairwise(gaps)), gaps
     assert gaps[-1] < 0.02, gaps
 
 
