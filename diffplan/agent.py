@@ -90,6 +90,14 @@ class ChunkPlanner(Protocol):
 
 
 @runtime_checkable
+class LatencyBudgeted(Protocol):
+    """A planner that fits each plan into a wall-clock budget (fewer solver steps / candidates when needed):
+    ``set_latency_budget(ms)``, None or 0 turning it off. The deploy runner sets it from its control period."""
+
+    def set_latency_budget(self, budget_ms: float | None) -> None: ...
+
+
+@runtime_checkable
 class PlanRecorder(Protocol):
     """A planner that keeps its next ``record_plans`` plans in ``recorded_plans`` (for pictures): each a dict
     with ``plan`` (H, O) raw states, ``length`` (steps used) and ``goal`` (G,) or None."""

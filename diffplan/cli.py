@@ -321,6 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--seed", type=int, default=0)
     deploy.add_argument("--execute-ticks", type=int, default=8, help="new actions per plan (at least the lead)")
     deploy.add_argument("--timeout", type=float, default=1.0, help="deadline of every request (s)")
+    deploy.add_argument("--latency-budget-ms", type=float, default=None,
+                        help="fit every plan into this many ms (fewer solver steps); default: the run's setting")
     deploy.set_defaults(func=cmd_deploy)
     return parser
 

@@ -139,3 +139,22 @@ def test_fast_planning_config_errors(tiny_maze_dataset):
                 ["value_guided=true", "tracking=action", "sampler=dpmsolver++"]):
         with pytest.raises(ConfigError):
             _build("diffuser", tiny_maze_dataset, bad)
+
+
+def test_deploy_runner_sets_the_planners_latency_budget(tiny_maze_dataset):
+    from types import SimpleNamespace
+
+    from diffplan.deploy.runner import LatencyAwareRunner
+
+    from .test_robot import GoToGoalChunks
+
+    _cfg, _env, agent = _build("diffuser", tiny_maze_dataset, ["sampling_steps=6"])
+    policy = agent.policy
+    env = SimpleNamespace(robot_spec=SimpleNamespace(dt=0.02))  # the constructor reads only the control period
+    assert policy.budget is None
+    LatencyAwareRunner(env, policy, latency_budget_ms=40.0)
+    assert policy.budget is not None and policy.budget.budget_ms == 40.0
+    LatencyAwareRunner(env, policy)  # None: the planner keeps its setting
+    assert policy.budget.budget_ms == 40.0
+    with pytest.raises(TypeError, match="latency budget"):
+        LatencyAwareRunner(env, GoToGoalChunks(), latency_budget_ms=40.0)

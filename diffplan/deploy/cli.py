@@ -24,7 +24,8 @@ def serve_command(args: argparse.Namespace) -> int:
 
 
 def deploy(run_dir: str, robot: str, *, episodes: int = 1, seed: int = 0, execute_ticks: int = 8,
-           overrides: list[str] | None = None, timeout_s: float = 1.0, extra_latency_s: float = 0.0) -> dict[str, Any]:
+           overrides: list[str] | None = None, timeout_s: float = 1.0, extra_latency_s: float = 0.0,
+           latency_budget_ms: float | None = None) -> dict[str, Any]:
     """Drive the robot at ``robot`` with the trained planner in ``run_dir``; returns the per-episode reports."""
     import torch
 
@@ -45,7 +46,7 @@ def deploy(run_dir: str, robot: str, *, episodes: int = 1, seed: int = 0, execut
     env = RobotEnv(robot, timeout_s=timeout_s, action_space=ref.action_space, observation_space=ref.observation_space)
     ref.close()
     try:
-        runner = LatencyAwareRunner(env, planner, execute_ticks=execute_ticks)
+        runner = LatencyAwareRunner(env, planner, execute_ticks=execute_ticks, latency_budget_ms=latency_budget_ms)
         reports = []
         for i in range(episodes):
             if isinstance(policy, Reseedable):
@@ -65,7 +66,8 @@ def deploy_command(args: argparse.Namespace) -> int:
 
     try:
         result = deploy(args.run_dir, args.robot, episodes=args.episodes, seed=args.seed,
-                        execute_ticks=args.execute_ticks, overrides=args.overrides, timeout_s=args.timeout)
+                        execute_ticks=args.execute_ticks, overrides=args.overrides, timeout_s=args.timeout,
+                        latency_budget_ms=args.latency_budget_ms)
     except (RobotError, SpecMismatch, TypeError) as exc:
         print(f"diffplan deploy: error: {exc}", file=sys.stderr)
         return 2
