@@ -8,6 +8,9 @@
   training minutes and gradient steps) as one JSON file and a PNG beside it.
 * ``report [benchmarks/]``: ``benchmarks/README.md`` generated from the JSON results (``diffplan.report``); ``--out``
   writes the page elsewhere.
+* ``fastgen <run> [name:k=v,k=v ...]``: one trained planner under several sampler settings (default: ddim
+  10/5/3 steps, dpmsolver++ 5/3, replanning every 16 steps cold and warm-started): normalized score over the
+  protocol episodes, cold plan latency and warm replan latency at batch 1 (median, p95), model calls per plan.
 * ``maze <run>``: the maze evaluation protocol over ``--episodes`` episodes, beside the planner-free
   go-to-goal PD baseline on the same start/goal pairs, and the score on the "hard" episodes that baseline fails.
 """
@@ -77,11 +80,13 @@ def bench_plan(args: argparse.Namespace) -> dict[str, Any]:
         "run": str(args.path),
         **{key: settings.get(key) for key in ("horizon", "sampling_steps", "n_candidates")},
         "repeats": len(times),
-        **({"plan_ms_median": float(np.median(times)), "plan_ms_p90": float(np.percentile(times, 90))} if times else {}),
+        **({"plan_ms_median": float(np.median(times)), "plan_ms_p90": float(np.percentile(times, 90)),
+            "plan_ms_p95": float(np.percentile(times, 95))} if times else {}),
         "decision_steps": len(decision_ms),
         "decision_ms_median": float(np.median(decision_ms)),
         "decision_ms_mean": float(np.mean(decision_ms)),
         "decision_ms_p90": float(np.percentile(decision_ms, 90)),
+        "decision_ms_p95": float(np.percentile(decision_ms, 95)),
         **machine_info(),
     }
     return _write(result, args.out)
@@ -190,6 +195,99 @@ def bench_maze(args: argparse.Namespace) -> dict[str, Any]:
     return _write(result, args.out)
 
 
+FASTGEN_SETTINGS: dict[str, list[str]] = {
+    "ddim-10": ["sampler=ddim", "sampling_steps=10"],
+    "ddim-5": ["sampler=ddim", "sampling_steps=5"],
+    "ddim-3": ["sampler=ddim", "sampling_steps=3"],
+    "dpmsolver++-5": ["sampler=dpmsolver++", "sampling_steps=5"],
+    "dpmsolver++-3": ["sampler=dpmsolver++", "sampling_steps=3"],
+    "dpmsolver++-5-replan16": ["sampler=dpmsolver++", "sampling_steps=5", "replan_every=16"],
+    "dpmsolver++-5-replan16-warm0.4": [
+        "sampler=dpmsolver++", "sampling_steps=5", "replan_every=16", "warm_start_level=0.4",
+    ],
+}
+"""Default settings of ``bench fastgen``: name -> overrides (the same trained weights under each)."""
+
+
+def _ms_stats(times: list[float], prefix: str) -> dict[str, float]:
+    return {f"{prefix}_median": float(np.median(times)), f"{prefix}_p95": float(np.percentile(times, 95))}
+
+
+def bench_fastgen(args: argparse.Namespace) -> dict[str, Any]:
+    """Samplers side by side on one trained Diffuser: score and batch-1 latency of each setting.
+
+    Settings: ``name:k=v,k=v`` arguments after the run (default :data:`FASTGEN_SETTINGS`). Per setting: the
+    evaluation protocol over ``--episodes``; ``--repeats`` cold plans on evaluation states; for replanning
+    settings as many warm replans (the same plan shifted by ``replan_every`` steps as the guess).
+    """
+    import torch
+
+    from diffplan.agent import Planner, Reseedable
+    from diffplan.envs import make_env
+    from diffplan.training import load_trained
+
+    settings = dict(FASTGEN_SETTINGS)
+    if args.overrides:
+        settings = {}
+        for spec in args.overrides:
+            name, _, kvs = spec.partition(":")
+            settings[name] = [kv for kv in kvs.split(",") if kv]
+    rows: dict[str, dict[str, Any]] = {}
+    for name, overrides in settings.items():
+        exp = load_trained(args.path, overrides)
+        policy = exp.agent.policy
+        if not isinstance(policy, Planner):
+            raise CheckpointError(f"{args.path}: agent {exp.cfg.agent!r} is not a planner")
+        env = make_env(exp.cfg.task, seed=0)
+        if isinstance(policy, Reseedable):
+            policy.reseed(0)
+        cold: list[float] = []
+        warm: list[float] = []
+        calls: dict[str, int] = {}
+        k = int(getattr(exp.cfg, "replan_every", 0))
+        for i in range(args.repeats + 3):
+            obs, _ = env.reset(seed=i)
+            observation, goal = observation_arrays(Batch(obs=_as_batch(obs)).obs)
+            t0 = time.perf_counter()
+            plan_obs, plan_act, _ = policy.plan(observation, goal)
+            if i >= 3:
+                cold.append((time.perf_counter() - t0) * 1000)
+            calls["cold"] = int(getattr(policy, "last_plan", {}).get("calls", 0))
+            if k and getattr(exp.cfg, "warm_start_level", 0.0) > 0:
+                init = policy._shifted(policy._normalized_plans(plan_obs, plan_act), torch.tensor([k]))
+                t0 = time.perf_counter()
+                policy.plan(observation, goal, init)
+                if i >= 3:
+                    warm.append((time.perf_counter() - t0) * 1000)
+                calls["warm"] = int(policy.last_plan.get("calls", 0))
+        env.close()
+        decision_ms = _decision_latency(policy, make_env(exp.cfg.task, seed=0), args.steps)
+        result = exp.evaluate(args.episodes).to_dict()
+        rows[name] = {
+            "overrides": overrides,
+            **_ms_stats(cold, "plan_ms"),
+            **(_ms_stats(warm, "warm_plan_ms") if warm else {}),
+            **_ms_stats(decision_ms, "decision_ms"),
+            "model_calls": calls,
+            "normalized_score": result.get("normalized_score"),
+            "normalized_score_se": result.get("normalized_score_se"),
+            "success_rate": result["success_rate"],
+            "episodes": result["episodes"],
+        }
+        print(json.dumps({name: rows[name]}, default=float), flush=True)
+    trained = json.loads((Path(args.path) / "results.json").read_text())
+    out = {
+        "benchmark": "fastgen",
+        "run": str(args.path),
+        "task": trained.get("task"),
+        "gradient_steps": trained.get("gradient_steps", trained.get("updates")),
+        "repeats": args.repeats,
+        "settings": rows,
+        **machine_info(),
+    }
+    return _write(out, args.out)
+
+
 def bench_curve(args: argparse.Namespace) -> dict[str, Any]:
     """Learning curves of finished runs; extra positional arguments are more run directories."""
     curves: dict[str, list[dict[str, Any]]] = {}
@@ -225,4 +323,5 @@ def bench_report(args: argparse.Namespace) -> dict[str, Any]:
 
 BENCHMARKS = {
     "plan": bench_plan, "train": bench_train, "maze": bench_maze, "curve": bench_curve, "report": bench_report,
+    "fastgen": bench_fastgen,
 }
