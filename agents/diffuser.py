@@ -64,9 +64,26 @@ from diffplan.diffusion import (
     sample,
 )
 from diffplan.diffusion.budget import StepBudget
-from diffplan.nets import TemporalUnet1d, TemporalValueNet
+from diffplan.nets import DiT1d, TemporalUnet1d, TemporalValueNet
 
 TRACKING_MODES = ("pd", "action")
+
+
+def _unet(cfg: DiffuserConfig, transition_dim: int, cond_dim: int) -> torch.nn.Module:
+    return TemporalUnet1d(
+        transition_dim, dim=cfg.dim, dim_mults=tuple(cfg.dim_mults), cond_dim=cond_dim, activation=cfg.activation
+    )
+
+
+def _dit(cfg: DiffuserConfig, transition_dim: int, cond_dim: int) -> torch.nn.Module:
+    return DiT1d(
+        transition_dim, width=cfg.dit_width, depth=cfg.dit_depth, heads=cfg.dit_heads, patch=cfg.dit_patch,
+        cond_dim=cond_dim,
+    )
+
+
+BACKBONES: dict[str, Callable[[DiffuserConfig, int, int], torch.nn.Module]] = {"unet": _unet, "dit": _dit}
+"""Denoiser network by ``backbone`` name: (config, transition dim A+O, condition dim) -> module."""
 
 
 @dataclass
@@ -84,6 +101,17 @@ class DiffuserConfig(DiffusionAgentConfig):
     """Loss weight of the first action (Diffuser uses 10 for locomotion, 1 for mazes)."""
     loss_discount: float = 1.0
     """Per-step loss weight discount**t over the horizon."""
+    backbone: str = "unet"
+    """Denoiser network: unet (Diffuser's temporal U-Net: dim, dim_mults) | dit (a 1-D diffusion transformer
+    with adaLN-Zero conditioning on time and the start/goal vector: dit_width, dit_depth, dit_heads, dit_patch)."""
+    dit_width: int = 128
+    """DiT token width."""
+    dit_depth: int = 4
+    """DiT transformer blocks."""
+    dit_heads: int = 4
+    """DiT attention heads (must divide dit_width)."""
+    dit_patch: int = 4
+    """Horizon steps per DiT token (the horizon must be divisible by it)."""
     dim: int = 32
     """Base channel width of the temporal U-Net."""
     dim_mults: list[int] = field(default_factory=lambda: [1, 2, 4])
@@ -161,11 +189,21 @@ class DiffuserConfig(DiffusionAgentConfig):
         super().validate()
         if self.tracking not in TRACKING_MODES:
             raise ConfigError(f"tracking={self.tracking!r}; valid: {TRACKING_MODES}")
+        if self.backbone not in BACKBONES:
+            raise ConfigError(f"backbone={self.backbone!r}; valid: {sorted(BACKBONES)}")
         divisor = 2 ** (len(self.dim_mults) - 1)
-        if self.horizon % divisor:
+        if self.backbone == "unet" and self.horizon % divisor:
             raise ConfigError(
                 f"horizon={self.horizon} must be divisible by {divisor} (2**(len(dim_mults)-1) with "
                 f"dim_mults={list(self.dim_mults)})"
+            )
+        if self.backbone == "dit" and (
+            self.dit_patch < 1 or self.horizon % self.dit_patch or self.dit_width % (2 * self.dit_heads)
+            or self.dit_depth < 1
+        ):
+            raise ConfigError(
+                f"dit: horizon={self.horizon} must be divisible by dit_patch={self.dit_patch}, dit_width="
+                f"{self.dit_width} by 2*dit_heads={2 * self.dit_heads}, and dit_depth={self.dit_depth} >= 1"
             )
         if self.n_candidates < 1 or self.sampling_steps < 1 or self.horizon < 2:
             raise ConfigError("n_candidates, sampling_steps must be >= 1 and horizon >= 2")
@@ -570,13 +608,8 @@ def build(
             f"observation has {obs_dim} dims; use tracking=action"
         )
     n_conditions = 2 if goal_dim and cfg.goal_conditioned else 1
-    model = TemporalUnet1d(
-        act_dim + obs_dim,
-        dim=cfg.dim,
-        dim_mults=tuple(cfg.dim_mults),
-        cond_dim=n_conditions * obs_dim if cfg.embed_conditions else 0,
-        activation=cfg.activation,
-    ).to(cfg.device)
+    cond_dim = n_conditions * obs_dim if cfg.embed_conditions else 0
+    model = BACKBONES[cfg.backbone](cfg, act_dim + obs_dim, cond_dim).to(cfg.device)
     value_net = None
     if cfg.value_guided:
         value_net = TemporalValueNet(

@@ -47,7 +47,15 @@ TINY = {
 }
 DATASET = {"decision_diffuser": "tiny_hopper_dataset", "ppo": None}
 """Dataset fixture of each agent's test (default: tiny_maze_dataset; None: an online agent without data)."""
-VARIANTS = {"diffuser-value-guided": (TINY_VALUE_DIFFUSER, "tiny_hopper_dataset")}
+VARIANTS = {
+    "diffuser-value-guided": (TINY_VALUE_DIFFUSER, "tiny_hopper_dataset"),
+    "diffuser-dit-flow": (
+        [*TINY_DIFFUSER, "backbone=dit", "dit_width=16", "dit_depth=1", "dit_heads=2", "dit_patch=4",
+         "objective=flow", "sampler=heun", "replan_every=4", "warm_start_level=0.5"],
+        "tiny_maze_dataset",
+    ),
+    "diffuser-dpmsolver": ([*TINY_DIFFUSER, "sampler=dpmsolver++", "latency_budget_ms=1000"], "tiny_maze_dataset"),
+}
 """Further settings of an agent that the tester also covers: id -> (overrides, dataset fixture)."""
 CASES = {
     **{name: (TINY[name], DATASET.get(name, "tiny_maze_dataset")) for name in sorted(AGENTS)},
