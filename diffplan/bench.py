@@ -278,6 +278,9 @@ def bench_fastgen(args: argparse.Namespace) -> dict[str, Any]:
     trained = json.loads((Path(args.path) / "results.json").read_text())
     out = {
         "benchmark": "fastgen",
+        "command": " ".join(["diffplan bench fastgen", str(args.path), *args.overrides, f"--repeats {args.repeats}",
+                             f"--episodes {args.episodes}", f"--steps {args.steps}"]
+                            + ([f"--out {args.out}"] if args.out else [])),
         "run": str(args.path),
         "task": trained.get("task"),
         "gradient_steps": trained.get("gradient_steps", trained.get("updates")),

@@ -584,7 +584,58 @@ def _robot(root: Path) -> _Section:
     return sec
 
 
-SECTIONS: tuple[Callable[[Path], _Section], ...] = (_quickstart, _maze, _qactors, _locomotion, _datasets, _robot)
+def _fastgen(root: Path) -> _Section:
+    sec = _Section(root, "Fast generation")
+    sec.add(
+        "One trained planner under several samplers (`diffplan bench fastgen`): the same weights, only the",
+        "solver, its steps, and warm-started replanning change. Plan latency is one planning call at batch 1 on",
+        "evaluation states (median / p95); a warm replan starts from the previous plan shifted by `replan_every`",
+        "steps and runs only the tail of the solver's steps. Scores: the evaluation protocol's episodes.",
+        "",
+    )
+    labelled = []
+    for path in sorted((root / "fastgen").glob("*.json")):
+        rel = str(path.relative_to(root))
+        data = sec.read(rel)
+        if data.get("benchmark") != "fastgen":
+            continue
+        sec.add(f"### {data['task']}, {data['gradient_steps']} gradient steps (`{rel}`)", "")
+        rows = []
+        for name, r in data["settings"].items():
+            calls = r["model_calls"]
+            warm = (f"{r['warm_plan_ms_median']:.0f} / {r['warm_plan_ms_p95']:.0f}"
+                    if "warm_plan_ms_median" in r else "—")
+            score = (f"{r['normalized_score']:.1f} ± {r['normalized_score_se']:.1f}"
+                     if r.get("normalized_score") is not None else "—")
+            rows.append([
+                name, str(calls.get("cold", "")) + (f" / {calls['warm']}" if "warm" in calls else ""),
+                f"{r['plan_ms_median']:.0f} / {r['plan_ms_p95']:.0f}", warm, score, _num(r["success_rate"], 2),
+                str(r["episodes"]),
+            ])
+        sec.add(*_table(["setting", "model calls (cold / warm)", "plan ms p50 / p95", "warm replan ms p50 / p95",
+                         "normalized score", "success", "episodes"], rows))
+        sec.add("")
+        labelled.append((rel, _command(data)))
+    for path in sorted((root / "fastgen").glob("*.json")):
+        rel = str(path.relative_to(root))
+        data = sec.read(rel)
+        if data.get("benchmark") != "fastgen-timing":
+            continue
+        sec.add(f"### Model and sampling time beside jannerm/diffuser (`{rel}`)", "", str(data["description"]), "")
+        sec.add(*_table(
+            ["implementation", "setting", "ms per model call", "ms per plan p50 / p95"],
+            [[r["impl"], r["setting"], _num(r["model_call_ms"], 2),
+              f"{r['plan_ms_median']:.0f} / {r['plan_ms_p95']:.0f}"] for r in data["rows"]],
+        ))
+        sec.add("")
+        labelled.append((rel, _command(data)))
+    sec.commands(labelled)
+    return sec
+
+
+SECTIONS: tuple[Callable[[Path], _Section], ...] = (
+    _quickstart, _maze, _qactors, _locomotion, _datasets, _robot, _fastgen,
+)
 
 
 def generate(root: Path | str = "benchmarks") -> str:
