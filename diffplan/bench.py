@@ -218,7 +218,8 @@ def bench_fastgen(args: argparse.Namespace) -> dict[str, Any]:
 
     Settings: ``name:k=v,k=v`` arguments after the run (default :data:`FASTGEN_SETTINGS`). Per setting: the
     evaluation protocol over ``--episodes``; ``--repeats`` cold plans on evaluation states; for replanning
-    settings as many warm replans (the same plan shifted by ``replan_every`` steps as the guess).
+    settings as many warm replans (the same plan shifted by ``replan_every`` steps as the guess). The plan
+    timings go round robin over the settings (``--steps`` is not used).
     """
     import torch
 
@@ -232,47 +233,50 @@ def bench_fastgen(args: argparse.Namespace) -> dict[str, Any]:
         for spec in args.overrides:
             name, _, kvs = spec.partition(":")
             settings[name] = [kv for kv in kvs.split(",") if kv]
-    rows: dict[str, dict[str, Any]] = {}
-    for name, overrides in settings.items():
-        exp = load_trained(args.path, overrides)
-        policy = exp.agent.policy
-        if not isinstance(policy, Planner):
+    exps = {name: load_trained(args.path, overrides) for name, overrides in settings.items()}
+    for name, exp in exps.items():
+        if not isinstance(exp.agent.policy, Planner):
             raise CheckpointError(f"{args.path}: agent {exp.cfg.agent!r} is not a planner")
-        env = make_env(exp.cfg.task, seed=0)
-        if isinstance(policy, Reseedable):
-            policy.reseed(0)
-        cold: list[float] = []
-        warm: list[float] = []
-        calls: dict[str, int] = {}
-        k = int(getattr(exp.cfg, "replan_every", 0))
-        for i in range(args.repeats + 3):
-            obs, _ = env.reset(seed=i)
-            observation, goal = observation_arrays(Batch(obs=_as_batch(obs)).obs)
+        if isinstance(exp.agent.policy, Reseedable):
+            exp.agent.policy.reseed(0)
+    cold: dict[str, list[float]] = {name: [] for name in exps}
+    warm: dict[str, list[float]] = {name: [] for name in exps}
+    calls: dict[str, dict[str, int]] = {name: {} for name in exps}
+    env = make_env(next(iter(exps.values())).cfg.task, seed=0)
+    # Round robin over the settings: on a shared machine the load drifts, and interleaving spreads the drift
+    # evenly over the settings instead of favouring whichever ran in a quiet minute.
+    for i in range(args.repeats + 3):
+        obs, _ = env.reset(seed=i)
+        observation, goal = observation_arrays(Batch(obs=_as_batch(obs)).obs)
+        for name, exp in exps.items():
+            policy = exp.agent.policy
             t0 = time.perf_counter()
             plan_obs, plan_act, _ = policy.plan(observation, goal)
             if i >= 3:
-                cold.append((time.perf_counter() - t0) * 1000)
-            calls["cold"] = int(getattr(policy, "last_plan", {}).get("calls", 0))
+                cold[name].append((time.perf_counter() - t0) * 1000)
+            calls[name]["cold"] = int(getattr(policy, "last_plan", {}).get("calls", 0))
+            k = int(getattr(exp.cfg, "replan_every", 0))
             if k and getattr(exp.cfg, "warm_start_level", 0.0) > 0:
                 init = policy._shifted(policy._normalized_plans(plan_obs, plan_act), torch.tensor([k]))
                 t0 = time.perf_counter()
                 policy.plan(observation, goal, init)
                 if i >= 3:
-                    warm.append((time.perf_counter() - t0) * 1000)
-                calls["warm"] = int(policy.last_plan.get("calls", 0))
-        env.close()
-        decision_ms = _decision_latency(policy, make_env(exp.cfg.task, seed=0), args.steps)
+                    warm[name].append((time.perf_counter() - t0) * 1000)
+                calls[name]["warm"] = int(policy.last_plan.get("calls", 0))
+    env.close()
+    rows: dict[str, dict[str, Any]] = {}
+    for name, exp in exps.items():
         result = exp.evaluate(args.episodes).to_dict()
         rows[name] = {
-            "overrides": overrides,
-            **_ms_stats(cold, "plan_ms"),
-            **(_ms_stats(warm, "warm_plan_ms") if warm else {}),
-            **_ms_stats(decision_ms, "decision_ms"),
-            "model_calls": calls,
+            "overrides": settings[name],
+            **_ms_stats(cold[name], "plan_ms"),
+            **(_ms_stats(warm[name], "warm_plan_ms") if warm[name] else {}),
+            "model_calls": calls[name],
             "normalized_score": result.get("normalized_score"),
             "normalized_score_se": result.get("normalized_score_se"),
             "success_rate": result["success_rate"],
             "episodes": result["episodes"],
+            "eval_plan_ms_median": result.get("plan_ms_median"),
         }
         print(json.dumps({name: rows[name]}, default=float), flush=True)
     trained = json.loads((Path(args.path) / "results.json").read_text())
