@@ -55,6 +55,10 @@ VARIANTS = {
         "tiny_maze_dataset",
     ),
     "diffuser-dpmsolver": ([*TINY_DIFFUSER, "sampler=dpmsolver++", "latency_budget_ms=1000"], "tiny_maze_dataset"),
+    "decision_diffuser-dpmsolver": ([*TINY_DECISION_DIFFUSER, "sampler=dpmsolver++"], "tiny_hopper_dataset"),
+    "diffusion_ql-flow": ([*TINY_DIFFUSION_QL, "objective=flow", "sampler=euler", "sampling_steps=3"], "tiny_maze_dataset"),
+    "idql-flow-heun": ([*TINY_IDQL, "objective=flow", "sampler=heun", "sampling_steps=3"], "tiny_maze_dataset"),
+    "diffusion_bc-flow": ([*TINY_DIFFUSION_BC, "objective=flow", "sampler=euler", "sampling_steps=3"], "tiny_maze_dataset"),
 }
 """Further settings of an agent that the tester also covers: id -> (overrides, dataset fixture)."""
 CASES = {

@@ -89,13 +89,11 @@ def main() -> None:
     from diffplan.diffusion.sampling import Inpaint
     from diffplan.nets import TemporalUnet1d, TemporalValueNet
 
-    rows = []
+    cases: list[tuple[str, str, object, float, int]] = []
 
-    def add(impl: str, setting: str, times: list[float], call_ms: float) -> None:
-        rows.append({"impl": impl, "setting": setting, "model_call_ms": call_ms,
-                     "plan_ms_median": float(np.median(times)), "plan_ms_p95": float(np.percentile(times, 95)),
-                     "repeats": len(times)})
-        print(json.dumps(rows[-1]), flush=True)
+    def add(impl: str, setting: str, fn, call_ms: float, repeats: int) -> None:
+        """Register a case; they are timed together below."""
+        cases.append((impl, setting, fn, call_ms, repeats))
 
     # ------------------------------------------------------------------------------------------- hopper
     A, O, H, T, B = 3, 11, 32, 20, 64
@@ -114,7 +112,7 @@ def main() -> None:
             t_stopgrad=2, n_guide_steps=2, scale_grad_by_std=True,
         )
 
-    add("jannerm/diffuser", "hopper: ddpm T=20, 64 candidates, 2 guide steps", _time(jd_hopper, args.repeats), call)
+    add("jannerm/diffuser", "hopper: ddpm T=20, 64 candidates, 2 guide steps", jd_hopper, call, args.repeats)
 
     ours = TemporalUnet1d(D, dim=32, dim_mults=(1, 2, 4, 8), activation="mish").eval()
     value = TemporalValueNet(D, H, dim=32, dim_mults=(1, 2, 4, 8), activation="mish").eval()
@@ -132,14 +130,14 @@ def main() -> None:
 
     call = _per_call(lambda: ours(x, t0))
     add("diffplan", "hopper: ddpm T=20, 64 candidates, 2 guide steps (same settings)",
-        _time(lambda: ours_hopper("ddpm", None, 64, True), args.repeats), call)
+        lambda: ours_hopper("ddpm", None, 64, True), call, args.repeats)
     add("diffplan", "hopper: dpmsolver++ 5 steps, 64 candidates, 2 guide steps",
-        _time(lambda: ours_hopper("dpmsolver++", 5, 64, False), args.repeats), call)
+        lambda: ours_hopper("dpmsolver++", 5, 64, False), call, args.repeats)
     call8 = _per_call(lambda: ours(x[:8], t0[:8]))
     add("diffplan", "hopper: dpmsolver++ 3 steps, 8 candidates, 2 guide steps",
-        _time(lambda: ours_hopper("dpmsolver++", 3, 8, False), args.repeats), call8)
+        lambda: ours_hopper("dpmsolver++", 3, 8, False), call8, args.repeats)
     add("diffplan", "hopper: dpmsolver++ 5 steps warm-started (last 1 step), 8 candidates, 2 guide steps",
-        _time(lambda: ours_hopper("dpmsolver++", 5, 8, False, start=4), args.repeats), call8)
+        lambda: ours_hopper("dpmsolver++", 5, 8, False, start=4), call8, args.repeats)
 
     # ------------------------------------------------------------------------------------- maze2d-large
     A, O, H, T = 2, 4, 384, 256
@@ -150,7 +148,7 @@ def main() -> None:
     x, t0 = torch.randn(1, H, D), torch.zeros(1, dtype=torch.long)
     call = _per_call(lambda: unet(x, cond, t0))
     add("jannerm/diffuser", "maze2d-large: ddpm T=256, batch 1",
-        _time(lambda: diffusion.conditional_sample(cond, verbose=False), max(3, args.repeats // 3)), call)
+        lambda: diffusion.conditional_sample(cond, verbose=False), call, max(3, args.repeats // 3))
 
     ours = TemporalUnet1d(D, dim=32, dim_mults=(1, 4, 8), activation="mish").eval()
     call = _per_call(lambda: ours(x, t0))
@@ -165,18 +163,35 @@ def main() -> None:
             sample(ours, sched, (1, H, D), inpaint=ip)
 
     add("diffplan", "maze2d-large: ddpm T=256, batch 1 (same settings)",
-        _time(lambda: ours_maze("ddpm", None), max(3, args.repeats // 3)), call)
+        lambda: ours_maze("ddpm", None), call, max(3, args.repeats // 3))
     for sampler, steps in (("ddim", 10), ("dpmsolver++", 5), ("dpmsolver++", 3)):
         add("diffplan", f"maze2d-large: {sampler} {steps} steps, batch 1",
-            _time(lambda s=sampler, k=steps: ours_maze(s, k), args.repeats), call)
+            lambda s=sampler, k=steps: ours_maze(s, k), call, args.repeats)
 
+    # Round robin (after one warm-up call each): the machine's load drifts, and interleaving gives every case
+    # the same share of it, so the two implementations are compared under the same conditions.
+    for _, _, fn, _, _ in cases:
+        fn()  # type: ignore[operator]
+    times: list[list[float]] = [[] for _ in cases]
+    for i in range(max(c[4] for c in cases)):
+        for j, (_, _, fn, _, repeats) in enumerate(cases):
+            if i < repeats:
+                t0 = time.perf_counter()
+                fn()  # type: ignore[operator]
+                times[j].append((time.perf_counter() - t0) * 1000)
+    rows = []
+    for (impl, setting, _, call_ms, _), ms in zip(cases, times, strict=True):
+        rows.append({"impl": impl, "setting": setting, "model_call_ms": call_ms,
+                     "plan_ms_median": float(np.median(ms)), "plan_ms_p95": float(np.percentile(ms, 95)),
+                     "repeats": len(ms)})
+        print(json.dumps(rows[-1]), flush=True)
     result = {
         "benchmark": "fastgen-timing",
         "command": "OMP_NUM_THREADS=1 python benchmarks/fastgen/time_vs_jannerm.py <jannerm/diffuser checkout>"
                    f" --repeats {args.repeats}" + (f" --out {args.out}" if args.out else ""),
         "description": (
-            "Untrained networks of the published sizes on synthetic tensors, one process, 1 torch thread, batch "
-            "as stated; hopper = one value-guided decision (64 candidates in the paper's setting), maze2d-large = "
+            "Untrained networks of the published sizes on synthetic tensors, one process, 1 torch thread, the "
+            "cases timed round robin, batch as stated; hopper = one value-guided decision (64 candidates in the paper's setting), maze2d-large = "
             "one plan. jannerm/diffuser's TemporalUnet / GaussianDiffusion / n_step_guided_p_sample beside "
             "diffplan's TemporalUnet1d (Mish) / sample. Latency only: the fast rows' scores are not measured here."
         ),
