@@ -333,6 +333,11 @@ class DiffuserPolicy(DiffusionPolicy[DiffuserConfig]):
         idx = (torch.arange(H, device=x.device)[None] + shift.to(x.device)[:, None]).clamp(max=H - 1)
         return torch.gather(x, 1, idx[..., None].expand(-1, -1, x.shape[-1]))
 
+    def warm_guess(self, plan_obs: np.ndarray, plan_act: np.ndarray, shift: int) -> torch.Tensor:
+        """The ``init`` of ``plan`` (M, H, A+O) from plans (env units) made ``shift`` env steps ago."""
+        prev = self._normalized_plans(plan_obs, plan_act)
+        return self._shifted(prev, torch.full((len(prev),), shift, dtype=torch.long))
+
     def _normalized_plans(self, plan_obs: np.ndarray, plan_act: np.ndarray) -> torch.Tensor:
         """(M, H, O), (M, H, A) env units -> (M, H, A+O) normalized trajectories."""
         device = self.device

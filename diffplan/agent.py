@@ -98,6 +98,19 @@ class LatencyBudgeted(Protocol):
 
 
 @runtime_checkable
+class WarmPlanner(Protocol):
+    """A planner that can start a plan from a guess (warm-started replanning): ``warm_guess`` turns plans made
+    ``shift`` steps ago (env units: states (M, H, O), actions (M, H, A)) into the ``init`` of
+    ``plan(obs, goal, init)``; ``last_plan`` says what the last plan ran (steps, candidates, calls, warm)."""
+
+    last_plan: dict[str, int]
+
+    def warm_guess(self, plan_obs: np.ndarray, plan_act: np.ndarray, shift: int) -> Any: ...
+
+    def plan(self, obs: np.ndarray, goal: np.ndarray | None, init: Any = None) -> Any: ...
+
+
+@runtime_checkable
 class PlanRecorder(Protocol):
     """A planner that keeps its next ``record_plans`` plans in ``recorded_plans`` (for pictures): each a dict
     with ``plan`` (H, O) raw states, ``length`` (steps used) and ``goal`` (G,) or None."""

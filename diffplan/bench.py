@@ -221,9 +221,8 @@ def bench_fastgen(args: argparse.Namespace) -> dict[str, Any]:
     settings as many warm replans (the same plan shifted by ``replan_every`` steps as the guess). The plan
     timings go round robin over the settings (``--steps`` is not used).
     """
-    import torch
-
-    from diffplan.agent import Planner, Reseedable
+    from diffplan.agent import Planner, Reseedable, WarmPlanner
+    from diffplan.config import config_to_dict
     from diffplan.envs import make_env
     from diffplan.training import load_trained
 
@@ -254,10 +253,13 @@ def bench_fastgen(args: argparse.Namespace) -> dict[str, Any]:
             plan_obs, plan_act, _ = policy.plan(observation, goal)
             if i >= 3:
                 cold[name].append((time.perf_counter() - t0) * 1000)
-            calls[name]["cold"] = int(getattr(policy, "last_plan", {}).get("calls", 0))
-            k = int(getattr(exp.cfg, "replan_every", 0))
-            if k and getattr(exp.cfg, "warm_start_level", 0.0) > 0:
-                init = policy._shifted(policy._normalized_plans(plan_obs, plan_act), torch.tensor([k]))
+            if not isinstance(policy, WarmPlanner):
+                continue
+            calls[name]["cold"] = int(policy.last_plan.get("calls", 0))
+            cfg = config_to_dict(exp.cfg)
+            k = int(cfg.get("replan_every", 0))
+            if k and cfg.get("warm_start_level", 0.0) > 0:
+                init = policy.warm_guess(plan_obs, plan_act, k)
                 t0 = time.perf_counter()
                 policy.plan(observation, goal, init)
                 if i >= 3:

@@ -70,8 +70,14 @@ def test_warm_replans_start_from_the_shifted_plan_with_fewer_calls(tiny_maze_dat
 
 
 def test_warm_start_guess_is_the_previous_plan_shifted(tiny_maze_dataset):
+    from diffplan.agent import LatencyBudgeted, WarmPlanner
+
     _cfg, _env, agent = _build("diffuser", tiny_maze_dataset, ["warm_start_level=0.5"])
     policy = agent.policy
+    assert isinstance(policy, WarmPlanner) and isinstance(policy, LatencyBudgeted)
+    plan_obs, plan_act = np.random.default_rng(0).uniform(-1, 1, (2, 2, 16, 4)).astype(np.float32)
+    guess = policy.warm_guess(plan_obs, plan_act[..., :2], 3)
+    np.testing.assert_allclose(policy.obs_norm.unnormalize(guess[:, :13, 2:]).numpy(), plan_obs[:, 3:], atol=1e-5)
     x = torch.arange(2 * 5 * 3, dtype=torch.float32).reshape(2, 5, 3)
     out = policy._shifted(x, torch.tensor([2, 0]))
     assert torch.equal(out[0, :3], x[0, 2:]) and torch.equal(out[0, 3:], x[0, [4, 4]])

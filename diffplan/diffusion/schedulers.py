@@ -440,7 +440,10 @@ class DPMSolverMultistepScheduler(DDIMScheduler):
     Why not diffusers' ``DPMSolverMultistepScheduler``: its ``step`` returns only the next sample, not the
     Gaussian (mean, std) our loop hands to guides and log-probabilities; it keeps its own timestep index rather
     than accepting arbitrary rows; it would bring a large dependency (and its import time) into every planner
-    for some twenty lines of arithmetic. Its formulas are the ones above (``dpmsolver++``, ``midpoint``).
+    for some twenty lines of arithmetic. Its formulas are the ones above (``dpmsolver++``, ``midpoint``): on the
+    same betas (``trained_betas``, ``timestep_spacing="linspace"``, ``final_sigmas_type="zero"``) diffusers
+    0.42.1 and this class gave the same 5-step samples to 1.2e-7 (checked once by hand, diffusers is no
+    dependency; the tests check the solver against the exact ODE map of Gaussian data instead).
 
     State: the x0 estimate and timestep of the last call; :meth:`reset` (called by ``sample``) clears it. A
     call uses the second-order update only when the stored timestep is the one right before ``t``.
