@@ -95,78 +95,84 @@ def main() -> None:
         """Register a case; they are timed together below."""
         cases.append((impl, setting, fn, call_ms, repeats))
 
-    # ------------------------------------------------------------------------------------------- hopper
-    A, O, H, T, B = 3, 11, 32, 20, 64
-    D = A + O
-    unet = jd_models.TemporalUnet(H, D, O, dim=32, dim_mults=(1, 2, 4, 8)).eval()
-    vf = jd_models.ValueFunction(H, D, O, dim=32, dim_mults=(1, 2, 4, 8), out_dim=1).eval()
-    diffusion = jd_models.GaussianDiffusion(unet, H, O, A, n_timesteps=T, predict_epsilon=False, clip_denoised=False)
-    guide = jd_guides.ValueGuide(vf)
-    cond = {0: torch.randn(B, O)}
-    x, t0 = torch.randn(B, H, D), torch.zeros(B, dtype=torch.long)
-    call = _per_call(lambda: unet(x, cond, t0))  # theirs: forward(x, cond, time)
+    # Each setting in its own function, so the timed closures keep their own sizes and networks.
+    def hopper_cases() -> None:
+        # ------------------------------------------------------------------------------------------- hopper
+        A, O, H, T, B = 3, 11, 32, 20, 64
+        D = A + O
+        unet = jd_models.TemporalUnet(H, D, O, dim=32, dim_mults=(1, 2, 4, 8)).eval()
+        vf = jd_models.ValueFunction(H, D, O, dim=32, dim_mults=(1, 2, 4, 8), out_dim=1).eval()
+        diffusion = jd_models.GaussianDiffusion(unet, H, O, A, n_timesteps=T, predict_epsilon=False, clip_denoised=False)
+        guide = jd_guides.ValueGuide(vf)
+        cond = {0: torch.randn(B, O)}
+        x, t0 = torch.randn(B, H, D), torch.zeros(B, dtype=torch.long)
+        call = _per_call(lambda: unet(x, cond, t0))  # theirs: forward(x, cond, time)
 
-    def jd_hopper() -> None:
-        diffusion.conditional_sample(
-            cond, verbose=False, sample_fn=jd_functions.n_step_guided_p_sample, guide=guide, scale=0.1,
-            t_stopgrad=2, n_guide_steps=2, scale_grad_by_std=True,
-        )
+        def jd_hopper() -> None:
+            diffusion.conditional_sample(
+                cond, verbose=False, sample_fn=jd_functions.n_step_guided_p_sample, guide=guide, scale=0.1,
+                t_stopgrad=2, n_guide_steps=2, scale_grad_by_std=True,
+            )
 
-    add("jannerm/diffuser", "hopper: ddpm T=20, 64 candidates, 2 guide steps", jd_hopper, call, args.repeats)
+        add("jannerm/diffuser", "hopper: ddpm T=20, 64 candidates, 2 guide steps", jd_hopper, call, args.repeats)
 
-    ours = TemporalUnet1d(D, dim=32, dim_mults=(1, 2, 4, 8), activation="mish").eval()
-    value = TemporalValueNet(D, H, dim=32, dim_mults=(1, 2, 4, 8), activation="mish").eval()
+        ours = TemporalUnet1d(D, dim=32, dim_mults=(1, 2, 4, 8), activation="mish").eval()
+        value = TemporalValueNet(D, H, dim=32, dim_mults=(1, 2, 4, 8), activation="mish").eval()
 
-    def ours_hopper(sampler: str, steps: int | None, n: int, scaled: bool, start: int = 0) -> None:
-        sched = make_scheduler(sampler, T, prediction_type="sample", clip_sample=None)
-        sched.set_timesteps(steps)
-        mask = torch.zeros(n, H, D, dtype=torch.bool)
-        mask[:, 0, A:] = True
-        ip = Inpaint(mask, torch.randn(n, H, D))
-        g = ValueGuide(value, 0.1, 2, 2, scaled, inpaint=ip)
-        kw = {"start_from": torch.zeros(n, H, D), "start_index": start} if start else {}
-        with torch.inference_mode():
-            sample(ours, sched, (n, H, D), inpaint=ip, guide=g, **kw)
+        def ours_hopper(sampler: str, steps: int | None, n: int, scaled: bool, start: int = 0) -> None:
+            sched = make_scheduler(sampler, T, prediction_type="sample", clip_sample=None)
+            sched.set_timesteps(steps)
+            mask = torch.zeros(n, H, D, dtype=torch.bool)
+            mask[:, 0, A:] = True
+            ip = Inpaint(mask, torch.randn(n, H, D))
+            g = ValueGuide(value, 0.1, 2, 2, scaled, inpaint=ip)
+            kw = {"start_from": torch.zeros(n, H, D), "start_index": start} if start else {}
+            with torch.inference_mode():
+                sample(ours, sched, (n, H, D), inpaint=ip, guide=g, **kw)
 
-    call = _per_call(lambda: ours(x, t0))
-    add("diffplan", "hopper: ddpm T=20, 64 candidates, 2 guide steps (same settings)",
-        lambda: ours_hopper("ddpm", None, 64, True), call, args.repeats)
-    add("diffplan", "hopper: dpmsolver++ 5 steps, 64 candidates, 2 guide steps",
-        lambda: ours_hopper("dpmsolver++", 5, 64, False), call, args.repeats)
-    call8 = _per_call(lambda: ours(x[:8], t0[:8]))
-    add("diffplan", "hopper: dpmsolver++ 3 steps, 8 candidates, 2 guide steps",
-        lambda: ours_hopper("dpmsolver++", 3, 8, False), call8, args.repeats)
-    add("diffplan", "hopper: dpmsolver++ 5 steps warm-started (last 1 step), 8 candidates, 2 guide steps",
-        lambda: ours_hopper("dpmsolver++", 5, 8, False, start=4), call8, args.repeats)
+        call = _per_call(lambda: ours(x, t0))
+        add("diffplan", "hopper: ddpm T=20, 64 candidates, 2 guide steps (same settings)",
+            lambda: ours_hopper("ddpm", None, 64, True), call, args.repeats)
+        add("diffplan", "hopper: dpmsolver++ 5 steps, 64 candidates, 2 guide steps",
+            lambda: ours_hopper("dpmsolver++", 5, 64, False), call, args.repeats)
+        call8 = _per_call(lambda: ours(x[:8], t0[:8]))
+        add("diffplan", "hopper: dpmsolver++ 3 steps, 8 candidates, 2 guide steps",
+            lambda: ours_hopper("dpmsolver++", 3, 8, False), call8, args.repeats)
+        add("diffplan", "hopper: dpmsolver++ 5 steps warm-started (last 1 step), 8 candidates, 2 guide steps",
+            lambda: ours_hopper("dpmsolver++", 5, 8, False, start=4), call8, args.repeats)
 
-    # ------------------------------------------------------------------------------------- maze2d-large
-    A, O, H, T = 2, 4, 384, 256
-    D = A + O
-    unet = jd_models.TemporalUnet(H, D, O, dim=32, dim_mults=(1, 4, 8)).eval()
-    diffusion = jd_models.GaussianDiffusion(unet, H, O, A, n_timesteps=T, predict_epsilon=False, clip_denoised=True)
-    cond = {0: torch.randn(1, O), H - 1: torch.randn(1, O)}
-    x, t0 = torch.randn(1, H, D), torch.zeros(1, dtype=torch.long)
-    call = _per_call(lambda: unet(x, cond, t0))
-    add("jannerm/diffuser", "maze2d-large: ddpm T=256, batch 1",
-        lambda: diffusion.conditional_sample(cond, verbose=False), call, max(3, args.repeats // 3))
+    def maze_cases() -> None:
+        # ------------------------------------------------------------------------------------- maze2d-large
+        A, O, H, T = 2, 4, 384, 256
+        D = A + O
+        maze_unet = jd_models.TemporalUnet(H, D, O, dim=32, dim_mults=(1, 4, 8)).eval()
+        maze_diffusion = jd_models.GaussianDiffusion(maze_unet, H, O, A, n_timesteps=T, predict_epsilon=False, clip_denoised=True)
+        maze_cond = {0: torch.randn(1, O), H - 1: torch.randn(1, O)}
+        mx, mt0 = torch.randn(1, H, D), torch.zeros(1, dtype=torch.long)
+        call = _per_call(lambda: maze_unet(mx, maze_cond, mt0))
+        add("jannerm/diffuser", "maze2d-large: ddpm T=256, batch 1",
+            lambda: maze_diffusion.conditional_sample(maze_cond, verbose=False), call, max(3, args.repeats // 3))
 
-    ours = TemporalUnet1d(D, dim=32, dim_mults=(1, 4, 8), activation="mish").eval()
-    call = _per_call(lambda: ours(x, t0))
-    mask = torch.zeros(1, H, D, dtype=torch.bool)
-    mask[:, [0, -1], A:] = True
-    ip = Inpaint(mask, torch.randn(1, H, D))
+        maze_net = TemporalUnet1d(D, dim=32, dim_mults=(1, 4, 8), activation="mish").eval()
+        call = _per_call(lambda: maze_net(mx, mt0))
+        mask = torch.zeros(1, H, D, dtype=torch.bool)
+        mask[:, [0, -1], A:] = True
+        ip = Inpaint(mask, torch.randn(1, H, D))
 
-    def ours_maze(sampler: str, steps: int | None) -> None:
-        sched = make_scheduler(sampler, T, prediction_type="sample")
-        sched.set_timesteps(steps)
-        with torch.inference_mode():
-            sample(ours, sched, (1, H, D), inpaint=ip)
+        def ours_maze(sampler: str, steps: int | None) -> None:
+            sched = make_scheduler(sampler, T, prediction_type="sample")
+            sched.set_timesteps(steps)
+            with torch.inference_mode():
+                sample(maze_net, sched, (1, H, D), inpaint=ip)
 
-    add("diffplan", "maze2d-large: ddpm T=256, batch 1 (same settings)",
-        lambda: ours_maze("ddpm", None), call, max(3, args.repeats // 3))
-    for sampler, steps in (("ddim", 10), ("dpmsolver++", 5), ("dpmsolver++", 3)):
-        add("diffplan", f"maze2d-large: {sampler} {steps} steps, batch 1",
-            lambda s=sampler, k=steps: ours_maze(s, k), call, args.repeats)
+        add("diffplan", "maze2d-large: ddpm T=256, batch 1 (same settings)",
+            lambda: ours_maze("ddpm", None), call, max(3, args.repeats // 3))
+        for sampler, steps in (("ddim", 10), ("dpmsolver++", 5), ("dpmsolver++", 3)):
+            add("diffplan", f"maze2d-large: {sampler} {steps} steps, batch 1",
+                lambda s=sampler, k=steps: ours_maze(s, k), call, args.repeats)
+
+    hopper_cases()
+    maze_cases()
 
     # Round robin (after one warm-up call each): the machine's load drifts, and interleaving gives every case
     # the same share of it, so the two implementations are compared under the same conditions.

@@ -238,6 +238,17 @@ class NoiseScheduler:
         self._check_int_t(t)
         return int(self._prev[t])
 
+    def _single_timestep(self, t: Timestep) -> int:
+        """t as one int in the current timesteps; for solvers with state, which advance the whole batch from
+        one timestep (a (B,) tensor must hold one value)."""
+        if isinstance(t, torch.Tensor) and t.dim() > 0:
+            if t.numel() == 0 or bool((t != t.flatten()[0]).any()):
+                raise ValueError(f"{self.name} steps the whole batch from one timestep, got {t.unique().tolist()}")
+            t = t.flatten()[0]
+        t = int(t)
+        self._check_int_t(t)
+        return t
+
     def _ts_desc(self) -> str:
         ts = self.timesteps.tolist()
         return f"timesteps ({len(ts)} steps: {ts[:4]}{'...' if len(ts) > 4 else ''})"
@@ -450,6 +461,8 @@ class DPMSolverMultistepScheduler(DDIMScheduler):
     """
 
     name: ClassVar[str] = "dpmsolver++"
+    _last: tuple[int, torch.Tensor] | None
+    """Timestep and x0 estimate of the last step (set by :meth:`reset` and each step)."""
 
     def __init__(
         self,
@@ -460,7 +473,6 @@ class DPMSolverMultistepScheduler(DDIMScheduler):
         betas: torch.Tensor | None = None,
     ) -> None:
         """See :class:`NoiseScheduler`. (No eta: the solver is deterministic.)"""
-        self._last: tuple[int, torch.Tensor] | None = None
         super().__init__(num_train_steps, beta_schedule, prediction_type, clip_sample, betas, eta=0.0)
 
     def _extra_repr(self) -> str:
@@ -491,21 +503,11 @@ class DPMSolverMultistepScheduler(DDIMScheduler):
         tables["half_over_r"] = half_over_r
         return tables
 
-    def _timestep(self, t: Timestep) -> int:
-        """t as one int: a multistep solver advances the whole batch from one timestep."""
-        if isinstance(t, torch.Tensor) and t.dim() > 0:
-            if t.numel() == 0 or bool((t != t.flatten()[0]).any()):
-                raise ValueError(f"{self.name} steps the whole batch from one timestep, got {t.unique().tolist()}")
-            t = t.flatten()[0]
-        t = int(t)
-        self._check_int_t(t)
-        return t
-
     def step_distribution(
         self, model_out: torch.Tensor, t: Timestep, x_t: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """As :meth:`NoiseScheduler.step_distribution` with the multistep D in place of x0_hat; std is 0."""
-        t_int = self._timestep(t)
+        t_int = self._single_timestep(t)
         x0 = self.predict_x0(model_out, t_int, x_t)
         d = x0
         last = self._last
@@ -529,6 +531,9 @@ class FlowMatchEulerScheduler(NoiseScheduler):
     ``mean = c_x0 x0_hat + c_xt x_t`` with std 0 as DDIM, so guides, inpainting and log-probabilities work
     unchanged. On an exactly straight (e.g. linear-in-x) velocity field Euler is exact at any step count.
 
+    The constructor is :class:`NoiseScheduler`'s; ``beta_schedule`` and ``betas`` only fill the diffusion tables,
+    which a flow never reads.
+
     Why not torchcfm / torchdiffeq: the objective is three lines (:meth:`add_noise`, :meth:`training_target`),
     and an ODE library's integrator owns the loop, leaving no place to inpaint or guide between steps.
     """
@@ -537,18 +542,6 @@ class FlowMatchEulerScheduler(NoiseScheduler):
     objective: ClassVar[str] = "flow"
     prediction_types: ClassVar[tuple[str, ...]] = ("velocity", "sample")
     deterministic: ClassVar[bool] = True
-
-    def __init__(
-        self,
-        num_train_steps: int,
-        beta_schedule: str = "cosine",
-        prediction_type: PredictionType = "velocity",
-        clip_sample: float | None = 1.0,
-        betas: torch.Tensor | None = None,
-    ) -> None:
-        """See :class:`NoiseScheduler`; ``beta_schedule`` and ``betas`` only fill the (unused) diffusion
-        tables, the flow's noise level is s_t = (t + 1) / T."""
-        super().__init__(num_train_steps, beta_schedule, prediction_type, clip_sample, betas)
 
     def sigma(self) -> torch.Tensor:
         """(T,) float64 s_t = (t + 1) / T, the noise fraction at each train step."""
@@ -596,18 +589,8 @@ class FlowMatchHeunScheduler(FlowMatchEulerScheduler):
     """
 
     name: ClassVar[str] = "heun"
-
-    def __init__(
-        self,
-        num_train_steps: int,
-        beta_schedule: str = "cosine",
-        prediction_type: PredictionType = "velocity",
-        clip_sample: float | None = 1.0,
-        betas: torch.Tensor | None = None,
-    ) -> None:
-        self._pending: tuple[int, int, torch.Tensor, torch.Tensor] | None = None
-        """(target timestep, start timestep, x at the start, its velocity) of the step awaiting correction."""
-        super().__init__(num_train_steps, beta_schedule, prediction_type, clip_sample, betas)
+    _pending: tuple[int, int, torch.Tensor, torch.Tensor] | None
+    """(target timestep, start timestep, x at the start, its velocity) of the step awaiting correction."""
 
     def reset(self) -> None:
         self._pending = None
@@ -632,12 +615,7 @@ class FlowMatchHeunScheduler(FlowMatchEulerScheduler):
         self, model_out: torch.Tensor, t: Timestep, x_t: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Predictor or corrector stage (see the class); returns (next x (B, ...), std 0 (B, 1, ..., 1))."""
-        if isinstance(t, torch.Tensor) and t.dim() > 0:
-            if bool((t != t.flatten()[0]).any()):
-                raise ValueError(f"{self.name} steps the whole batch from one timestep, got {t.unique().tolist()}")
-            t = t.flatten()[0]
-        t = int(t)
-        self._check_int_t(t)
+        t = self._single_timestep(t)
         std = self._gather("std", t, x_t)
         v = self._velocity(model_out, t, x_t)
         pending = self._pending
