@@ -613,8 +613,7 @@ def _fastgen(root: Path) -> _Section:
                 str(r["episodes"]),
             ])
         sec.add(*_table(["setting", "model calls (cold / warm)", "plan ms p50 / p95", "warm replan ms p50 / p95",
-                         "normalized score", "success", "episodes"], rows))
-        sec.add("")
+                         "normalized score", "success", "episodes"], rows), "")
         labelled.append((rel, _command(data)))
     for path in sorted((root / "fastgen").glob("*.json")):
         rel = str(path.relative_to(root))
@@ -626,9 +625,10 @@ def _fastgen(root: Path) -> _Section:
             ["implementation", "setting", "ms per model call", "ms per plan p50 / p95"],
             [[r["impl"], r["setting"], _num(r["model_call_ms"], 2),
               f"{r['plan_ms_median']:.0f} / {r['plan_ms_p95']:.0f}"] for r in data["rows"]],
-        ))
-        sec.add("")
+        ), "")
         labelled.append((rel, _command(data)))
+    while sec.lines[-1] == "":
+        sec.lines.pop()  # the commands list opens with its own blank line
     sec.commands(labelled)
     return sec
 
