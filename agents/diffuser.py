@@ -468,11 +468,13 @@ class DiffuserPolicy(DiffusionPolicy[DiffuserConfig]):
             for rows, is_warm in ((idx[~warm], False), (idx[warm], True)):
                 if not len(rows):
                     continue
-                init = None
+                g = None if goal is None else goal[rows]
                 if is_warm:
                     prev = self._normalized_plans(state.plan_obs[rows], state.plan_act[rows])
                     init = self._shifted(prev, torch.as_tensor(state.t[rows], dtype=torch.long))
-                plan_obs, plan_act, lengths = self.plan(obs[rows], None if goal is None else goal[rows], init)
+                    plan_obs, plan_act, lengths = self.plan(obs[rows], g, init)
+                else:  # the Planner protocol's call: plan(obs, goal)
+                    plan_obs, plan_act, lengths = self.plan(obs[rows], g)
                 state.plan_obs[rows], state.plan_act[rows], state.plan_len[rows] = plan_obs, plan_act, lengths
             state.t[idx] = 0
         act = self.track(obs, goal, state)

@@ -627,6 +627,24 @@ def _fastgen(root: Path) -> _Section:
               f"{r['plan_ms_median']:.0f} / {r['plan_ms_p95']:.0f}"] for r in data["rows"]],
         ), "")
         labelled.append((rel, _command(data)))
+    deploys = [sec.read(str(p.relative_to(root))) for p in sorted((root / "fastgen").glob("*.json"))]
+    deploys = [d for d in deploys if d.get("benchmark") == "robot_deploy"]
+    if deploys:
+        sec.add("### Through the robot bridge with the fast settings", "",
+                "As the Robot bridge section's table, the planner's execution settings overridden (`overrides`).", "")
+        table = []
+        for d in deploys:
+            table.append([
+                f"{d['task']} at {d['control_hz']:.0f} Hz", " ".join(d.get("overrides", [])) or "—",
+                str(d["episodes"]), f"{d['plan_ms']['p50']:.0f} / {d['plan_ms']['p95']:.0f}",
+                str(d["lead_ticks_median"]),
+                f"{d['bridged_return']['mean']:.1f} ± {d['bridged_return']['se']:.1f}",
+                f"{d['in_process_return']['mean']:.1f} ± {d['in_process_return']['se']:.1f}",
+                f"{d['bridged_vs_in_process_pct']:.0f}%", str(d["misses_total"]),
+            ])
+            labelled.append((f"{d['control_hz']:.0f} Hz", _command(d)))
+        sec.add(*_table(["robot", "overrides", "episodes", "plan ms p50 / p95", "lead ticks", "bridged return",
+                         "synchronous, in process", "bridged vs synchronous", "missed plans"], table), "")
     while sec.lines[-1] == "":
         sec.lines.pop()  # the commands list opens with its own blank line
     sec.commands(labelled)
