@@ -587,8 +587,9 @@ def _robot(root: Path) -> _Section:
 def _fastgen(root: Path) -> _Section:
     sec = _Section(root, "Fast generation")
     sec.add(
-        "One trained planner under several samplers (`diffplan bench fastgen`): the same weights, only the",
-        "solver, its steps, and warm-started replanning change. Plan latency is one planning call at batch 1 on",
+        "One trained planner per table under several samplers (`diffplan bench fastgen`): the same weights, only",
+        "the solver, its steps, and warm-started replanning change (`runs/fastgen-qs-flow` is the quickstart",
+        "trained with `objective=flow`). Plan latency is one planning call at batch 1 on",
         "evaluation states (median / p95); a warm replan starts from the previous plan shifted by `replan_every`",
         "steps and runs only the tail of the solver's steps. Scores: the evaluation protocol's episodes.",
         "",
@@ -599,7 +600,7 @@ def _fastgen(root: Path) -> _Section:
         data = sec.read(rel)
         if data.get("benchmark") != "fastgen":
             continue
-        sec.add(f"### {data['task']}, {data['gradient_steps']} gradient steps (`{rel}`)", "")
+        sec.add(f"### {data['task']}: run `{data['run']}`, {data['gradient_steps']} gradient steps (`{rel}`)", "")
         rows = []
         for name, r in data["settings"].items():
             calls = r["model_calls"]
