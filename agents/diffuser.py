@@ -278,6 +278,8 @@ class DiffuserPolicy(DiffusionPolicy[DiffuserConfig]):
 
     def set_latency_budget(self, budget_ms: float | None) -> None:
         """Fit every plan into ``budget_ms`` (None or 0: off); the deploy runner sets it from its control rate."""
+        if budget_ms is not None and budget_ms < 0:
+            raise ConfigError(f"latency budget {budget_ms} ms must be >= 0 (0: off)")
         if not budget_ms:
             self.budget = None
             return

@@ -164,3 +164,7 @@ def test_deploy_runner_sets_the_planners_latency_budget(tiny_maze_dataset):
     assert policy.budget.budget_ms == 40.0
     with pytest.raises(TypeError, match="latency budget"):
         LatencyAwareRunner(env, GoToGoalChunks(), latency_budget_ms=40.0)
+    with pytest.raises(ConfigError, match="latency budget"):  # `deploy --latency-budget-ms -5`: one error line
+        LatencyAwareRunner(env, policy, latency_budget_ms=-5.0)
+    LatencyAwareRunner(env, policy, latency_budget_ms=0.0)  # 0: off
+    assert policy.budget is None
