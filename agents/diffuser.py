@@ -30,6 +30,8 @@ windows; the EMA copy of the denoiser is what plans.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,16 +54,36 @@ from diffplan.data import (
 )
 from diffplan.data.conditioning import fit_normalizers
 from diffplan.diffusion import (
+    SCHEDULERS,
     Inpaint,
+    NoiseScheduler,
     ValueGuide,
     denoising_loss,
     loss_weights,
     noised,
     sample,
 )
-from diffplan.nets import TemporalUnet1d, TemporalValueNet
+from diffplan.diffusion.budget import StepBudget
+from diffplan.nets import DiT1d, TemporalUnet1d, TemporalValueNet
 
 TRACKING_MODES = ("pd", "action")
+
+
+def _unet(cfg: DiffuserConfig, transition_dim: int, cond_dim: int) -> torch.nn.Module:
+    return TemporalUnet1d(
+        transition_dim, dim=cfg.dim, dim_mults=tuple(cfg.dim_mults), cond_dim=cond_dim, activation=cfg.activation
+    )
+
+
+def _dit(cfg: DiffuserConfig, transition_dim: int, cond_dim: int) -> torch.nn.Module:
+    return DiT1d(
+        transition_dim, width=cfg.dit_width, depth=cfg.dit_depth, heads=cfg.dit_heads, patch=cfg.dit_patch,
+        cond_dim=cond_dim,
+    )
+
+
+BACKBONES: dict[str, Callable[[DiffuserConfig, int, int], torch.nn.Module]] = {"unet": _unet, "dit": _dit}
+"""Denoiser network by ``backbone`` name: (config, transition dim A+O, condition dim) -> module."""
 
 
 @dataclass
@@ -79,6 +101,17 @@ class DiffuserConfig(DiffusionAgentConfig):
     """Loss weight of the first action (Diffuser uses 10 for locomotion, 1 for mazes)."""
     loss_discount: float = 1.0
     """Per-step loss weight discount**t over the horizon."""
+    backbone: str = "unet"
+    """Denoiser network: unet (Diffuser's temporal U-Net: dim, dim_mults) | dit (a 1-D diffusion transformer
+    with adaLN-Zero conditioning on time and the start/goal vector: dit_width, dit_depth, dit_heads, dit_patch)."""
+    dit_width: int = 128
+    """DiT token width."""
+    dit_depth: int = 4
+    """DiT transformer blocks."""
+    dit_heads: int = 4
+    """DiT attention heads (must divide dit_width)."""
+    dit_patch: int = 4
+    """Horizon steps per DiT token (the horizon must be divisible by it)."""
     dim: int = 32
     """Base channel width of the temporal U-Net."""
     dim_mults: list[int] = field(default_factory=lambda: [1, 2, 4])
@@ -137,6 +170,16 @@ class DiffuserConfig(DiffusionAgentConfig):
     scale_grad_by_std: bool = True
     """Scale the value gradient by the step's variance std^2, as Diffuser (guidance fades as noise does);
     needs stochastic steps, so sampler=ddpm."""
+    warm_start_level: float = 0.0
+    """Warm-started replanning: a replan (``replan_every`` > 0, or the robot bridge's ``plan_chunk``) starts
+    from the previous plan shifted by the steps executed since, noised to this fraction of the sampler's
+    solver steps, and runs only that fraction of them (at least one); the inpainted start (and committed
+    prefix) stays exact. 0: every plan starts from pure noise. In (0, 1]."""
+    latency_budget_ms: float = 0.0
+    """Wall-clock budget of one plan in ms (0: off). Each plan's cost per model call is measured, and the next
+    plan runs the most solver steps (down to ``budget_min_steps``), then the most candidates, that fit."""
+    budget_min_steps: int = 2
+    """Fewest solver steps the latency budget cuts to before it cuts candidates."""
     value_dim: int = 32
     """Base channel width of the value network."""
     value_dim_mults: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
@@ -146,14 +189,30 @@ class DiffuserConfig(DiffusionAgentConfig):
         super().validate()
         if self.tracking not in TRACKING_MODES:
             raise ConfigError(f"tracking={self.tracking!r}; valid: {TRACKING_MODES}")
+        if self.backbone not in BACKBONES:
+            raise ConfigError(f"backbone={self.backbone!r}; valid: {sorted(BACKBONES)}")
         divisor = 2 ** (len(self.dim_mults) - 1)
-        if self.horizon % divisor:
+        if self.backbone == "unet" and self.horizon % divisor:
             raise ConfigError(
                 f"horizon={self.horizon} must be divisible by {divisor} (2**(len(dim_mults)-1) with "
                 f"dim_mults={list(self.dim_mults)})"
             )
+        if self.backbone == "dit" and (
+            self.dit_patch < 1 or self.horizon % self.dit_patch or self.dit_width % (2 * self.dit_heads)
+            or self.dit_depth < 1
+        ):
+            raise ConfigError(
+                f"dit: horizon={self.horizon} must be divisible by dit_patch={self.dit_patch}, dit_width="
+                f"{self.dit_width} by 2*dit_heads={2 * self.dit_heads}, and dit_depth={self.dit_depth} >= 1"
+            )
         if self.n_candidates < 1 or self.sampling_steps < 1 or self.horizon < 2:
             raise ConfigError("n_candidates, sampling_steps must be >= 1 and horizon >= 2")
+        if not 0.0 <= self.warm_start_level <= 1.0:
+            raise ConfigError(f"warm_start_level={self.warm_start_level} must be in [0, 1] (0: off)")
+        if self.latency_budget_ms < 0:
+            raise ConfigError(f"latency_budget_ms={self.latency_budget_ms} must be >= 0 (0: off)")
+        if self.budget_min_steps < 1:
+            raise ConfigError(f"budget_min_steps={self.budget_min_steps} must be >= 1")
         if self.clip_sample < 0:
             raise ConfigError(f"clip_sample={self.clip_sample} must be >= 0 (0: no clipping)")
         if self.value_guided:
@@ -161,10 +220,10 @@ class DiffuserConfig(DiffusionAgentConfig):
                 raise ConfigError(
                     f"value_guided plans are executed by their actions: set tracking=action (got {self.tracking!r})"
                 )
-            if self.sampler == "ddim" and self.scale_grad_by_std and self.guide_scale:
+            if SCHEDULERS[self.sampler].deterministic and self.scale_grad_by_std and self.guide_scale:
                 raise ConfigError(
-                    "value guidance with scale_grad_by_std needs stochastic steps, but sampler='ddim' steps "
-                    "have std 0 (no guidance at all); use sampler=ddpm or scale_grad_by_std=false"
+                    f"value guidance with scale_grad_by_std needs stochastic steps, but sampler={self.sampler!r} "
+                    "steps have std 0 (no guidance at all); use sampler=ddpm or scale_grad_by_std=false"
                 )
             if self.n_guide_steps < 0 or self.t_stopgrad < 0:
                 raise ConfigError("n_guide_steps and t_stopgrad must be >= 0")
@@ -199,6 +258,95 @@ class DiffuserPolicy(DiffusionPolicy[DiffuserConfig]):
         self.record_plans = 0
         """How many of the next plans to keep in ``recorded_plans`` (for drawing)."""
         self.recorded_plans: list[dict[str, np.ndarray]] = []
+        self._schedulers: dict[int, NoiseScheduler] = {self.sampling_scheduler.num_steps: self.sampling_scheduler}
+        self.budget: StepBudget | None = None
+        if cfg.latency_budget_ms > 0:
+            self.set_latency_budget(cfg.latency_budget_ms)
+        self.clock: Callable[[], float] = time.perf_counter
+        """Seconds; what the latency budget measures plans with (tests put a fake clock here)."""
+        self.last_plan: dict[str, int] = {}
+        """What the last plan ran: steps (solver steps run), candidates, calls (model calls), warm (0/1)."""
+        self._chunk_prev: tuple[torch.Tensor, np.ndarray] | None = None
+        """The last ``plan_chunk`` plan: normalized trajectory (H, A+O) and its actions (H, A) as returned."""
+
+    # ----------------------------------------------------------------------------------------- solver steps
+    def scheduler_for(self, steps: int) -> NoiseScheduler:
+        """The acting sampler over ``steps`` solver steps (cached; the configured one for ``sampling_steps``)."""
+        if steps not in self._schedulers:
+            self._schedulers[steps] = self.make_sampling_scheduler(steps)
+        return self._schedulers[steps]
+
+    def set_latency_budget(self, budget_ms: float | None) -> None:
+        """Fit every plan into ``budget_ms`` (None or 0: off); the deploy runner sets it from its control rate."""
+        if budget_ms is not None and budget_ms < 0:
+            raise ConfigError(f"latency budget {budget_ms} ms must be >= 0 (0: off)")
+        if not budget_ms:
+            self.budget = None
+            return
+        self.budget = StepBudget(
+            budget_ms, self.sampling_scheduler.num_steps, self.cfg.n_candidates,
+            calls_for_steps=lambda k: self.scheduler_for(k).model_calls,
+            min_steps=min(self.cfg.budget_min_steps, self.sampling_scheduler.num_steps),
+        )
+
+    def _denoise(
+        self, values: torch.Tensor, mask: torch.Tensor, guide_ok: bool, steps: int, candidates: int,
+        init: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Sample (B, H, A+O) plans with start/goal/prefix inpainted; cold over ``steps`` solver steps, or warm
+        from ``init`` (B, H, A+O), normalized, over the tail of the configured schedule (see warm_start_level)."""
+        cfg = self.cfg
+        inpaint = Inpaint(mask, values)
+        guide = None
+        if guide_ok and self.value_net is not None and cfg.guide_scale and cfg.n_guide_steps:
+            guide = ValueGuide(
+                self.value_net, cfg.guide_scale, cfg.n_guide_steps, cfg.t_stopgrad,
+                cfg.scale_grad_by_std, inpaint=inpaint,
+            )
+        start_index = 0
+        if init is None:
+            scheduler = self.scheduler_for(steps)
+        else:
+            scheduler = self.sampling_scheduler
+            run = max(1, round(cfg.warm_start_level * scheduler.num_steps))
+            if self.budget is not None:
+                run = self.budget.steps_within(candidates, run)
+            start_index = scheduler.num_steps - run
+        t0 = self.clock()
+        x = sample(
+            self.ema.model, scheduler, values.shape,
+            cond=self.condition_vector(values) if cfg.embed_conditions else None,
+            inpaint=inpaint, guide=guide, generator=self.generator, device=values.device,
+            start_from=init, start_index=start_index,
+        )
+        calls = scheduler.model_calls - scheduler.call_index(start_index)
+        self.last_plan = {
+            "steps": scheduler.num_steps - start_index, "candidates": candidates, "calls": calls,
+            "warm": int(init is not None),
+        }
+        if self.budget is not None:
+            self.budget.record((self.clock() - t0) * 1000.0, calls, candidates)
+        return x
+
+    def _shifted(self, x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+        """Plans (B, H, D) moved ``shift`` (B,) long steps earlier, the tail filled with each plan's last step:
+        the warm-start guess for a plan made ``shift`` steps after ``x``."""
+        H = x.shape[1]
+        idx = (torch.arange(H, device=x.device)[None] + shift.to(x.device)[:, None]).clamp(max=H - 1)
+        return torch.gather(x, 1, idx[..., None].expand(-1, -1, x.shape[-1]))
+
+    def warm_guess(self, plan_obs: np.ndarray, plan_act: np.ndarray, shift: int) -> torch.Tensor:
+        """The ``init`` of ``plan`` (M, H, A+O) from plans (env units) made ``shift`` env steps ago."""
+        prev = self._normalized_plans(plan_obs, plan_act)
+        return self._shifted(prev, torch.full((len(prev),), shift, dtype=torch.long))
+
+    def _normalized_plans(self, plan_obs: np.ndarray, plan_act: np.ndarray) -> torch.Tensor:
+        """(M, H, O), (M, H, A) env units -> (M, H, A+O) normalized trajectories."""
+        device = self.device
+        return torch.cat([
+            self.act_norm.normalize(torch.as_tensor(plan_act, device=device)),
+            self.obs_norm.normalize(torch.as_tensor(plan_obs, device=device)),
+        ], dim=-1)
 
     # ----------------------------------------------------------------------------------------------------- plan
     def goal_state(self, goal: np.ndarray) -> np.ndarray:
@@ -208,16 +356,22 @@ class DiffuserPolicy(DiffusionPolicy[DiffuserConfig]):
         return state
 
     @torch.inference_mode()
-    def plan(self, obs: np.ndarray, goal: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def plan(
+        self, obs: np.ndarray, goal: np.ndarray | None, init: torch.Tensor | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Sample plans for M envs in one batched call (``n_candidates`` each, the best kept).
 
         Args:
             obs: (M, O) current states; goal: (M, G) goal positions or None.
+            init: (M, H, A+O) normalized warm-start guesses (previous plans, shifted), or None: from noise.
         Returns:
             plan_obs (M, H, O), plan_act (M, H, A) in env units, and lengths (M,): how many plan steps are
             used before holding at the goal (H unless the plan reached the goal earlier, see park_radius).
         """
-        cfg, A, K = self.cfg, self.act_dim, self.cfg.n_candidates
+        cfg, A = self.cfg, self.act_dim
+        steps, K = self.sampling_scheduler.num_steps, cfg.n_candidates
+        if self.budget is not None:
+            steps, K = self.budget.choose()
         M, H = len(obs), cfg.horizon
         device = self.device
         with self.latency.time(M):
@@ -230,23 +384,7 @@ class DiffuserPolicy(DiffusionPolicy[DiffuserConfig]):
                 target = torch.as_tensor(self.goal_state(goal), device=device)
                 values[:, -1, A:] = self.obs_norm.normalize(target).repeat_interleave(K, 0)
                 mask[:, -1, A:] = True
-            inpaint = Inpaint(mask, values)
-            guide = None
-            if self.value_net is not None and cfg.guide_scale and cfg.n_guide_steps:
-                guide = ValueGuide(
-                    self.value_net, cfg.guide_scale, cfg.n_guide_steps, cfg.t_stopgrad,
-                    cfg.scale_grad_by_std, inpaint=inpaint,
-                )
-            x = sample(
-                self.ema.model,
-                self.sampling_scheduler,
-                values.shape,
-                cond=self.condition_vector(values) if cfg.embed_conditions else None,
-                inpaint=inpaint,
-                guide=guide,
-                generator=self.generator,
-                device=device,
-            )
+            x = self._denoise(values, mask, True, steps, K, None if init is None else init.repeat_interleave(K, 0))
             plan_act = self.act_norm.unnormalize(x[..., :A]).cpu().numpy()
             plan_obs = self.obs_norm.unnormalize(x[..., A:]).cpu().numpy()
             lengths = np.full(M * K, H, dtype=np.int64)
@@ -326,8 +464,20 @@ class DiffuserPolicy(DiffusionPolicy[DiffuserConfig]):
         need = (state.t == 0) | ((k > 0) & (state.t >= k))
         if need.any():
             idx = np.flatnonzero(need)
-            plan_obs, plan_act, lengths = self.plan(obs[idx], None if goal is None else goal[idx])
-            state.plan_obs[idx], state.plan_act[idx], state.plan_len[idx] = plan_obs, plan_act, lengths
+            # Replans (t > 0: the env has a plan, t steps of it executed) warm-start from it, if configured;
+            # fresh episodes (t == 0) plan from noise. One batched call per group.
+            warm = state.t[idx] > 0 if self.cfg.warm_start_level > 0 else np.zeros(len(idx), dtype=bool)
+            for rows, is_warm in ((idx[~warm], False), (idx[warm], True)):
+                if not len(rows):
+                    continue
+                g = None if goal is None else goal[rows]
+                if is_warm:
+                    prev = self._normalized_plans(state.plan_obs[rows], state.plan_act[rows])
+                    init = self._shifted(prev, torch.as_tensor(state.t[rows], dtype=torch.long))
+                    plan_obs, plan_act, lengths = self.plan(obs[rows], g, init)
+                else:  # the Planner protocol's call: plan(obs, goal)
+                    plan_obs, plan_act, lengths = self.plan(obs[rows], g)
+                state.plan_obs[rows], state.plan_act[rows], state.plan_len[rows] = plan_obs, plan_act, lengths
             state.t[idx] = 0
         act = self.track(obs, goal, state)
         state.t = state.t + 1
@@ -359,15 +509,28 @@ class DiffuserPolicy(DiffusionPolicy[DiffuserConfig]):
         if goal is not None and self.cfg.goal_conditioned:
             target = torch.as_tensor(self.goal_state(goal), device=device)
             values[:, -1, A:], mask[:, -1, A:] = self.obs_norm.normalize(target), True
+        init = None
+        if self.cfg.warm_start_level > 0 and k and self._chunk_prev is not None:
+            shift = self._chunk_shift(np.asarray(committed[:k], np.float32))
+            if shift is not None:
+                init = self._shifted(self._chunk_prev[0][None], torch.tensor([shift]))
+        steps = self.budget.choose()[0] if self.budget is not None else self.sampling_scheduler.num_steps
         with self.latency.time(1):
-            x = sample(
-                self.ema.model, self.sampling_scheduler, values.shape,
-                cond=self.condition_vector(values) if self.cfg.embed_conditions else None,
-                inpaint=Inpaint(mask, values), generator=self.generator, device=device,
-            )
-        actions = self.act_norm.unnormalize(x[0, :, :A]).cpu().numpy()
+            x = self._denoise(values, mask, False, steps, 1, init)
+        actions = self.act_norm.unnormalize(x[0, :, :A]).cpu().numpy().astype(np.float32)
         actions[:k] = committed[:k]  # exact, not normalize/unnormalize round-tripped
-        return actions.astype(np.float32)
+        self._chunk_prev = (x[0].clone(), actions.copy())
+        return actions
+
+    def _chunk_shift(self, committed: np.ndarray) -> int | None:
+        """Ticks since the last chunk plan: where ``committed`` (k, A) sits in that plan's actions (the runner
+        commits a prefix cut from the plan it submitted), or None if it is not there (a new episode)."""
+        assert self._chunk_prev is not None
+        prev, k = self._chunk_prev[1], len(committed)
+        for shift in range(1, len(prev) - k + 1):
+            if np.array_equal(prev[shift : shift + k], committed):
+                return shift
+        return None
 
 
 @dataclass(kw_only=True)
@@ -454,13 +617,8 @@ def build(
             f"observation has {obs_dim} dims; use tracking=action"
         )
     n_conditions = 2 if goal_dim and cfg.goal_conditioned else 1
-    model = TemporalUnet1d(
-        act_dim + obs_dim,
-        dim=cfg.dim,
-        dim_mults=tuple(cfg.dim_mults),
-        cond_dim=n_conditions * obs_dim if cfg.embed_conditions else 0,
-        activation=cfg.activation,
-    ).to(cfg.device)
+    cond_dim = n_conditions * obs_dim if cfg.embed_conditions else 0
+    model = BACKBONES[cfg.backbone](cfg, act_dim + obs_dim, cond_dim).to(cfg.device)
     value_net = None
     if cfg.value_guided:
         value_net = TemporalValueNet(

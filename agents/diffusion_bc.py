@@ -111,10 +111,11 @@ class DiffusionBCPolicy(DiffusionPolicy[DiffusionBCConfig]):
         self.encoder, self.act_norm = encoder, act_norm
         self.obs_dim = split_observation_space(observation_space)[0]
         # The chain a fine-tuner explores with must be stochastic at every step but the last: the strided
-        # DDPM posterior over the same K steps.
+        # DDPM posterior over the same K steps. A flow model has no such posterior: its chain is the Euler
+        # ODE, every step deterministic (log_prob's min_std then sets the exploration noise).
         self.chain_scheduler = make_scheduler(
-            "ddpm", cfg.diffusion_steps, beta_schedule=cfg.beta_schedule,
-            prediction_type="epsilon" if cfg.predict_epsilon else "sample",
+            "ddpm" if cfg.objective == "diffusion" else "euler", cfg.diffusion_steps,
+            beta_schedule=cfg.beta_schedule, prediction_type=self.prediction_type,
         )
         self.chain_scheduler.set_timesteps(cfg.sampling_steps)
 

@@ -90,6 +90,27 @@ class ChunkPlanner(Protocol):
 
 
 @runtime_checkable
+class LatencyBudgeted(Protocol):
+    """A planner that fits each plan into a wall-clock budget (fewer solver steps / candidates when needed):
+    ``set_latency_budget(ms)``, None or 0 turning it off. The deploy runner sets it from its control period."""
+
+    def set_latency_budget(self, budget_ms: float | None) -> None: ...
+
+
+@runtime_checkable
+class WarmPlanner(Protocol):
+    """A planner that can start a plan from a guess (warm-started replanning): ``warm_guess`` turns plans made
+    ``shift`` steps ago (env units: states (M, H, O), actions (M, H, A)) into the ``init`` of
+    ``plan(obs, goal, init)``; ``last_plan`` says what the last plan ran (steps, candidates, calls, warm)."""
+
+    last_plan: dict[str, int]
+
+    def warm_guess(self, plan_obs: np.ndarray, plan_act: np.ndarray, shift: int) -> Any: ...
+
+    def plan(self, obs: np.ndarray, goal: np.ndarray | None, init: Any = None) -> Any: ...
+
+
+@runtime_checkable
 class PlanRecorder(Protocol):
     """A planner that keeps its next ``record_plans`` plans in ``recorded_plans`` (for pictures): each a dict
     with ``plan`` (H, O) raw states, ``length`` (steps used) and ``goal`` (G,) or None."""
@@ -212,12 +233,18 @@ class DiffusionAgentConfig(RunConfig):
     """Training diffusion steps T (DDPM)."""
     beta_schedule: str = "cosine"
     """Noise schedule: cosine | linear | vp."""
+    objective: str = "diffusion"
+    """Generative objective: diffusion (denoising, Ho et al.) | flow (rectified flow / flow matching: the
+    straight path x_s = (1-s) x0 + s eps, the model learning the velocity eps - x0, or x0)."""
     predict_epsilon: bool = True
-    """The model predicts the noise (True) or the clean sample x0 (False)."""
+    """The model predicts the noise (True) or the clean sample x0 (False); with objective=flow, True means
+    the velocity eps - x0."""
     sampler: str = "ddim"
-    """Sampler when acting: ddim (``sampling_steps`` steps) | ddpm (every one of the T steps)."""
+    """Sampler when acting. objective=diffusion: ddim (``sampling_steps`` steps) | dpmsolver++ (DPM-Solver++ 2M,
+    ``sampling_steps`` steps) | ddpm (every one of the T steps); objective=flow: euler | heun (2 model calls
+    per step but the last)."""
     sampling_steps: int = 10
-    """Denoising steps per sample with the ddim sampler."""
+    """Solver steps per sample (every sampler but ddpm)."""
     ddim_eta: float = 0.0
     """DDIM noise scale when acting (0: deterministic; 1 over all steps equals DDPM)."""
     clip_sample: float = 1.0
@@ -234,17 +261,23 @@ class DiffusionAgentConfig(RunConfig):
 
     def validate(self) -> None:
         """The checks every diffusion agent shares; subclasses extend it (and call it)."""
-        if self.sampler not in SCHEDULERS:
-            raise ConfigError(f"sampler={self.sampler!r}; valid: {sorted(SCHEDULERS)}")
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"objective={self.objective!r}; valid: {list(OBJECTIVES)}")
+        valid = sorted(name for name, cls in SCHEDULERS.items() if cls.objective == self.objective)
+        if self.sampler not in valid:
+            raise ConfigError(f"sampler={self.sampler!r} with objective={self.objective}; valid: {valid}")
         if self.beta_schedule not in BETA_SCHEDULES:
             raise ConfigError(f"beta_schedule={self.beta_schedule!r}; valid: {sorted(BETA_SCHEDULES)}")
         if self.diffusion_steps < 1 or self.sampling_steps < 1:
             raise ConfigError("diffusion_steps and sampling_steps must be >= 1")
-        if self.sampler == "ddim" and self.sampling_steps > self.diffusion_steps:
+        if SCHEDULERS[self.sampler].strided and self.sampling_steps > self.diffusion_steps:
             raise ConfigError(f"sampling_steps={self.sampling_steps} > diffusion_steps={self.diffusion_steps}")
         if self.clip_sample < 0:
             raise ConfigError(f"clip_sample={self.clip_sample} must be >= 0 (0: no clipping)")
 
+
+OBJECTIVES: dict[str, str] = {"diffusion": "ddpm", "flow": "euler"}
+"""Objective -> the scheduler whose forward process (``add_noise``, ``training_target``) trains the model."""
 
 CfgT = TypeVar("CfgT", bound=DiffusionAgentConfig)
 
@@ -270,17 +303,25 @@ class DiffusionPolicy(Policy, Generic[CfgT]):
         self.model = model
         self.ema = EMA(model, cfg.ema_decay, cfg.ema_every, cfg.ema_start)
         self.act_dim = int(action_space.shape[0])
-        prediction = "epsilon" if cfg.predict_epsilon else "sample"
         self.train_scheduler: NoiseScheduler = make_scheduler(
-            "ddpm", cfg.diffusion_steps, beta_schedule=cfg.beta_schedule, prediction_type=prediction
+            OBJECTIVES[cfg.objective], cfg.diffusion_steps, beta_schedule=cfg.beta_schedule,
+            prediction_type=self.prediction_type,
         )
-        """The forward (noising) process the model is trained on; all T steps."""
+        """The forward (noising) process the model is trained on (DDPM, or the flow's straight path); T steps."""
         self.sampling_scheduler: NoiseScheduler = self.make_sampling_scheduler()
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.latency = LatencyTracker()
 
-    def make_sampling_scheduler(self) -> NoiseScheduler:
-        """The scheduler acting samples with: ``sampling_steps`` DDIM steps (``ddim_eta``), or every DDPM step.
+    @property
+    def prediction_type(self) -> str:
+        """What the model outputs: epsilon | sample, or for flow models velocity | sample."""
+        if self.cfg.predict_epsilon:
+            return "velocity" if self.cfg.objective == "flow" else "epsilon"
+        return "sample"
+
+    def make_sampling_scheduler(self, steps: int | None = None) -> NoiseScheduler:
+        """The scheduler acting samples with: ``cfg.sampler`` (a key of SCHEDULERS) over ``steps`` solver steps
+        (default ``sampling_steps``; every one of the T steps for ddpm), DDIM with ``ddim_eta``.
 
         ``clip_sample`` 0 turns x0 clipping off (data normalized beyond [-1, 1], e.g. Gaussian normalization).
         """
@@ -288,10 +329,11 @@ class DiffusionPolicy(Policy, Generic[CfgT]):
         extra = {"eta": cfg.ddim_eta} if cfg.sampler == "ddim" else {}
         scheduler = make_scheduler(
             cfg.sampler, cfg.diffusion_steps, beta_schedule=cfg.beta_schedule,
-            prediction_type="epsilon" if cfg.predict_epsilon else "sample", clip_sample=cfg.clip_sample or None,
-            **extra,
+            prediction_type=self.prediction_type, clip_sample=cfg.clip_sample or None, **extra,
         )
-        scheduler.set_timesteps(cfg.sampling_steps if cfg.sampler == "ddim" else None)
+        if steps is None:
+            steps = cfg.sampling_steps if scheduler.strided else None
+        scheduler.set_timesteps(steps)
         return scheduler
 
     def reseed(self, seed: int) -> None:

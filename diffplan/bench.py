@@ -10,6 +10,9 @@
   writes the page elsewhere.
 * ``ddp <config> [k=v] --ranks 1,2``: training samples per second under torchrun with each number of ranks.
 * ``sweep <config> [k=v] --repeats N``: the per-run cost of ``diffplan sweep`` on a local Ray (N tiny runs).
+* ``fastgen <run> [name:k=v,k=v ...]``: one trained planner under several sampler settings (default: ddim
+  10/5/3 steps, dpmsolver++ 5/3, replanning every 16 steps cold and warm-started): normalized score over the
+  protocol episodes, cold plan latency and warm replan latency at batch 1 (median, p95), model calls per plan.
 * ``maze <run>``: the maze evaluation protocol over ``--episodes`` episodes, beside the planner-free
   go-to-goal PD baseline on the same start/goal pairs, and the score on the "hard" episodes that baseline fails.
 """
@@ -81,11 +84,13 @@ def bench_plan(args: argparse.Namespace) -> dict[str, Any]:
         "run": str(args.path),
         **{key: settings.get(key) for key in ("horizon", "sampling_steps", "n_candidates")},
         "repeats": len(times),
-        **({"plan_ms_median": float(np.median(times)), "plan_ms_p90": float(np.percentile(times, 90))} if times else {}),
+        **({"plan_ms_median": float(np.median(times)), "plan_ms_p90": float(np.percentile(times, 90)),
+            "plan_ms_p95": float(np.percentile(times, 95))} if times else {}),
         "decision_steps": len(decision_ms),
         "decision_ms_median": float(np.median(decision_ms)),
         "decision_ms_mean": float(np.mean(decision_ms)),
         "decision_ms_p90": float(np.percentile(decision_ms, 90)),
+        "decision_ms_p95": float(np.percentile(decision_ms, 95)),
         **machine_info(),
     }
     return _write(result, args.out)
@@ -192,6 +197,108 @@ def bench_maze(args: argparse.Namespace) -> dict[str, Any]:
         result["train_time_s"] = trained.get("train_time_s")
         result["gradient_steps"] = trained.get("gradient_steps", trained.get("updates"))
     return _write(result, args.out)
+
+
+FASTGEN_SETTINGS: dict[str, list[str]] = {
+    "ddim-10": ["sampler=ddim", "sampling_steps=10"],
+    "ddim-5": ["sampler=ddim", "sampling_steps=5"],
+    "ddim-3": ["sampler=ddim", "sampling_steps=3"],
+    "dpmsolver++-5": ["sampler=dpmsolver++", "sampling_steps=5"],
+    "dpmsolver++-3": ["sampler=dpmsolver++", "sampling_steps=3"],
+    "dpmsolver++-5-replan16": ["sampler=dpmsolver++", "sampling_steps=5", "replan_every=16"],
+    "dpmsolver++-5-replan16-warm0.4": [
+        "sampler=dpmsolver++", "sampling_steps=5", "replan_every=16", "warm_start_level=0.4",
+    ],
+}
+"""Default settings of ``bench fastgen``: name -> overrides (the same trained weights under each)."""
+
+
+def _ms_stats(times: list[float], prefix: str) -> dict[str, float]:
+    return {f"{prefix}_median": float(np.median(times)), f"{prefix}_p95": float(np.percentile(times, 95))}
+
+
+def bench_fastgen(args: argparse.Namespace) -> dict[str, Any]:
+    """Samplers side by side on one trained Diffuser: score and batch-1 latency of each setting.
+
+    Settings: ``name:k=v,k=v`` arguments after the run (default :data:`FASTGEN_SETTINGS`). Per setting: the
+    evaluation protocol over ``--episodes``; ``--repeats`` cold plans on evaluation states; for replanning
+    settings as many warm replans (the same plan shifted by ``replan_every`` steps as the guess). The plan
+    timings go round robin over the settings (``--steps`` is not used).
+    """
+    from diffplan.agent import Planner, Reseedable, WarmPlanner
+    from diffplan.config import config_to_dict
+    from diffplan.envs import make_env
+    from diffplan.training import load_trained
+
+    settings = dict(FASTGEN_SETTINGS)
+    if args.overrides:
+        settings = {}
+        for spec in args.overrides:
+            name, _, kvs = spec.partition(":")
+            settings[name] = [kv for kv in kvs.split(",") if kv]
+    exps = {name: load_trained(args.path, overrides) for name, overrides in settings.items()}
+    for name, exp in exps.items():
+        if not isinstance(exp.agent.policy, Planner):
+            raise CheckpointError(f"{args.path}: agent {exp.cfg.agent!r} is not a planner")
+        if isinstance(exp.agent.policy, Reseedable):
+            exp.agent.policy.reseed(0)
+    cold: dict[str, list[float]] = {name: [] for name in exps}
+    warm: dict[str, list[float]] = {name: [] for name in exps}
+    calls: dict[str, dict[str, int]] = {name: {} for name in exps}
+    env = make_env(next(iter(exps.values())).cfg.task, seed=0)
+    # Round robin over the settings: on a shared machine the load drifts, and interleaving spreads the drift
+    # evenly over the settings instead of favouring whichever ran in a quiet minute.
+    for i in range(args.repeats + 3):
+        obs, _ = env.reset(seed=i)
+        observation, goal = observation_arrays(Batch(obs=_as_batch(obs)).obs)
+        for name, exp in exps.items():
+            policy = exp.agent.policy
+            t0 = time.perf_counter()
+            plan_obs, plan_act, _ = policy.plan(observation, goal)
+            if i >= 3:
+                cold[name].append((time.perf_counter() - t0) * 1000)
+            if not isinstance(policy, WarmPlanner):
+                continue
+            calls[name]["cold"] = int(policy.last_plan.get("calls", 0))
+            cfg = config_to_dict(exp.cfg)
+            k = int(cfg.get("replan_every", 0))
+            if k and cfg.get("warm_start_level", 0.0) > 0:
+                init = policy.warm_guess(plan_obs, plan_act, k)
+                t0 = time.perf_counter()
+                policy.plan(observation, goal, init)
+                if i >= 3:
+                    warm[name].append((time.perf_counter() - t0) * 1000)
+                calls[name]["warm"] = int(policy.last_plan.get("calls", 0))
+    env.close()
+    rows: dict[str, dict[str, Any]] = {}
+    for name, exp in exps.items():
+        result = exp.evaluate(args.episodes).to_dict()
+        rows[name] = {
+            "overrides": settings[name],
+            **_ms_stats(cold[name], "plan_ms"),
+            **(_ms_stats(warm[name], "warm_plan_ms") if warm[name] else {}),
+            "model_calls": calls[name],
+            "normalized_score": result.get("normalized_score"),
+            "normalized_score_se": result.get("normalized_score_se"),
+            "success_rate": result["success_rate"],
+            "episodes": result["episodes"],
+            "eval_plan_ms_median": result.get("plan_ms_median"),
+        }
+        print(json.dumps({name: rows[name]}, default=float), flush=True)
+    trained = json.loads((Path(args.path) / "results.json").read_text())
+    out = {
+        "benchmark": "fastgen",
+        "command": " ".join(["diffplan bench fastgen", str(args.path), *args.overrides, f"--repeats {args.repeats}",
+                             f"--episodes {args.episodes}", f"--steps {args.steps}"]
+                            + ([f"--out {args.out}"] if args.out else [])),
+        "run": str(args.path),
+        "task": trained.get("task"),
+        "gradient_steps": trained.get("gradient_steps", trained.get("updates")),
+        "repeats": args.repeats,
+        "settings": rows,
+        **machine_info(),
+    }
+    return _write(out, args.out)
 
 
 def bench_curve(args: argparse.Namespace) -> dict[str, Any]:
@@ -313,5 +420,5 @@ def bench_report(args: argparse.Namespace) -> dict[str, Any]:
 
 BENCHMARKS = {
     "plan": bench_plan, "train": bench_train, "maze": bench_maze, "curve": bench_curve, "report": bench_report,
-    "ddp": bench_ddp, "sweep": bench_sweep,
+    "ddp": bench_ddp, "sweep": bench_sweep, "fastgen": bench_fastgen,
 }

@@ -359,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     qs.set_defaults(func=cmd_quickstart)
 
     bench = sub.add_parser("bench", help="benchmarks that write JSON results")
-    bench.add_argument("what", choices=["plan", "train", "maze", "curve", "report", "ddp", "sweep"])
+    bench.add_argument("what", choices=["plan", "train", "maze", "curve", "report", "ddp", "sweep", "fastgen"])
     bench.add_argument(
         "path", nargs="?",
         help="run directory (plan, maze, curve), config (train) or results folder (report, default benchmarks)",
@@ -404,6 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--timeout", type=float, default=1.0, help="deadline of every request (s)")
     deploy.add_argument("--keys", default=None, metavar="KEYDIR", help="CURVE key directory of a --keys server")
     deploy.add_argument("--client", default="client", help="client name in --keys (clients/NAME.key_secret)")
+    deploy.add_argument("--latency-budget-ms", type=float, default=None,
+                        help="fit every plan into this many ms (fewer solver steps); default: the run's setting")
     deploy.set_defaults(func=cmd_deploy)
     robot = sub.add_parser("robot", help="robot bridge utilities").add_subparsers(dest="robot_command", required=True)
     keys = robot.add_parser("keys", help="make CURVE keys: a server key pair and one per client (secrets 0600)")

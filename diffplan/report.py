@@ -665,8 +665,76 @@ def _scaleout(root: Path) -> _Section:
     return sec
 
 
+def _fastgen(root: Path) -> _Section:
+    sec = _Section(root, "Fast generation")
+    sec.add(
+        "One trained planner per table under several samplers (`diffplan bench fastgen`): the same weights, only",
+        "the solver, its steps, and warm-started replanning change (`runs/fastgen-qs-flow` is the quickstart",
+        "trained with `objective=flow`). Plan latency is one planning call at batch 1 on",
+        "evaluation states (median / p95); a warm replan starts from the previous plan shifted by `replan_every`",
+        "steps and runs only the tail of the solver's steps. Scores: the evaluation protocol's episodes.",
+        "",
+    )
+    labelled = []
+    for path in sorted((root / "fastgen").glob("*.json")):
+        rel = str(path.relative_to(root))
+        data = sec.read(rel)
+        if data.get("benchmark") != "fastgen":
+            continue
+        sec.add(f"### {data['task']}: run `{data['run']}`, {data['gradient_steps']} gradient steps (`{rel}`)", "")
+        rows = []
+        for name, r in data["settings"].items():
+            calls = r["model_calls"]
+            warm = (f"{r['warm_plan_ms_median']:.0f} / {r['warm_plan_ms_p95']:.0f}"
+                    if "warm_plan_ms_median" in r else "—")
+            score = (f"{r['normalized_score']:.1f} ± {r['normalized_score_se']:.1f}"
+                     if r.get("normalized_score") is not None else "—")
+            rows.append([
+                name, str(calls.get("cold", "")) + (f" / {calls['warm']}" if "warm" in calls else ""),
+                f"{r['plan_ms_median']:.0f} / {r['plan_ms_p95']:.0f}", warm, score, _num(r["success_rate"], 2),
+                str(r["episodes"]),
+            ])
+        sec.add(*_table(["setting", "model calls (cold / warm)", "plan ms p50 / p95", "warm replan ms p50 / p95",
+                         "normalized score", "success", "episodes"], rows), "")
+        labelled.append((rel, _command(data)))
+    for path in sorted((root / "fastgen").glob("*.json")):
+        rel = str(path.relative_to(root))
+        data = sec.read(rel)
+        if data.get("benchmark") != "fastgen-timing":
+            continue
+        sec.add(f"### Model and sampling time beside jannerm/diffuser (`{rel}`)", "", str(data["description"]), "")
+        sec.add(*_table(
+            ["implementation", "setting", "ms per model call", "ms per plan p50 / p95"],
+            [[r["impl"], r["setting"], _num(r["model_call_ms"], 2),
+              f"{r['plan_ms_median']:.0f} / {r['plan_ms_p95']:.0f}"] for r in data["rows"]],
+        ), "")
+        labelled.append((rel, _command(data)))
+    deploys = [sec.read(str(p.relative_to(root))) for p in sorted((root / "fastgen").glob("*.json"))]
+    deploys = [d for d in deploys if d.get("benchmark") == "robot_deploy"]
+    if deploys:
+        sec.add("### Through the robot bridge with the fast settings", "",
+                "As the Robot bridge section's table, the planner's execution settings overridden (`overrides`).", "")
+        table = []
+        for d in deploys:
+            table.append([
+                f"{d['task']} at {d['control_hz']:.0f} Hz", " ".join(d.get("overrides", [])) or "—",
+                str(d["episodes"]), f"{d['plan_ms']['p50']:.0f} / {d['plan_ms']['p95']:.0f}",
+                str(d["lead_ticks_median"]),
+                f"{d['bridged_return']['mean']:.1f} ± {d['bridged_return']['se']:.1f}",
+                f"{d['in_process_return']['mean']:.1f} ± {d['in_process_return']['se']:.1f}",
+                f"{d['bridged_vs_in_process_pct']:.0f}%", str(d["misses_total"]),
+            ])
+            labelled.append((f"{d['control_hz']:.0f} Hz", _command(d)))
+        sec.add(*_table(["robot", "overrides", "episodes", "plan ms p50 / p95", "lead ticks", "bridged return",
+                         "synchronous, in process", "bridged vs synchronous", "missed plans"], table), "")
+    while sec.lines[-1] == "":
+        sec.lines.pop()  # the commands list opens with its own blank line
+    sec.commands(labelled)
+    return sec
+
+
 SECTIONS: tuple[Callable[[Path], _Section], ...] = (
-    _quickstart, _maze, _qactors, _locomotion, _datasets, _robot, _scaleout,
+    _quickstart, _maze, _qactors, _locomotion, _datasets, _robot, _fastgen, _scaleout,
 )
 
 

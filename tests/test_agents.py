@@ -47,7 +47,19 @@ TINY = {
 }
 DATASET = {"decision_diffuser": "tiny_hopper_dataset", "ppo": None}
 """Dataset fixture of each agent's test (default: tiny_maze_dataset; None: an online agent without data)."""
-VARIANTS = {"diffuser-value-guided": (TINY_VALUE_DIFFUSER, "tiny_hopper_dataset")}
+VARIANTS = {
+    "diffuser-value-guided": (TINY_VALUE_DIFFUSER, "tiny_hopper_dataset"),
+    "diffuser-dit-flow": (
+        [*TINY_DIFFUSER, "backbone=dit", "dit_width=16", "dit_depth=1", "dit_heads=2", "dit_patch=4",
+         "objective=flow", "sampler=heun", "replan_every=4", "warm_start_level=0.5"],
+        "tiny_maze_dataset",
+    ),
+    "diffuser-dpmsolver": ([*TINY_DIFFUSER, "sampler=dpmsolver++", "latency_budget_ms=1000"], "tiny_maze_dataset"),
+    "decision_diffuser-dpmsolver": ([*TINY_DECISION_DIFFUSER, "sampler=dpmsolver++"], "tiny_hopper_dataset"),
+    "diffusion_ql-flow": ([*TINY_DIFFUSION_QL, "objective=flow", "sampler=euler", "sampling_steps=3"], "tiny_maze_dataset"),
+    "idql-flow-heun": ([*TINY_IDQL, "objective=flow", "sampler=heun", "sampling_steps=3"], "tiny_maze_dataset"),
+    "diffusion_bc-flow": ([*TINY_DIFFUSION_BC, "objective=flow", "sampler=euler", "sampling_steps=3"], "tiny_maze_dataset"),
+}
 """Further settings of an agent that the tester also covers: id -> (overrides, dataset fixture)."""
 CASES = {
     **{name: (TINY[name], DATASET.get(name, "tiny_maze_dataset")) for name in sorted(AGENTS)},
@@ -114,11 +126,13 @@ class _CountingDiffuser:
 
     def __init__(self, policy):
         self.calls: list[int] = []
+        self.warm: list[bool] = []
         self._plan = policy.plan
 
-        def plan(obs, goal):
+        def plan(obs, goal, init=None):
             self.calls.append(len(obs))
-            return self._plan(obs, goal)
+            self.warm.append(init is not None)
+            return self._plan(obs, goal, init)
 
         policy.plan = plan
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffplan.nets import MLP, MLPDenoiser, SinusoidalPosEmb, TemporalUnet1d
+from diffplan.nets import MLP, DiT1d, DiTBlock, MLPDenoiser, SinusoidalPosEmb, TemporalUnet1d
 
 
 def _n_params(m: torch.nn.Module) -> int:
@@ -95,3 +95,41 @@ def test_mlp_and_mlp_denoiser() -> None:
     assert torch.allclose(den(x, t, None), den(x, t, torch.zeros(6, 3)))  # None means zeros here (documented)
     with pytest.raises(ValueError, match="x_dim=8"):
         den(torch.randn(6, 3, 2), t, None)
+
+
+# ------------------------------------------------------------------------------------------------- DiT-1D
+def test_dit_shapes_and_bad_inputs() -> None:
+    net = DiT1d(6, width=32, depth=2, heads=4, patch=4, cond_dim=5)
+    x, t = torch.randn(3, 16, 6), torch.tensor([0, 4, 9])
+    assert net(x, t, torch.randn(3, 5)).shape == (3, 16, 6)
+    assert net(torch.randn(2, 8, 6), torch.tensor([1, 2])).shape == (2, 8, 6)  # any horizon divisible by patch
+    with pytest.raises(ValueError, match="patch"):
+        net(torch.randn(1, 10, 6), torch.tensor([1]))
+    with pytest.raises(ValueError, match="transition_dim"):
+        net(torch.randn(1, 16, 5), torch.tensor([1]))
+    with pytest.raises(ValueError, match="heads"):
+        DiT1d(6, width=30, heads=4)
+
+
+def test_dit_adaln_zero_starts_as_identity_blocks_and_zero_output() -> None:
+    torch.manual_seed(0)
+    block = DiTBlock(16, 2)
+    tokens, c = torch.randn(2, 5, 16), torch.randn(2, 16)
+    assert torch.equal(block(tokens, c), tokens)  # gates are 0: both residual branches are off
+    net = DiT1d(4, width=16, depth=2, heads=2, patch=2, cond_dim=3)
+    assert torch.equal(net(torch.randn(2, 8, 4), torch.tensor([3, 7]), torch.randn(2, 3)), torch.zeros(2, 8, 4))
+    # after one optimizer step the output depends on time and condition (adaLN carries them)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    for _ in range(3):
+        loss = (net(torch.randn(4, 8, 4), torch.tensor([0, 3, 6, 9]), torch.randn(4, 3)) - 1.0).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    x = torch.randn(1, 8, 4)
+    cond = torch.randn(1, 3)
+    assert not torch.allclose(net(x, torch.tensor([0]), cond), net(x, torch.tensor([9]), cond))
+    assert not torch.allclose(net(x, torch.tensor([0]), cond), net(x, torch.tensor([0]), None))
+    # drop_cond nulls a row's condition exactly like cond=None
+    both = net(torch.cat([x, x]), torch.tensor([5, 5]), torch.cat([cond, cond]), drop_cond=torch.tensor([False, True]))
+    torch.testing.assert_close(both[1:], net(x, torch.tensor([5]), None))
+    torch.testing.assert_close(both[:1], net(x, torch.tensor([5]), cond))

@@ -188,6 +188,9 @@ def bench_deploy(args: argparse.Namespace) -> dict[str, Any]:
     b, p = float(np.mean(bridged)), float(np.mean(plain))
     return _write({
         "benchmark": "robot_deploy", "run": str(args.path), "task": task, "control_hz": args.hz,
+        "overrides": list(args.overrides),
+        "command": " ".join(["python -m diffplan.deploy.bench deploy", str(args.path), *args.overrides,
+                             f"--episodes {args.episodes} --hz {args.hz:g}"] + ([f"--out {args.out}"] if args.out else [])),
         "control_period_ms": 1000.0 / args.hz, "episodes": args.episodes, "env_seeds": seeds,
         "execute_ticks": args.execute_ticks, "sampling_steps": getattr(exp.cfg, "sampling_steps", None),
         "plan_ms": {"p50": float(np.percentile(all_plan_ms, 50)), "p95": float(np.percentile(all_plan_ms, 95)),

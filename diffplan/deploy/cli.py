@@ -70,9 +70,10 @@ def keys_command(args: argparse.Namespace) -> int:
 
 def deploy(run_dir: str, robot: str, *, episodes: int = 1, seed: int = 0, execute_ticks: int = 8,
            overrides: list[str] | None = None, timeout_s: float = 1.0, extra_latency_s: float = 0.0,
-           keys: str | None = None, client: str = "client") -> dict[str, Any]:
+           keys: str | None = None, client: str = "client", latency_budget_ms: float | None = None) -> dict[str, Any]:
     """Drive the robot at ``robot`` with the trained planner in ``run_dir``; returns the per-episode reports.
-    ``keys``/``client``: a key directory and the client name in it, for a server started with ``--keys``."""
+    ``keys``/``client``: a key directory and the client name in it, for a server started with ``--keys``;
+    ``latency_budget_ms``: fit every plan into this budget (the planner's solver steps)."""
     import torch
 
     from diffplan.agent import ChunkPlanner, Reseedable
@@ -96,7 +97,7 @@ def deploy(run_dir: str, robot: str, *, episodes: int = 1, seed: int = 0, execut
                    keys=client_keys)
     ref.close()
     try:
-        runner = LatencyAwareRunner(env, planner, execute_ticks=execute_ticks)
+        runner = LatencyAwareRunner(env, planner, execute_ticks=execute_ticks, latency_budget_ms=latency_budget_ms)
         reports = []
         for i in range(episodes):
             if isinstance(policy, Reseedable):
@@ -118,7 +119,7 @@ def deploy_command(args: argparse.Namespace) -> int:
     try:
         result = deploy(args.run_dir, args.robot, episodes=args.episodes, seed=args.seed,
                         execute_ticks=args.execute_ticks, overrides=args.overrides, timeout_s=args.timeout,
-                        keys=args.keys, client=args.client)
+                        keys=args.keys, client=args.client, latency_budget_ms=args.latency_budget_ms)
     except (RobotError, SpecMismatch, AuthError, TypeError) as exc:
         print(f"diffplan deploy: error: {exc}", file=sys.stderr)
         return 2

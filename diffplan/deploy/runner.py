@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from diffplan.agent import ChunkPlanner  # the contract's protocol: obs, committed (k, A) -> (H, A)
+from diffplan.agent import ChunkPlanner, LatencyBudgeted  # the contract's protocols
 from diffplan.envs.robot import protocol as P
 from diffplan.envs.robot.client import RobotEnv, RobotError, RobotTimeout
 from diffplan.envs.robot.scheduler import ActionScheduler
@@ -132,12 +132,20 @@ class LatencyAwareRunner:
         latency_window: plans whose latency sets the p95.
         heartbeat_every: ticks between heartbeats while no chunk is sent.
         chunk_timeout_ticks: deadline of a chunk request; a lost chunk is a miss, not the end of the episode.
+        latency_budget_ms: if given, set on the planner (:class:`~diffplan.agent.LatencyBudgeted`), which then
+            picks its solver steps so a plan fits it; a budget of a few control periods keeps the planning
+            lead, and so the stale committed prefix, short. None: the planner's own setting.
     """
 
     def __init__(self, env: RobotEnv, planner: ChunkPlanner, *, execute_ticks: int = 8, margin_ticks: int = 1,
-                 latency_window: int = 50, heartbeat_every: int = 2, chunk_timeout_ticks: int = 5) -> None:
+                 latency_window: int = 50, heartbeat_every: int = 2, chunk_timeout_ticks: int = 5,
+                 latency_budget_ms: float | None = None) -> None:
         if not isinstance(planner, ChunkPlanner):
             raise TypeError(f"{type(planner).__name__} does not implement plan_chunk(obs, committed) -> (H, A)")
+        if latency_budget_ms is not None:
+            if not isinstance(planner, LatencyBudgeted):
+                raise TypeError(f"{type(planner).__name__} has no latency budget (set_latency_budget)")
+            planner.set_latency_budget(latency_budget_ms)
         self.env, self.planner = env, planner
         self.execute_ticks, self.margin_ticks = execute_ticks, margin_ticks
         self.latency_window, self.heartbeat_every = latency_window, heartbeat_every

@@ -1,4 +1,4 @@
-"""Algorithm-agnostic diffusion core: noise schedules, DDPM/DDIM schedulers, the sampling loop, guidance, losses."""
+"""Algorithm-agnostic diffusion core: noise schedules, DDPM/DDIM/DPM-Solver++ and flow-matching schedulers, the sampling loop, guidance, losses."""
 
 from diffplan.diffusion.guidance import Guide, ValueGuide, classifier_free
 from diffplan.diffusion.losses import denoising_loss, loss_weights, noised
@@ -7,6 +7,9 @@ from diffplan.diffusion.schedulers import (
     SCHEDULERS,
     DDIMScheduler,
     DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    FlowMatchEulerScheduler,
+    FlowMatchHeunScheduler,
     NoiseScheduler,
     PredictionType,
     log_prob,
@@ -26,7 +29,10 @@ __all__ = [
     "SCHEDULERS",
     "DDIMScheduler",
     "DDPMScheduler",
+    "DPMSolverMultistepScheduler",
     "Denoiser",
+    "FlowMatchEulerScheduler",
+    "FlowMatchHeunScheduler",
     "Guide",
     "Inpaint",
     "NoiseScheduler",

@@ -78,7 +78,9 @@ def denoising_loss(
     """Weighted MSE between the denoiser's output at a random noise level and its target.
 
     t ~ U{0..T-1} and eps ~ N(0, I) per sample; x_t = add_noise(x0, eps, t) with the inpainted (known) entries
-    re-applied, as at sampling time; the target is eps or x0 per ``scheduler.prediction_type``.
+    re-applied, as at sampling time; the target is ``scheduler.training_target``: eps or x0 per
+    ``scheduler.prediction_type``, or the velocity eps - x0 for a flow-matching ``velocity`` model (with a flow
+    scheduler, x_t is the straight-line interpolation and this is the rectified-flow / CFM loss).
 
     Args:
         denoiser: ``f(x_t (B, H, D), t (B,), cond) -> (B, H, D)``.
@@ -97,7 +99,7 @@ def denoising_loss(
     B = x0.shape[0]
     x_t, t, eps = noised(scheduler, x0, inpaint=inpaint, generator=generator)
     out = denoiser(x_t, t, cond)
-    target = eps if scheduler.prediction_type == "epsilon" else x0
+    target = scheduler.training_target(x0, eps)
     err = (out - target) ** 2  # (B, H, D)
     if weights is not None:
         err = err * weights.to(err)

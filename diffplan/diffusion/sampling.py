@@ -114,6 +114,8 @@ def sample(
     enable_grad: bool = ...,
     return_chain: Literal[False] = ...,
     model_fn: Denoiser | None = ...,
+    start_from: torch.Tensor | None = ...,
+    start_index: int = ...,
 ) -> torch.Tensor: ...
 
 
@@ -132,6 +134,8 @@ def sample(
     enable_grad: bool = ...,
     return_chain: Literal[True],
     model_fn: Denoiser | None = ...,
+    start_from: torch.Tensor | None = ...,
+    start_index: int = ...,
 ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
@@ -149,6 +153,8 @@ def sample(
     enable_grad: bool = False,
     return_chain: bool = False,
     model_fn: Denoiser | None = None,
+    start_from: torch.Tensor | None = None,
+    start_index: int = 0,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Draw samples by running the reverse process over ``scheduler.timesteps``.
 
@@ -171,9 +177,14 @@ def sample(
         return_chain: also return every intermediate x.
         model_fn: called instead of ``denoiser`` with the same arguments; how classifier-free guidance
             (:func:`~diffplan.diffusion.guidance.classifier_free`) plugs in.
+        start_from: (B, H, D) a clean guess of the result (warm start, e.g. the previous plan shifted by the
+            executed steps, SDEdit-style): instead of pure noise the loop starts from it noised to the level of
+            solver step ``start_index`` (``scheduler.add_noise``) and runs only the remaining steps.
+        start_index: how many of the scheduler's ``num_steps`` solver steps to skip (only with
+            ``start_from``); 0 with ``start_from`` re-noises to the first level, nearly pure noise.
     Returns:
         x0 (B, H, D); with ``return_chain`` also chain (B, K + 1, H, D): chain[:, 0] is the initial noise,
-        chain[:, -1] is x0, K = number of steps.
+        chain[:, -1] is x0, K = number of model calls made.
     """
     fn = model_fn if model_fn is not None else denoiser
     dev, dtype = _infer_device_dtype(denoiser, inpaint, device)
@@ -182,12 +193,21 @@ def sample(
     if num_steps is not None:
         scheduler.set_timesteps(num_steps)
     try:
+        timesteps = scheduler.timesteps.tolist()
+        if start_from is None and start_index:
+            raise ValueError("start_index needs start_from (the clean guess to re-noise)")
+        if not 0 <= start_index < scheduler.num_steps:
+            raise ValueError(f"start_index={start_index} must be in [0, {scheduler.num_steps}) (solver steps)")
+        scheduler.reset()
         with torch.enable_grad() if enable_grad else torch.no_grad():
             x = randn_tensor(shape, generator, dev, dtype)
+            if start_from is not None:
+                timesteps = timesteps[scheduler.call_index(start_index):]
+                x = scheduler.add_noise(start_from.to(device=dev, dtype=dtype), x, timesteps[0])
             if inpaint is not None:
                 x = inpaint.apply(x)
             chain = [x] if return_chain else []
-            for t in scheduler.timesteps.tolist():
+            for t in timesteps:
                 t_batch = torch.full((batch,), t, dtype=torch.long, device=dev)
                 out = fn(x, t_batch, cond)
                 mean, std = scheduler.step_distribution(out, t, x)
