@@ -40,7 +40,16 @@ from diffplan.config import (
     suggest,
 )
 
-CONFIG_DIR = Path(os.environ.get("DIFFPLAN_CONFIG_DIR") or Path(__file__).resolve().parents[1] / "configs")
+
+def _shipped_configs() -> Path:
+    """The repository's ``configs/`` (a source checkout or an editable install), else the copy a wheel ships as
+    ``diffplan/configs``."""
+    here = Path(__file__).resolve().parent
+    checkout = here.parent / "configs"
+    return checkout if (checkout / "task").is_dir() else here / "configs"
+
+
+CONFIG_DIR = Path(os.environ.get("DIFFPLAN_CONFIG_DIR") or _shipped_configs())
 """The shipped configs (``DIFFPLAN_CONFIG_DIR`` overrides): ``task/``, ``<agent>/``, ``experiments/``."""
 
 Layer = tuple[str, dict[str, Any]]
