@@ -696,6 +696,8 @@ def _fastgen(root: Path) -> _Section:
             ])
         sec.add(*_table(["setting", "model calls (cold / warm)", "plan ms p50 / p95", "warm replan ms p50 / p95",
                          "normalized score", "success", "episodes"], rows), "")
+        if data.get("note"):
+            sec.add(str(data["note"]), "")
         labelled.append((rel, _command(data)))
     for path in sorted((root / "fastgen").glob("*.json")):
         rel = str(path.relative_to(root))
