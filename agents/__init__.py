@@ -8,12 +8,14 @@ cheap and a broken optional agent cannot break the others. Modules whose name st
 
 from __future__ import annotations
 
+import functools
 import importlib
 import pkgutil
 from collections.abc import Iterator, Mapping
 from types import ModuleType
 
 
+@functools.cache  # the package's files do not change while a process runs; lookups happen per build and load
 def _agent_names() -> list[str]:
     return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
 
