@@ -67,6 +67,7 @@ from diffplan.diffusion.budget import StepBudget
 from diffplan.nets import DiT1d, TemporalUnet1d, TemporalValueNet
 
 TRACKING_MODES = ("pd", "action")
+AFTER_PLAN_MODES = ("goal", "stop")
 
 
 def _unet(cfg: DiffuserConfig, transition_dim: int, cond_dim: int) -> torch.nn.Module:
@@ -151,6 +152,11 @@ class DiffuserConfig(DiffusionAgentConfig):
     """Velocity damping gain for that final approach (the waypoint controller's 1)."""
     park_radius: float = 0.2
     """Cut a plan where it first comes within this distance of the goal, then hold at the goal (0: off)."""
+    after_plan: str = "goal"
+    """What the policy does once a plan is used up (or cut by ``park_radius``): goal (drive to the goal with
+    hold_kp/hold_kd and stay: the go-to-goal controller finishes the episode) | stop (brake where it is, no
+    goal-directed control: with park_radius=0 the plan alone must bring the agent to the goal, which isolates
+    what the planner contributes)."""
     n_candidates: int = 1
     """Plans sampled per decision; the one executed is, with value guidance, the one of highest value, else
     (goal tasks) the one reaching the goal earliest. Diffuser samples 64 for locomotion."""
@@ -189,6 +195,8 @@ class DiffuserConfig(DiffusionAgentConfig):
         super().validate()
         if self.tracking not in TRACKING_MODES:
             raise ConfigError(f"tracking={self.tracking!r}; valid: {TRACKING_MODES}")
+        if self.after_plan not in AFTER_PLAN_MODES:
+            raise ConfigError(f"after_plan={self.after_plan!r}; valid: {AFTER_PLAN_MODES}")
         if self.backbone not in BACKBONES:
             raise ConfigError(f"backbone={self.backbone!r}; valid: {sorted(BACKBONES)}")
         divisor = 2 ** (len(self.dim_mults) - 1)
@@ -253,6 +261,9 @@ class DiffuserPolicy(DiffusionPolicy[DiffuserConfig]):
         self.obs_norm, self.act_norm = obs_norm, act_norm
         self.obs_dim = split_observation_space(observation_space)[0]
         self.goal_dim = goal_dim
+        self.plan_horizon = cfg.horizon
+        """Env steps of an executed plan (the rows of ``plan_obs`` in the acting state); a planner whose model
+        horizon is not its plan's length (the hierarchical one) sets it."""
         self.last_values: torch.Tensor | None = None
         """(M*K,) predicted values of the last call's candidates (value guidance only)."""
         self.record_plans = 0
@@ -387,25 +398,36 @@ class DiffuserPolicy(DiffusionPolicy[DiffuserConfig]):
             x = self._denoise(values, mask, True, steps, K, None if init is None else init.repeat_interleave(K, 0))
             plan_act = self.act_norm.unnormalize(x[..., :A]).cpu().numpy()
             plan_obs = self.obs_norm.unnormalize(x[..., A:]).cpu().numpy()
-            lengths = np.full(M * K, H, dtype=np.int64)
-            if goal_cond and cfg.park_radius > 0:
-                goals = np.repeat(goal, K, axis=0)
-                dist = np.linalg.norm(plan_obs[..., : self.goal_dim] - goals[:, None], axis=-1)  # (M*K, H)
-                arrived = dist < cfg.park_radius
-                lengths = np.where(arrived.any(1), arrived.argmax(1) + 1, H)
+            lengths = self.park_lengths(plan_obs, np.repeat(goal, K, axis=0) if goal_cond else None)
             if self.value_net is not None:  # best of K: the highest predicted value of the clean plan
                 self.last_values = self.value_net(x, torch.zeros(len(x), dtype=torch.long, device=device))
                 best = self.last_values.reshape(M, K).argmax(1).cpu().numpy() + np.arange(M) * K
             else:  # best of K: the plan that reaches the goal earliest (ties: the first sampled)
                 best = lengths.reshape(M, K).argmin(1) + np.arange(M) * K
             plan_obs, plan_act, lengths = plan_obs[best], plan_act[best], lengths[best]
-        if self.record_plans > 0:
-            for i in range(min(M, self.record_plans)):
-                self.recorded_plans.append(
-                    {"plan": plan_obs[i], "length": lengths[i], "goal": None if goal is None else goal[i]}
-                )
-            self.record_plans -= min(M, self.record_plans)
+        self.record(plan_obs, lengths, goal)
         return plan_obs.astype(np.float32), plan_act.astype(np.float32), lengths
+
+    def park_lengths(self, plan_obs: np.ndarray, goal: np.ndarray | None) -> np.ndarray:
+        """(B,) plan steps used before holding: where each plan (B, H, O) first comes within ``park_radius``
+        of its goal (B, G), else H (also without a goal or with park_radius 0)."""
+        B, H = plan_obs.shape[:2]
+        if goal is None or self.cfg.park_radius <= 0:
+            return np.full(B, H, dtype=np.int64)
+        dist = np.linalg.norm(plan_obs[..., : self.goal_dim] - goal[:, None], axis=-1)  # (B, H)
+        arrived = dist < self.cfg.park_radius
+        return np.where(arrived.any(1), arrived.argmax(1) + 1, H)
+
+    def record(self, plan_obs: np.ndarray, lengths: np.ndarray, goal: np.ndarray | None, **extra: np.ndarray) -> None:
+        """Keep the first of these plans (M, H, O) in ``recorded_plans`` while ``record_plans`` asks for more;
+        ``extra`` arrays (M, ...) are kept per plan under their names (e.g. ``subgoals``)."""
+        n = min(len(plan_obs), self.record_plans)
+        for i in range(n):
+            self.recorded_plans.append({
+                "plan": plan_obs[i], "length": lengths[i], "goal": None if goal is None else goal[i],
+                **{key: value[i] for key, value in extra.items()},
+            })
+        self.record_plans -= n
 
     def condition_vector(self, x: torch.Tensor) -> torch.Tensor:
         """(B, H, A+O) trajectories (or inpaint values) -> (B, cond_dim): normalized start [and goal] states."""
@@ -423,13 +445,16 @@ class DiffuserPolicy(DiffusionPolicy[DiffuserConfig]):
 
     def track(self, obs: np.ndarray, goal: np.ndarray | None, state: Batch) -> np.ndarray:
         """Actions (N, A) executing each env's cached plan at its step counter ``state.t``."""
-        N, H = len(obs), self.cfg.horizon
+        N, H = len(obs), self.plan_horizon
         step = np.asarray(state.t)
         lengths = np.asarray(state.plan_len)
         rows = np.arange(N)
         following = step + 1 < lengths
         nxt = np.minimum(step + 1, H - 1)
-        if goal is not None and self.cfg.goal_conditioned:
+        if self.cfg.after_plan == "stop":  # brake where it is: position target = position, velocity 0
+            hold = obs.astype(np.float32, copy=True)
+            hold[:, self.act_dim : 2 * self.act_dim] = 0.0
+        elif goal is not None and self.cfg.goal_conditioned:
             hold = self.goal_state(goal)
         else:  # no goal: hold the plan's last state
             hold = state.plan_obs[rows, np.minimum(lengths - 1, H - 1)].copy()
@@ -444,7 +469,7 @@ class DiffuserPolicy(DiffusionPolicy[DiffuserConfig]):
         return np.clip(act, self.action_space.low, self.action_space.high).astype(np.float32)
 
     def initial_state(self, n: int) -> Batch:
-        H, A, O = self.cfg.horizon, self.act_dim, self.obs_dim
+        H, A, O = self.plan_horizon, self.act_dim, self.obs_dim
         return Batch(
             t=np.zeros(n, dtype=np.int64),
             plan_len=np.zeros(n, dtype=np.int64),
@@ -600,6 +625,15 @@ class DiffuserAlgorithm(DiffusionAlgorithm[DiffuserPolicy]):
 CONFIG = DiffuserConfig
 
 
+def check_tracking(cfg: DiffuserConfig, obs_dim: int, act_dim: int) -> None:
+    """Refuse PD tracking (:class:`ConfigError`) when the observation is not [position, velocity, ...]."""
+    if cfg.tracking == "pd" and obs_dim < 2 * act_dim:
+        raise ConfigError(
+            f"tracking='pd' needs observations [position ({act_dim}), velocity ({act_dim}), ...] but the "
+            f"observation has {obs_dim} dims; use tracking=action"
+        )
+
+
 def build(
     cfg: DiffuserConfig,
     observation_space: gym.Space,
@@ -611,11 +645,7 @@ def build(
     obs_dim, goal_dim = split_observation_space(observation_space)
     act_dim = int(action_space.shape[0])
     obs_norm, act_norm = fit_normalizers(cfg.normalizer, observation_space, action_space, episodes)
-    if cfg.tracking == "pd" and obs_dim < 2 * act_dim:
-        raise ConfigError(
-            f"tracking='pd' needs observations [position ({act_dim}), velocity ({act_dim}), ...] but the "
-            f"observation has {obs_dim} dims; use tracking=action"
-        )
+    check_tracking(cfg, obs_dim, act_dim)
     n_conditions = 2 if goal_dim and cfg.goal_conditioned else 1
     cond_dim = n_conditions * obs_dim if cfg.embed_conditions else 0
     model = BACKBONES[cfg.backbone](cfg, act_dim + obs_dim, cond_dim).to(cfg.device)

@@ -83,6 +83,16 @@ TINY_DIFFUSER = [
 ]
 """Overrides that make the Diffuser agent tiny enough for unit tests."""
 
+TINY_HIERARCHICAL = [
+    "agent=hierarchical",
+    *[o for o in TINY_DIFFUSER if o.split("=")[0] not in ("agent", "horizon")],
+    "horizon=4",
+    "jump=3",
+    "low_dim=8",
+    "low_dim_mults=[1,2]",
+]
+"""Overrides that make the Hierarchical Diffuser tiny: 4 subgoals 3 steps apart (plans of 10 env steps)."""
+
 _TINY_COMMON = [
     "task=pointmaze-umaze",
     "batch_size=8",
@@ -219,3 +229,14 @@ def tiny_baseline(agent: str) -> list[str]:
         "eval_every=0", "checkpoint_every=0", "log_every=2", "eval_episodes=2", "eval_envs=2",
         "final_eval_episodes=2", "plot_plans=0", "torch_threads=1",
     ]
+
+
+TINY_VALUE_HIERARCHICAL = [
+    *TINY_HIERARCHICAL,
+    *[o for o in TINY_VALUE_DIFFUSER if o.split("=")[0] not in ("agent", "horizon", "dim_mults")],
+    "horizon=4",
+    "dim_mults=[1,2]",
+    "jump=2",
+    "low_dim_mults=[1]",
+]
+"""Value-guided Hierarchical Diffuser (HD-DA) on Hopper, tiny: a 3-step low level (one U-Net level)."""

@@ -30,9 +30,11 @@ from .conftest import (
     TINY_DIFFUSER,
     TINY_DIFFUSION_BC,
     TINY_DIFFUSION_QL,
+    TINY_HIERARCHICAL,
     TINY_IDQL,
     TINY_PPO,
     TINY_VALUE_DIFFUSER,
+    TINY_VALUE_HIERARCHICAL,
     tiny_baseline,
 )
 
@@ -41,6 +43,7 @@ TINY = {
     "decision_diffuser": TINY_DECISION_DIFFUSER,
     "diffusion_bc": TINY_DIFFUSION_BC,
     "diffusion_ql": TINY_DIFFUSION_QL,
+    "hierarchical": TINY_HIERARCHICAL,
     "idql": TINY_IDQL,
     "ppo": TINY_PPO,
     **{name: tiny_baseline(name) for name in ("bc", "td3bc", "cql")},
@@ -49,6 +52,7 @@ DATASET = {"decision_diffuser": "tiny_hopper_dataset", "ppo": None}
 """Dataset fixture of each agent's test (default: tiny_maze_dataset; None: an online agent without data)."""
 VARIANTS = {
     "diffuser-value-guided": (TINY_VALUE_DIFFUSER, "tiny_hopper_dataset"),
+    "hierarchical-value-guided": (TINY_VALUE_HIERARCHICAL, "tiny_hopper_dataset"),
     "diffuser-dit-flow": (
         [*TINY_DIFFUSER, "backbone=dit", "dit_width=16", "dit_depth=1", "dit_heads=2", "dit_patch=4",
          "objective=flow", "sampler=heun", "replan_every=4", "warm_start_level=0.5"],

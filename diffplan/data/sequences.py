@@ -60,6 +60,10 @@ class SequenceDataset:
             Diffuser use -100 on locomotion, so falling over is worth less than any surviving trajectory).
         returns_offset: ``returns`` is the return-to-go from this step of the window (clamped to the episode's
             last step), e.g. the current step of a window whose first steps are history.
+        stride: keep every ``stride``-th step of a real window: window step h is env step ``start + h * stride``
+            (a jumpy window spanning ``(H - 1) * stride + 1`` env steps, as a hierarchical planner's high level
+            sees it). Padding, masks and windows without padding follow the span: without padding the whole
+            span must lie in the episode; with padding, steps past the episode end repeat its last observation.
         device: where the preloaded tensors live and batches are returned.
     """
 
@@ -74,10 +78,14 @@ class SequenceDataset:
         discount: float = 0.99,
         termination_penalty: float = 0.0,
         returns_offset: int = 0,
+        stride: int = 1,
         device: str | torch.device = "cpu",
     ) -> None:
         if horizon < 1:
             raise ValueError(f"horizon must be >= 1, got {horizon}")
+        if stride < 1:
+            raise ValueError(f"stride must be >= 1, got {stride}")
+        self.stride = int(stride)
         self.episodes = episodes
         self.horizon = int(horizon)
         self.use_padding = use_padding
@@ -109,11 +117,13 @@ class SequenceDataset:
 
         # ---- window table (vectorized; E episodes -> W windows)
         starts, lengths = episodes.starts, episodes.lengths
-        per_episode = lengths if use_padding else np.maximum(lengths - self.horizon + 1, 0)
+        span = (self.horizon - 1) * self.stride + 1  # env steps from a window's first step to its last
+        per_episode = lengths if use_padding else np.maximum(lengths - span + 1, 0)
         total = int(per_episode.sum())
         if total == 0:
             raise DatasetError(
-                f"dataset {episodes.source!r}: horizon {self.horizon} is too long for the episode lengths "
+                f"dataset {episodes.source!r}: horizon {self.horizon} (stride {self.stride}: {span} env steps) is "
+                "too long for the episode lengths "
                 f"(max length {int(lengths.max())}) without padding; "
                 "use a shorter horizon or use_padding=True"
             )
@@ -123,7 +133,7 @@ class SequenceDataset:
             self.device
         )
         self.window_last = torch.from_numpy(np.repeat(starts + lengths - 1, per_episode)).to(self.device)
-        self._steps = torch.arange(self.horizon, device=self.device)  # (H,)
+        self._steps = torch.arange(self.horizon, device=self.device) * self.stride  # (H,) env-step offsets
 
     def __len__(self) -> int:
         """Number of windows W."""
@@ -153,7 +163,7 @@ class SequenceDataset:
             traj[..., : self.action_dim] = torch.where(
                 mask[..., None], traj[..., : self.action_dim], self.pad_action
             )
-        returns = self.returns_to_go[torch.minimum(start + self.returns_offset, last)][:, None]
+        returns = self.returns_to_go[torch.minimum(start + self.returns_offset * self.stride, last)][:, None]
         batch = {"traj": traj, "mask": mask, "returns": returns, "indices": ids}
         if self.goal is not None:
             batch["goal"] = self.goal[start]
@@ -171,6 +181,6 @@ class SequenceDataset:
     def __repr__(self) -> str:
         return (
             f"SequenceDataset(windows={len(self)}, horizon={self.horizon}, "
-            f"transition_dim={self.transition_dim}, "
+            f"transition_dim={self.transition_dim}, stride={self.stride}, "
             f"padding={self.use_padding}, device={self.device})"
         )
