@@ -34,6 +34,13 @@ from tianshou.data import Batch
 from torch import nn
 
 from diffplan.agent import Agent
+from diffplan.agents.diffuser import (
+    DiffuserAlgorithm,
+    DiffuserConfig,
+    DiffuserPolicy,
+    DiffuserTrainingStats,
+    check_tracking,
+)
 from diffplan.config import ConfigError
 from diffplan.data import (
     Episodes,
@@ -45,14 +52,6 @@ from diffplan.data import (
 from diffplan.data.conditioning import fit_normalizers
 from diffplan.diffusion import Inpaint, ValueGuide, denoising_loss, loss_weights, sample
 from diffplan.nets import TemporalUnet1d, TemporalValueNet
-
-from diffplan.agents.diffuser import (
-    DiffuserAlgorithm,
-    DiffuserConfig,
-    DiffuserPolicy,
-    DiffuserTrainingStats,
-    check_tracking,
-)
 
 
 @dataclass
@@ -168,12 +167,16 @@ class HierarchicalPolicy(DiffuserPolicy):
         return x[torch.as_tensor(best + np.arange(M) * C, device=device)]
 
     def fill_segments(self, subgoals: torch.Tensor, committed: torch.Tensor | None = None) -> torch.Tensor:
-        """Normalized subgoals (M, N, O) -> the stitched plan (M, (N-1)K+1, A+O), normalized.
+        """Normalized subgoals (M, N, O) -> the stitched plan (M, (N-1)K+1, A+O), normalized: :meth:`segments`
+        then :meth:`stitch`."""
+        return self.stitch(self.segments(subgoals, committed))
 
-        The M (N-1) segments (subgoal i -> subgoal i+1, both inpainted) are one batch of the core's sampler.
-        Segment i covers plan steps iK..iK+K; the plan takes steps 0..K-1 of every segment and the last step of
-        the last one, so plan step iK is subgoal i exactly. ``committed`` (M, k, A) normalized actions are
-        inpainted into the plan's first k action slots (the robot bridge's committed prefix).
+    def segments(self, subgoals: torch.Tensor, committed: torch.Tensor | None = None) -> torch.Tensor:
+        """Normalized subgoals (M, N, O) -> low-level segments (M, N-1, K+1, A+O), normalized.
+
+        The M (N-1) segments (subgoal i -> subgoal i+1, both inpainted, so exact) are one batch of the core's
+        sampler. ``committed`` (M, k, A) normalized actions are inpainted into the first k action slots of the
+        stitched plan (the robot bridge's committed prefix): plan step j is step j % K of segment j // K.
         """
         A, K = self.act_dim, self.jump
         M, N, O = subgoals.shape
@@ -183,16 +186,21 @@ class HierarchicalPolicy(DiffuserPolicy):
         values[:, :, 0, A:], mask[:, :, 0, A:] = subgoals[:, :-1], True
         values[:, :, -1, A:], mask[:, :, -1, A:] = subgoals[:, 1:], True
         if committed is not None:
-            for j in range(min(committed.shape[1], S * K + 1)):  # plan step j lies in segment j // K (the last: S-1)
+            for j in range(min(committed.shape[1], S * K + 1)):  # the plan's last step is the last segment's end
                 seg, step = (j // K, j % K) if j < S * K else (S - 1, K)
                 values[:, seg, step, :A], mask[:, seg, step, :A] = committed[:, j], True
         values, mask = values.reshape(M * S, L, D), mask.reshape(M * S, L, D)
-        x = sample(
+        return sample(
             self.ema.model.low, self.sampling_scheduler, values.shape,
             cond=self.low_condition(values) if self.cfg.embed_conditions else None,
             inpaint=Inpaint(mask, values), generator=self.generator, device=subgoals.device,
         ).reshape(M, S, L, D)
-        return torch.cat([x[:, :, :K].reshape(M, S * K, D), x[:, -1, K:]], dim=1)
+
+    def stitch(self, segments: torch.Tensor) -> torch.Tensor:
+        """Segments (M, S, K+1, D) -> one plan (M, S K + 1, D): steps 0..K-1 of every segment, then the last
+        segment's end. Segment i's end and segment i+1's start are both subgoal i+1, so plan step iK is it."""
+        M, S, L, D = segments.shape
+        return torch.cat([segments[:, :, : L - 1].reshape(M, S * (L - 1), D), segments[:, -1, L - 1 :]], dim=1)
 
     # ----------------------------------------------------------------------------------------------------- plan
     @torch.inference_mode()
@@ -367,4 +375,4 @@ def build(
     return Agent(policy=policy, algorithm=algorithm, batch_source=source)
 
 
-__all__ = ["CONFIG", "HierarchicalConfig", "HierarchicalPolicy", "HierarchicalAlgorithm", "build"]
+__all__ = ["CONFIG", "HierarchicalAlgorithm", "HierarchicalConfig", "HierarchicalPolicy", "build"]

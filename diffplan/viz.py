@@ -43,6 +43,7 @@ def plot_plans(
     goals: np.ndarray | None = None,
     executed: Sequence[np.ndarray] | None = None,
     titles: Sequence[str] | None = None,
+    subgoals: Sequence[np.ndarray | None] | np.ndarray | None = None,
     *,
     ncols: int | None = None,
     panel_size: float = 2.5,
@@ -56,6 +57,8 @@ def plot_plans(
         goals: optional (N, 2) goal positions (red star, with the goal radius as a circle).
         executed: optional list of N (T_i, 2) executed xy paths (thin black line).
         titles: optional N panel titles.
+        subgoals: optional N (S_i, 2) subgoal positions of a hierarchical plan (white squares on the plan), or
+            None for a panel without them.
         ncols: panels per row (default: about sqrt(N)).
         panel_size: inches per panel.
 
@@ -92,6 +95,10 @@ def plot_plans(
         if executed is not None and k < len(executed) and executed[k] is not None and len(executed[k]):
             ex = np.asarray(executed[k], dtype=np.float64)
             ax.plot(ex[:, 0], ex[:, 1], color="black", linewidth=1.0, zorder=4)
+        if subgoals is not None and k < len(subgoals) and subgoals[k] is not None:
+            sg = np.asarray(subgoals[k], dtype=np.float64)[:, :2]
+            ax.scatter(sg[:, 0], sg[:, 1], marker="s", s=22, facecolor="white", edgecolor="black", linewidths=0.8,
+                       zorder=4)
         if starts is not None:
             ax.plot(
                 *np.asarray(starts)[k, :2],

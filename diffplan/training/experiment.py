@@ -105,7 +105,9 @@ class Experiment:
         xy = np.stack([p["plan"][:, :2] for p in plans])
         goals = np.stack([p["goal"] for p in plans]) if plans[0]["goal"] is not None else None
         titles = [f"plan {i} (reaches goal at step {int(p['length'])})" for i, p in enumerate(plans)]
-        return plot_plans(self.cfg.task, xy, starts=xy[:, 0], goals=goals, titles=titles)
+        subgoals = [p.get("subgoals") for p in plans]  # hierarchical planners record theirs
+        return plot_plans(self.cfg.task, xy, starts=xy[:, 0], goals=goals, titles=titles,
+                          subgoals=subgoals if any(s is not None for s in subgoals) else None)
 
 
 def check_device(device: str) -> None:
