@@ -14,7 +14,10 @@
   10/5/3 steps, dpmsolver++ 5/3, replanning every 16 steps cold and warm-started): normalized score over the
   protocol episodes, cold plan latency and warm replan latency at batch 1 (median, p95), model calls per plan.
 * ``maze <run>``: the maze evaluation protocol over ``--episodes`` episodes, beside the planner-free
-  go-to-goal PD baseline on the same start/goal pairs, and the score on the "hard" episodes that baseline fails.
+  go-to-goal PD baseline on the same start/goal pairs, and the score on the "hard" episodes that baseline fails;
+  ``--plan-to-end`` also scores the plans followed to their end without the switch to the goal-directed PD
+  controller (:data:`PLAN_TO_END`), ``--plan-latency`` times ``--repeats`` plans at batch 1. Every score says
+  the execution it used.
 """
 
 from __future__ import annotations
@@ -55,8 +58,26 @@ class GoToGoalPolicy(Policy):
         return Batch(act=np.clip(act, -1.0, 1.0).astype(np.float32), state=state)
 
 
-def bench_plan(args: argparse.Namespace) -> dict[str, Any]:
+def _plan_latency(policy: Policy, env: Any, repeats: int) -> list[float]:
+    """ms of ``repeats`` planning calls at batch 1 on evaluation states (3 warm-up calls excluded); empty for
+    a policy that is not a :class:`~diffplan.agent.Planner`."""
     from diffplan.agent import Planner, Reseedable
+
+    if isinstance(policy, Reseedable):
+        policy.reseed(0)
+    times: list[float] = []
+    if isinstance(policy, Planner):  # latency of one batched planning call; other agents: decision latency only
+        for i in range(repeats + 3):
+            obs, _ = env.reset(seed=i)
+            observation, goal = observation_arrays(Batch(obs=_as_batch(obs)).obs)
+            t0 = time.perf_counter()
+            policy.plan(observation, goal)
+            if i >= 3:  # warm-up calls excluded
+                times.append((time.perf_counter() - t0) * 1000)
+    return times
+
+
+def bench_plan(args: argparse.Namespace) -> dict[str, Any]:
     from diffplan.config import config_to_dict
     from diffplan.envs import make_env
     from diffplan.training import load_trained
@@ -64,17 +85,7 @@ def bench_plan(args: argparse.Namespace) -> dict[str, Any]:
     exp = load_trained(args.path, args.overrides)
     policy = exp.agent.policy
     env = make_env(exp.cfg.task, seed=0)
-    times = []
-    if isinstance(policy, Reseedable):
-        policy.reseed(0)
-    if isinstance(policy, Planner):  # latency of one batched planning call; other agents: decision latency only
-        for i in range(args.repeats + 3):
-            obs, _ = env.reset(seed=i)
-            observation, goal = observation_arrays(Batch(obs=_as_batch(obs)).obs)
-            t0 = time.perf_counter()
-            policy.plan(observation, goal)
-            if i >= 3:  # warm-up calls excluded
-                times.append((time.perf_counter() - t0) * 1000)
+    times = _plan_latency(policy, env, args.repeats)
     decision_ms = _decision_latency(policy, env, args.steps)
     env.close()
     settings = config_to_dict(exp.cfg)  # the planner settings that matter for latency, where the agent has them
@@ -157,7 +168,41 @@ def bench_train(args: argparse.Namespace) -> dict[str, Any]:
     return _write(result, args.out)
 
 
+PLAN_TO_END = ["park_radius=0", "after_plan=stop"]
+"""Overrides of ``bench maze --plan-to-end``: the whole plan is tracked, then the agent brakes where it is; no
+switch to the go-to-goal PD controller (the planner-free baseline's), so the score is the plan's own."""
+
+
+def execution_text(settings: dict[str, Any]) -> str:
+    """How a planner's plans are executed, in words, from its config (``config_to_dict``); '' for agents
+    without plan execution settings."""
+    if "tracking" not in settings:
+        return ""
+    track = (f"PD on the next planned state (kp {settings['kp']:g}, kd {settings['kd']:g})"
+             if settings["tracking"] == "pd" else "planned actions")
+    replan = settings.get("replan_every", 0)
+    parts = [f"{track}, {'one plan per episode' if not replan else f'a new plan every {replan} steps'}"]
+    if settings.get("park_radius", 0) > 0:
+        parts.append(f"plan cut within {settings['park_radius']:g} of the goal")
+    if settings.get("after_plan", "goal") == "stop":
+        parts.append("then brake (no goal-directed PD)")
+    else:
+        parts.append(f"then PD to the goal (kp {settings['hold_kp']:g}, kd {settings['hold_kd']:g})")
+    if settings.get("n_candidates", 1) > 1:
+        parts.append(f"best of {settings['n_candidates']} plans")
+    return "; ".join(parts)
+
+
+def _hard_split(result: Any, hard: np.ndarray) -> dict[str, float] | None:
+    """Score and success of an evaluation on the "hard" episodes (bool mask over the same episodes)."""
+    if not hard.any() or result.normalized is None or len(result.normalized) != len(hard):
+        return None
+    return {"normalized_score": float(result.normalized[hard].mean()),
+            "success_rate": float(result.successes[hard].mean())}
+
+
 def bench_maze(args: argparse.Namespace) -> dict[str, Any]:
+    from diffplan.config import config_to_dict
     from diffplan.envs import EVAL_SEED, make_env
     from diffplan.envs.evaluation import evaluate
     from diffplan.training import load_trained
@@ -169,33 +214,48 @@ def bench_maze(args: argparse.Namespace) -> dict[str, Any]:
         GoToGoalPolicy(env.action_space), exp.make_venv, args.episodes, n_envs=exp.cfg.eval_envs,
         seed=EVAL_SEED, ref_min=exp.ref_min, ref_max=exp.ref_max,
     )
-    env.close()
     hard = ~baseline.successes
+    settings = config_to_dict(exp.cfg)
+    command = ["diffplan bench maze", str(args.path), *args.overrides, f"--episodes {args.episodes}"]
     result: dict[str, Any] = {
         "benchmark": "maze",
         "run": str(args.path),
         "task": exp.cfg.task,
+        "agent": exp.cfg.agent,
+        "seed": exp.cfg.seed,
         "overrides": list(args.overrides),
+        "execution": execution_text(settings),
         "planner": planner.to_dict(),
         "go_to_goal_baseline": baseline.to_dict(),
         "hard_episodes": int(hard.sum()),
         **machine_info(),
     }
-    if hard.any() and planner.normalized is not None and len(planner.normalized) == len(hard):
-        result["planner_hard"] = {
-            "normalized_score": float(planner.normalized[hard].mean()),
-            "success_rate": float(planner.successes[hard].mean()),
+    if (split := _hard_split(planner, hard)) is not None:
+        result["planner_hard"] = split
+        result["baseline_hard"] = _hard_split(baseline, hard)
+    if args.plan_to_end:
+        command.append("--plan-to-end")
+        follow = load_trained(args.path, [*args.overrides, *PLAN_TO_END])
+        followed = follow.evaluate(args.episodes)
+        result["plan_to_end"] = {
+            **followed.to_dict(), "overrides": PLAN_TO_END, "execution": execution_text(config_to_dict(follow.cfg)),
+            **({"hard": split} if (split := _hard_split(followed, hard)) is not None else {}),
         }
-        assert baseline.normalized is not None
-        result["baseline_hard"] = {
-            "normalized_score": float(baseline.normalized[hard].mean()),
-            "success_rate": float(baseline.successes[hard].mean()),
-        }
+    if args.plan_latency:
+        command.append(f"--plan-latency --repeats {args.repeats}")
+        times = _plan_latency(exp.agent.policy, env, args.repeats)
+        if times:
+            result["plan_latency"] = {"repeats": len(times), **_ms_stats(times, "plan_ms"), "batch": 1}
+    env.close()
     results_path = Path(args.path) / "results.json"
     if results_path.exists():
         trained = json.loads(results_path.read_text())
         result["train_time_s"] = trained.get("train_time_s")
         result["gradient_steps"] = trained.get("gradient_steps", trained.get("updates"))
+        result["dataset"] = trained.get("dataset")
+        if result["gradient_steps"] and result["train_time_s"]:
+            result["steps_per_s"] = result["gradient_steps"] / result["train_time_s"]
+    result["command"] = " ".join(command + ([f"--out {args.out}"] if args.out else []))
     return _write(result, args.out)
 
 

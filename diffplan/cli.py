@@ -370,6 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--steps", type=int, default=300, help="env steps timed for the decision latency (plan)")
     bench.add_argument("--out", default=None, help="JSON file to write (report: the page, default <folder>/README.md)")
     bench.add_argument("--ranks", default="1,2", help="ddp: numbers of torchrun ranks to compare")
+    bench.add_argument("--plan-to-end", action="store_true",
+                       help="maze: also score plans followed to their end, no switch to the goal-directed PD")
+    bench.add_argument("--plan-latency", action="store_true", help="maze: also time --repeats plans at batch 1")
     bench.set_defaults(func=cmd_bench)
 
     sweep = sub.add_parser("sweep", help="many runs (every combination of key=v1,v2 ... seed=0,1,2) as Ray tasks")

@@ -31,7 +31,9 @@ __all__ = [
 MIN_SEEDS = 3
 """Training seeds a result needs to meet the project's standard; rows with fewer are flagged on the page."""
 
-AGENT_ORDER = ("bc", "td3bc", "cql", "diffusion_bc", "diffusion_ql", "idql", "diffuser", "decision_diffuser")
+AGENT_ORDER = (
+    "bc", "td3bc", "cql", "diffusion_bc", "diffusion_ql", "idql", "diffuser", "hierarchical", "decision_diffuser",
+)
 """Baselines first, then the diffusion agents, so each table reads baseline -> agent."""
 
 MAZES = ("umaze", "medium", "large")
@@ -402,6 +404,84 @@ def _override(command: str, key: str) -> str:
     return match.group(1) if match else ""
 
 
+def _mean_se(values: list[tuple[float, float]]) -> str:
+    """``mean ± s.e.`` of (score, episode s.e.) pairs: the episode s.e. for one seed, over seeds for more."""
+    if len(values) == 1:
+        return f"{values[0][0]:.1f} ± {values[0][1]:.1f}"
+    scores = [v for v, _ in values]
+    return f"{statistics.fmean(scores):.1f} ± {statistics.stdev(scores) / math.sqrt(len(scores)):.1f}"
+
+
+def _hierarchical(root: Path) -> _Section | None:
+    """Hierarchical vs flat Diffuser at equal training budgets (``benchmarks/hierarchical/run.sh``); no section
+    until a result is committed."""
+    files = sorted((root / "hierarchical").glob("*.json"))
+    if not files:
+        return None
+    sec = _Section(root, "Maze: hierarchical vs flat planner")
+    sec.add(
+        "Hierarchical Diffuser (subgoals every 15 steps, a 16-step low level between them) beside the flat",
+        "Diffuser, each trained for the same wall-clock budget, one run at a time, by",
+        "`benchmarks/hierarchical/run.sh`, and scored by `diffplan bench maze` on the same protocol episodes.",
+        "\"as trained\": the shipped execution (plan tracked, then PD to the goal near its end); \"plan to end\": the",
+        "plan followed to its end, then the agent brakes (no goal-directed PD switch: what the planner alone",
+        "reaches). Hard episodes: those the go-to-goal PD baseline fails. Plan ms: one plan at batch 1 (median).",
+        "",
+    )
+    data: dict[str, dict[str, Any]] = {}
+    runs = []
+    for path in files:
+        rel = str(path.relative_to(root))
+        d = data[rel] = sec.read(rel)
+        try:
+            planner = d["planner"]
+            runs.append(RunResult(
+                file=rel, agent=d["agent"], dataset=d["task"], seed=int(d["seed"]),
+                score=float(planner["normalized_score"]), score_se=float(planner["normalized_score_se"]),
+                episodes=int(planner["episodes"]), variant=d.get("execution", ""),
+                budget_min=round(float(d["train_time_s"]) / 60), command=_command(d),
+            ))
+        except (KeyError, TypeError) as exc:
+            raise ReportError(f"{rel}: missing field {exc}") from exc
+    table, executions, labelled = [], [], []
+    for row in by_dataset_then_agent(aggregate(runs)):
+        ds = [data[r.file] for r in row.runs]
+
+        def mean(get: Callable[[dict[str, Any]], Any], ds: list[dict[str, Any]] = ds) -> float | None:
+            values = [v for v in (get(d) for d in ds) if v is not None]
+            return statistics.fmean(values) if values else None
+
+        end = [d.get("plan_to_end") for d in ds]
+        label = f"{row.first.dataset} {row.first.agent}, {row.first.budget_min:.0f} min"
+        table.append([
+            row.first.dataset, row.first.agent, f"{row.first.budget_min:.0f} min", _seeds_cell(row),
+            _int(mean(lambda d: d.get("gradient_steps"))), _num(mean(lambda d: d.get("steps_per_s")), 2),
+            _num(mean(lambda d: (d.get("plan_latency") or {}).get("plan_ms_median")), 0),
+            format_score(row), _num(mean(lambda d: d["planner"]["success_rate"]), 2),
+            _num(mean(lambda d: (d.get("planner_hard") or {}).get("normalized_score")), 1) + " / "
+            + _num(mean(lambda d: (d.get("planner_hard") or {}).get("success_rate")), 2),
+            "—" if None in end else _mean_se([(e["normalized_score"], e["normalized_score_se"]) for e in end]),
+            "—" if None in end else _num(statistics.fmean(e["success_rate"] for e in end), 2),
+            "—" if None in end else _num(mean(lambda d: (d["plan_to_end"].get("hard") or {}).get("normalized_score")), 1),
+            _mean_se([(d["go_to_goal_baseline"]["normalized_score"], d["go_to_goal_baseline"]["normalized_score_se"])
+                      for d in ds]),
+            _num(mean(lambda d: d["go_to_goal_baseline"]["success_rate"]), 2), _int(mean(lambda d: d["hard_episodes"])),
+            str(row.first.episodes),
+        ])
+        executions.append(f"* {label}: as trained: {row.first.variant or '—'}"
+                          + ("" if None in end else f"; plan to end: {end[0].get('execution', '—')}"))
+        labelled += _row_commands(label, row)
+    sec.add(*_table(
+        ["task", "agent", "train budget", "seeds", "gradient steps", "steps/s", "plan ms", "score (as trained)",
+         "success", "hard: score / success", "score (plan to end)", "success (plan to end)", "hard (plan to end)",
+         "go-to-goal score", "go-to-goal success", "hard episodes", "episodes"],
+        table,
+    ))
+    sec.add("", "Execution of each row:", "", *executions)
+    sec.commands(labelled)
+    return sec
+
+
 def _qactors(root: Path) -> _Section:
     sec = _Section(root, "Maze: diffusion actors on pointmaze-umaze")
     sec.add(
@@ -735,16 +815,17 @@ def _fastgen(root: Path) -> _Section:
     return sec
 
 
-SECTIONS: tuple[Callable[[Path], _Section], ...] = (
-    _quickstart, _maze, _qactors, _locomotion, _datasets, _robot, _fastgen, _scaleout,
+SECTIONS: tuple[Callable[[Path], _Section | None], ...] = (
+    _quickstart, _maze, _hierarchical, _qactors, _locomotion, _datasets, _robot, _fastgen, _scaleout,
 )
+"""Page sections in order; a section function returns None while it has no results to show."""
 
 
 def generate(root: Path | str = "benchmarks") -> str:
     """The Markdown page for the JSON results under ``root`` (nothing is written)."""
     root = Path(root)
     lines = _intro(root)
-    sections = [make(root) for make in SECTIONS]
+    sections = [sec for make in SECTIONS if (sec := make(root)) is not None]
     lines += ["Contents: " + " · ".join(f"[{s.lines[0][3:]}](#{_anchor(s.lines[0][3:])})" for s in sections), ""]
     for sec in sections:
         lines += sec.render()

@@ -122,3 +122,40 @@ def test_a_sweep_summary_groups_seeds_by_setting_and_renders_as_a_table(tmp_path
     lines = sweep_table(summary)
     assert "| diffuser | hopper-medium | lr=0.001 | normalized score | 15.0 ± 5.0 | s0 10.0, s1 20.0 | 2 ⚠ |" in lines
     assert lines[-1] == "Failed runs (not in the rows): lr=0.0003,seed=1."
+
+
+def _hier_json(agent: str, seed: int, score: float, end: float | None) -> dict:
+    """A ``bench maze --plan-to-end --plan-latency`` result (the fields the report reads)."""
+    ev = {"episodes": 100, "normalized_score": score, "normalized_score_se": 4.0, "success_rate": score / 100}
+    out = {
+        "benchmark": "maze", "task": "pointmaze-medium", "agent": agent, "seed": seed, "train_time_s": 3600.0,
+        "gradient_steps": 9000, "steps_per_s": 2.5, "execution": f"{agent} execution", "planner": ev,
+        "planner_hard": {"normalized_score": score / 2, "success_rate": 0.25},
+        "go_to_goal_baseline": {**ev, "normalized_score": 60.9, "success_rate": 0.52}, "hard_episodes": 48,
+        "plan_latency": {"plan_ms_median": 40.0 if agent == "hierarchical" else 120.0},
+        "command": f"diffplan bench maze runs/{agent}-s{seed}",
+    }
+    if end is not None:
+        out["plan_to_end"] = {**ev, "normalized_score": end, "execution": "then brake", "hard": {"normalized_score": 1.0}}
+    return out
+
+
+def test_hierarchical_section_aggregates_seeds_and_shows_the_plan_to_end_score(tmp_path):
+    import shutil
+
+    root = tmp_path / "benchmarks"
+    shutil.copytree(ROOT / "benchmarks", root)
+    assert "hierarchical vs flat" not in generate(root)  # no results: no section
+    (root / "hierarchical").mkdir(exist_ok=True)
+    for name, d in {"h0": _hier_json("hierarchical", 0, 80.0, 70.0), "h1": _hier_json("hierarchical", 1, 70.0, 60.0),
+                    "d0": _hier_json("diffuser", 0, 65.0, None)}.items():
+        (root / "hierarchical" / f"{name}.json").write_text(json.dumps(d))
+    page = generate(root)
+    section = page.split("## Maze: hierarchical vs flat planner")[1].split("\n## ")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| pointmaze-medium")]
+    assert len(rows) == 2 and "| diffuser |" in rows[0] and "| hierarchical |" in rows[1]  # flat planner first
+    cells = [c.strip() for c in rows[1].strip("|").split("|")]
+    assert cells[3] == "2 ⚠" and cells[6] == "40"  # two seeds; plan ms
+    assert cells[7] == "75.0 ± 5.0 (s0 80.0, s1 70.0)" and cells[10] == "65.0 ± 5.0"  # over seeds, both scores
+    assert [c.strip() for c in rows[0].strip("|").split("|")][10] == "—"  # not measured: a dash, not a zero
+    assert "hierarchical execution; plan to end: then brake" in section

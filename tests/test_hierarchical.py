@@ -158,3 +158,13 @@ def test_plans_are_drawn_with_their_subgoals():
     with_marks = figure_to_array(fig)
     without = figure_to_array(plot_plans("pointmaze-umaze", plans, starts=plans[:, 0], goals=plans[:, -1]))
     assert with_marks.shape == without.shape and not np.array_equal(with_marks, without)
+
+
+def test_execution_is_described_in_words():
+    from diffplan.bench import PLAN_TO_END, execution_text
+    from diffplan.config import config_to_dict
+
+    shipped = execution_text(config_to_dict(load_config(None, TINY_HIERARCHICAL)))
+    assert "cut within 0.2 of the goal" in shipped and "then PD to the goal (kp 10, kd 1)" in shipped
+    to_end = execution_text(config_to_dict(load_config(None, [*TINY_HIERARCHICAL, *PLAN_TO_END])))
+    assert "cut" not in to_end and "then brake (no goal-directed PD)" in to_end
