@@ -122,8 +122,9 @@ class SequenceDataset:
         total = int(per_episode.sum())
         if total == 0:
             raise DatasetError(
-                f"dataset {episodes.source!r}: horizon {self.horizon} (stride {self.stride}: {span} env steps) is "
-                "too long for the episode lengths "
+                f"dataset {episodes.source!r}: horizon {self.horizon}"
+                + (f" (stride {self.stride}: {span} env steps)" if self.stride > 1 else "")
+                + " is too long for the episode lengths "
                 f"(max length {int(lengths.max())}) without padding; "
                 "use a shorter horizon or use_padding=True"
             )
