@@ -13,6 +13,8 @@
 * ``fastgen <run> [name:k=v,k=v ...]``: one trained planner under several sampler settings (default: ddim
   10/5/3 steps, dpmsolver++ 5/3, replanning every 16 steps cold and warm-started): normalized score over the
   protocol episodes, cold plan latency and warm replan latency at batch 1 (median, p95), model calls per plan.
+* ``suite <suite.yaml>``: agents x tasks x seeds at one fixed budget, resumable, one JSON per run
+  (:mod:`diffplan.suite`); ``--only``, ``--dry-run``, ``--parallel N``, ``--out``, ``--runs``.
 * ``maze <run>``: the maze evaluation protocol over ``--episodes`` episodes, beside the planner-free
   go-to-goal PD baseline on the same start/goal pairs, and the score on the "hard" episodes that baseline fails.
 """
@@ -33,6 +35,7 @@ from tianshou.data import Batch
 
 from diffplan.checkpoint import CheckpointError, write_text_atomic
 from diffplan.data import observation_arrays
+from diffplan.envs.evaluation import as_batch, decision_latency
 from diffplan.training import machine_info
 
 
@@ -70,12 +73,12 @@ def bench_plan(args: argparse.Namespace) -> dict[str, Any]:
     if isinstance(policy, Planner):  # latency of one batched planning call; other agents: decision latency only
         for i in range(args.repeats + 3):
             obs, _ = env.reset(seed=i)
-            observation, goal = observation_arrays(Batch(obs=_as_batch(obs)).obs)
+            observation, goal = observation_arrays(Batch(obs=as_batch(obs)).obs)
             t0 = time.perf_counter()
             policy.plan(observation, goal)
             if i >= 3:  # warm-up calls excluded
                 times.append((time.perf_counter() - t0) * 1000)
-    decision_ms = _decision_latency(policy, env, args.steps)
+    decision_ms = decision_latency(policy, env, args.steps)
     env.close()
     settings = config_to_dict(exp.cfg)  # the planner settings that matter for latency, where the agent has them
     result = {
@@ -94,33 +97,6 @@ def bench_plan(args: argparse.Namespace) -> dict[str, Any]:
         **machine_info(),
     }
     return _write(result, args.out)
-
-
-def _as_batch(obs: Any) -> Any:
-    """One env observation with a leading batch dim, as the Collector passes it (Dict -> Batch)."""
-    if isinstance(obs, dict):
-        return Batch({k: np.asarray(v)[None] for k, v in obs.items()})
-    return np.asarray(obs)[None]
-
-
-def _decision_latency(policy: Policy, env: Any, steps: int) -> list[float]:
-    """ms of each ``policy(batch, state)`` call along ``steps`` env steps at batch 1 (episodes restart as needed).
-
-    The observation is wrapped like the Collector does (a Batch of the Dict observation, leading batch dim).
-    """
-    policy.eval()
-    times: list[float] = []
-    state, (obs, _) = None, env.reset(seed=0)
-    for _ in range(steps):
-        batch = Batch(obs=_as_batch(obs))
-        t0 = time.perf_counter()
-        out = policy(batch, state)
-        times.append((time.perf_counter() - t0) * 1000)
-        state = out.get("state", None)
-        obs, _, terminated, truncated, _ = env.step(np.asarray(out.act)[0])
-        if terminated or truncated:
-            state, (obs, _) = None, env.reset()
-    return times
 
 
 def bench_train(args: argparse.Namespace) -> dict[str, Any]:
@@ -250,7 +226,7 @@ def bench_fastgen(args: argparse.Namespace) -> dict[str, Any]:
     # evenly over the settings instead of favouring whichever ran in a quiet minute.
     for i in range(args.repeats + 3):
         obs, _ = env.reset(seed=i)
-        observation, goal = observation_arrays(Batch(obs=_as_batch(obs)).obs)
+        observation, goal = observation_arrays(Batch(obs=as_batch(obs)).obs)
         for name, exp in exps.items():
             policy = exp.agent.policy
             t0 = time.perf_counter()
@@ -411,14 +387,36 @@ def bench_sweep(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def bench_report(args: argparse.Namespace) -> dict[str, Any]:
-    """Regenerate the benchmark page from the committed JSON results (no training code involved)."""
+    """Regenerate the benchmark page from the committed JSON results (no training code involved) and each
+    suite's learning-curve figure (``suites/<name>/curves.png``, drawn from the same JSON)."""
     from diffplan.report import write
+    from diffplan.viz import write_suite_figures
 
-    page = write(args.path or "benchmarks", args.out)
-    return {"benchmark": "report", "page": str(page)}
+    root = args.path or "benchmarks"
+    page = write(root, args.out)
+    figures = write_suite_figures(root)
+    return {"benchmark": "report", "page": str(page), "figures": [str(f) for f in figures]}
+
+
+def bench_suite(args: argparse.Namespace) -> dict[str, Any]:
+    """Agents x tasks x seeds of a suite file at its fixed budget, one JSON per run (:mod:`diffplan.suite`)."""
+    from diffplan.config import ConfigError
+    from diffplan.suite import run_suite
+
+    if not args.path:
+        raise ConfigError("bench suite: give a suite file, e.g. benchmarks/suites/locomotion-medium.yaml")
+    if args.overrides:
+        raise ConfigError(f"bench suite: unexpected {' '.join(args.overrides)} (a suite file sets every run's config)")
+    command = " ".join(["diffplan bench suite", str(args.path)]
+                       + [f"{flag} {value}" for flag, value in (("--out", args.out), ("--runs", args.runs),
+                                                               ("--only", args.only)) if value]
+                       + [f"--parallel {args.parallel}"])
+    summary = run_suite(args.path, out=args.out, runs_dir=args.runs, only=args.only, dry_run=args.dry_run,
+                        parallel=args.parallel, command=command)
+    return {"benchmark": "suite", **summary}
 
 
 BENCHMARKS = {
     "plan": bench_plan, "train": bench_train, "maze": bench_maze, "curve": bench_curve, "report": bench_report,
-    "ddp": bench_ddp, "sweep": bench_sweep, "fastgen": bench_fastgen,
+    "ddp": bench_ddp, "sweep": bench_sweep, "fastgen": bench_fastgen, "suite": bench_suite,
 }

@@ -243,8 +243,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from diffplan.bench import BENCHMARKS
 
     result = BENCHMARKS[args.what](args)
+    if args.what == "suite":  # its progress lines were the output; the JSON is one file per run
+        print(f"{len(result['runs'])} runs: " + ", ".join(
+            f"{n} {s}" for s, n in sorted(_count(result["runs"].values()).items())))
+        return 1 if result["failed"] else 0
     _print_json(result)
     return 0
+
+
+def _count(values: Any) -> dict[str, int]:
+    from collections import Counter
+
+    return dict(Counter(values))
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -359,17 +369,26 @@ def build_parser() -> argparse.ArgumentParser:
     qs.set_defaults(func=cmd_quickstart)
 
     bench = sub.add_parser("bench", help="benchmarks that write JSON results")
-    bench.add_argument("what", choices=["plan", "train", "maze", "curve", "report", "ddp", "sweep", "fastgen"])
+    bench.add_argument("what", choices=["plan", "train", "maze", "curve", "report", "ddp", "sweep", "fastgen",
+                                        "suite"])
     bench.add_argument(
         "path", nargs="?",
-        help="run directory (plan, maze, curve), config (train) or results folder (report, default benchmarks)",
+        help="run directory (plan, maze, curve), config (train), suite file (suite) or results folder (report, "
+        "default benchmarks)",
     )
     bench.add_argument("overrides", nargs="*", help="key=value overrides (curve: more run directories)")
     bench.add_argument("--episodes", type=int, default=50)
     bench.add_argument("--repeats", type=int, default=50)
     bench.add_argument("--steps", type=int, default=300, help="env steps timed for the decision latency (plan)")
-    bench.add_argument("--out", default=None, help="JSON file to write (report: the page, default <folder>/README.md)")
+    bench.add_argument("--out", default=None, help="JSON file to write (report: the page, default <folder>/README.md; "
+                       "suite: the JSON folder, default benchmarks/suites/<name>)")
     bench.add_argument("--ranks", default="1,2", help="ddp: numbers of torchrun ranks to compare")
+    bench.add_argument("--runs", default=None, help="suite: run directories (default runs/suites/<name>)")
+    bench.add_argument("--only", default=None,
+                       help="suite: comma-separated patterns of run names <task>/<agent>-s<seed> (fnmatch)")
+    bench.add_argument("--dry-run", action="store_true", help="suite: list the runs and their state, run nothing")
+    bench.add_argument("--parallel", type=int, default=1,
+                       help="suite: runs at once, each in its own process (0: in this process)")
     bench.set_defaults(func=cmd_bench)
 
     sweep = sub.add_parser("sweep", help="many runs (every combination of key=v1,v2 ... seed=0,1,2) as Ray tasks")
