@@ -155,7 +155,7 @@ def suite_curves(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str
 
     Against gradient steps: the evaluation steps every seed has (seeds evaluate at the same multiples of
     ``eval_every``; a time budget ends them at different steps). Against training minutes: each seed's curve
-    interpolated linearly on 25 points up to the shortest seed's last evaluation. One seed: its own curve, s.e. 0.
+    interpolated linearly on 25 points over the minutes every seed's evaluations span. One seed: its own curve, s.e. 0.
     """
     grouped: dict[str, dict[str, list[list[dict[str, Any]]]]] = {}
     for run in runs:
@@ -168,8 +168,10 @@ def suite_curves(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str
             common = sorted(set.intersection(*({p["step"] for p in s} for s in seeds)))
             by_step = np.array([[next(p["normalized_score"] for p in s if p["step"] == st) for st in common]
                                 for s in seeds])
+            # the span every seed covers: no seed's curve is extended past its own evaluations
+            start = max(s[0]["train_time_s"] for s in seeds) / 60
             end = min(s[-1]["train_time_s"] for s in seeds) / 60
-            minutes = np.linspace(0.0, end, 25)
+            minutes = np.linspace(start, max(start, end), 25)
             by_min = np.array([np.interp(minutes, [p["train_time_s"] / 60 for p in s],
                                          [p["normalized_score"] for p in s]) for s in seeds])
             n = len(seeds)
