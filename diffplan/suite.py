@@ -44,7 +44,7 @@ import yaml
 
 from diffplan.checkpoint import write_text_atomic
 from diffplan.compose import CONFIG_DIR, load_config
-from diffplan.config import ConfigError, config_yaml
+from diffplan.config import ConfigError, config_yaml, read_yaml
 from diffplan.sweep import _check_same_config, run_one
 
 SUITE_KEYS = ("name", "description", "seeds", "budget", "eval", "tasks", "agents", "latency_steps", "torch_threads")
@@ -153,13 +153,7 @@ def load_suite(path: str | os.PathLike) -> Suite:
     from diffplan.agents import AGENTS
 
     path = Path(path)
-    if not path.is_file():
-        raise SuiteError(f"{path}: suite file not found")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise SuiteError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    data = _mapping(data, str(path))
+    data = read_yaml(path, "suite file")
     _unknown(data, SUITE_KEYS, str(path))
     for key in ("seeds", "budget", "eval", "tasks", "agents"):
         if key not in data:

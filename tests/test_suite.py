@@ -157,6 +157,15 @@ def test_a_bad_suite_file_is_one_error_line_and_starts_nothing(tmp_path, capsys,
     assert not (tmp_path / "out").exists() and not (tmp_path / "runs").exists()
 
 
+def test_a_missing_or_broken_suite_file_is_one_error_line(tmp_path, capsys):
+    assert main(["bench", "suite", str(tmp_path / "none.yaml")]) == 2
+    assert "none.yaml: no such suite file" in capsys.readouterr().err
+    (tmp_path / "bad.yaml").write_text("seeds: [0, 1\n")
+    assert main(["bench", "suite", str(tmp_path / "bad.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "bad.yaml: not valid YAML" in err and len(err.strip().splitlines()) == 1
+
+
 def test_a_corrupt_run_json_stops_the_suite_and_is_kept(tmp_path, capsys):
     path = _suite_file(tmp_path, "minari:diffplan/hopper-medium-v0")
     bad = tmp_path / "out" / "hopper-medium" / "bc-s1.json"
