@@ -924,12 +924,12 @@ def suite_tables(runs: list[tuple[str, dict[str, Any]]]) -> list[str]:
                 ", ".join(f"s{x.seed} {x.score:.1f}" for x in r.runs),
                 _over_seeds([float(x.extra["return"]) for x in r.runs]),  # type: ignore[arg-type]
                 f"{_num(r.mean('decision_median'), 1)} / {_num(r.mean('decision_p95'), 1)}",
-                _int(r.mean("gradient_steps")), _num(r.mean("train_min"), 1, " min"),
+                _int(r.mean("gradient_steps")), _num(r.mean("train_min"), 1, " min"), _budget_text(first["budget"]),
                 str(len(r.runs)) if len(r.runs) >= MIN_SEEDS else f"{len(r.runs)} ⚠ (fewer than {MIN_SEEDS})",
                 _num(paper, 1),
             ])
         lines += _table(["agent", "settings", "D4RL-normalized (mean ± s.e. over seeds)", "per seed",
-                         "raw return", "decision ms (median / p95)", "gradient steps", "training time", "seeds",
+                         "raw return", "decision ms (median / p95)", "gradient steps", "training time", "budget", "seeds",
                          "paper (D4RL's file)"], table)
         lines += [""]
     cited = sorted({PUBLISHED[a][0] for a in {d["agent"] for _, d in runs} if a in PUBLISHED})
