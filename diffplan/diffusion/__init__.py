@@ -1,6 +1,6 @@
 """Algorithm-agnostic diffusion core: noise schedules, DDPM/DDIM/DPM-Solver++ and flow-matching schedulers, the sampling loop, guidance, losses."""
 
-from diffplan.diffusion.guidance import Guide, ValueGuide, classifier_free
+from diffplan.diffusion.guidance import GUIDANCE_FORMS, Guide, GuidanceForm, ValueGuide, classifier_free
 from diffplan.diffusion.losses import denoising_loss, loss_weights, noised
 from diffplan.diffusion.sampling import Denoiser, Inpaint, sample
 from diffplan.diffusion.schedulers import (
@@ -30,10 +30,12 @@ __all__ = [
     "DDIMScheduler",
     "DDPMScheduler",
     "DPMSolverMultistepScheduler",
+    "GUIDANCE_FORMS",
     "Denoiser",
     "FlowMatchEulerScheduler",
     "FlowMatchHeunScheduler",
     "Guide",
+    "GuidanceForm",
     "Inpaint",
     "NoiseScheduler",
     "PredictionType",

@@ -349,6 +349,11 @@ class NoiseScheduler:
         mean = self._gather("c_x0", t, x_t) * x0 + self._gather("c_xt", t, x_t) * x_t
         return mean, self._gather("std", t, x_t)
 
+    def step_std(self, t: Timestep, x_t: torch.Tensor) -> torch.Tensor:
+        """The std (B, 1, ..., 1) of the reverse step from t, known before the model is called (it does not
+        depend on the model's output): what a guide scales its gradient by before the step is taken."""
+        return self._gather("std", t, x_t)
+
     def step(
         self,
         model_out: torch.Tensor,
