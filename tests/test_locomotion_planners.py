@@ -61,6 +61,20 @@ def test_locomotion_configs_build_on_their_envs(agent):
             assert built.policy.value_net(x, torch.zeros(2, dtype=torch.long)).shape == (2,)
 
 
+def test_diffuser_locomotion_recipe_is_the_papers():
+    """Pins Diffuser's locomotion recipe in the method config: the start state conditions the plan by
+    inpainting only (``embed_conditions`` off; it stays on for mazes, where it is ours and helps), and value
+    guidance in Diffuser's form with its plan settings (scale 0.1, 2 guide steps, t_stopgrad 2, std scaling)."""
+    cfg = load_config("diffuser", ["task=hopper-medium"])
+    assert not cfg.embed_conditions
+    assert (cfg.guidance_form, cfg.guide_scale, cfg.n_guide_steps, cfg.t_stopgrad, cfg.scale_grad_by_std) == (
+        "diffuser", 0.1, 2, 2, True
+    )
+    assert load_config("diffuser", ["task=pointmaze-umaze"]).embed_conditions
+    with pytest.raises(ConfigError, match="guidance_form"):
+        load_config(None, [*TINY_VALUE_DIFFUSER, "guidance_form=mean"])
+
+
 def test_bad_planner_settings_are_one_line_errors():
     with pytest.raises(ConfigError, match="sampler=ddpm"):
         load_config(None, [*TINY_VALUE_DIFFUSER, "sampler=ddim"])
