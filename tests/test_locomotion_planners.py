@@ -161,7 +161,7 @@ def test_diffuser_plans_with_the_value_nets_ema_copy(tiny_hopper_dataset):
     best-of-K ranking both use ``policy.averaged("value_net")``, which the base class's EMA machinery updates
     after every update and saves with the weights; the online value net only trains. Today's code guided and
     ranked with the online net."""
-    cfg, env, agent = _agent(TINY_VALUE_DIFFUSER, tiny_hopper_dataset, ["n_candidates=5", "t_stopgrad=0"])
+    _cfg, env, agent = _agent(TINY_VALUE_DIFFUSER, tiny_hopper_dataset, ["n_candidates=5", "t_stopgrad=0"])
     policy = agent.policy
     ema = policy.averaged("value_net")
     assert ema is not policy.value_net and "emas.value_net.model.target_std" in policy.state_dict()
@@ -180,9 +180,6 @@ def test_diffuser_plans_with_the_value_nets_ema_copy(tiny_hopper_dataset):
     _, plan_act, _ = policy.plan(obs, None)
     chosen = policy.act_norm.normalize(torch.as_tensor(plan_act))[..., 0].mean(1)
     torch.testing.assert_close(chosen, policy.last_values.reshape(2, 5).max(1).values, atol=1e-4, rtol=1e-4)
-    policy.emas["value_net"].model = torch.nn.Identity()  # not a value function: planning must fail on it
-    with pytest.raises(Exception):
-        policy.plan(obs, None)
 
 
 def test_diffuser_replans_every_step_and_executes_the_first_action(tiny_hopper_dataset):

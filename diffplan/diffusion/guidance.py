@@ -17,7 +17,7 @@ import torch
 if TYPE_CHECKING:
     from diffplan.diffusion.sampling import Denoiser, Inpaint
 
-__all__ = ["GUIDANCE_FORMS", "Guide", "GuidanceForm", "ValueGuide", "classifier_free"]
+__all__ = ["GUIDANCE_FORMS", "GuidanceForm", "Guide", "ValueGuide", "classifier_free"]
 
 GuidanceForm = Literal["diffuser", "mean_shift"]
 GUIDANCE_FORMS: tuple[str, ...] = ("diffuser", "mean_shift")

@@ -46,7 +46,6 @@ from diffplan.envs import EVAL_SEED
 from diffplan.envs.evaluation import EvalResult
 from diffplan.training import distributed
 from diffplan.training.distributed import DistContext
-from diffplan.training.lr import apply_lr_schedule, run_progress
 from diffplan.training.experiment import (
     Experiment,
     check_runtime,
@@ -55,6 +54,7 @@ from diffplan.training.experiment import (
     machine_info,
     setup,
 )
+from diffplan.training.lr import apply_lr_schedule, run_progress
 
 log = logging.getLogger("diffplan")
 
