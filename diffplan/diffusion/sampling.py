@@ -214,12 +214,13 @@ def sample(
             for t in timesteps:
                 t_batch = torch.full((batch,), t, dtype=torch.long, device=dev)
                 shift = None
-                if guide is not None:
+                if guide is not None and guide.form == "mean_shift":
+                    shift = guide(x, t_batch, scheduler.step_std(t, x)) - x.detach()
+                elif guide is not None and scheduler.starts_step(t):
+                    # Diffuser's form: the step is taken from the guided x, conditions written back in (a
+                    # corrector call is not guided: its step started from the point guided at the predictor)
                     guided = guide(x, t_batch, scheduler.step_std(t, x))
-                    if guide.form == "mean_shift":
-                        shift = guided - x.detach()
-                    else:  # Diffuser's form: the step is taken from the guided x, conditions written back in
-                        x = inpaint.apply(guided) if inpaint is not None else guided
+                    x = inpaint.apply(guided) if inpaint is not None else guided
                 out = fn(x, t_batch, cond)
                 mean, std = scheduler.step_distribution(out, t, x)
                 if shift is not None:
