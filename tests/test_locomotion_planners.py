@@ -161,7 +161,7 @@ def test_diffuser_plans_with_the_value_nets_ema_copy(tiny_hopper_dataset):
     best-of-K ranking both use ``policy.averaged("value_net")``, which the base class's EMA machinery updates
     after every update and saves with the weights; the online value net only trains. Today's code guided and
     ranked with the online net."""
-    _cfg, env, agent = _agent(TINY_VALUE_DIFFUSER, tiny_hopper_dataset, ["n_candidates=5", "t_stopgrad=0"])
+    cfg, env, agent = _agent(TINY_VALUE_DIFFUSER, tiny_hopper_dataset, ["n_candidates=5", "t_stopgrad=0"])
     policy = agent.policy
     ema = policy.averaged("value_net")
     assert ema is not policy.value_net and "emas.value_net.model.target_std" in policy.state_dict()
@@ -172,6 +172,15 @@ def test_diffuser_plans_with_the_value_nets_ema_copy(tiny_hopper_dataset):
     online = dict(policy.value_net.named_parameters())
     for name, p in ema.named_parameters():
         torch.testing.assert_close(p, online[name])  # before ema_start the EMA copies the net
+    # a checkpoint from before the value EMA existed loads, its EMA starting from the saved value net
+    old = {k: v.clone() if isinstance(v, torch.Tensor) else v
+           for k, v in agent.algorithm.state_dict().items() if ".emas." not in k}
+    for key in [k for k in old if k.startswith("policy.value_net.") and old[k].is_floating_point()]:
+        old[key] += 1.0  # a value net no fresh build has
+    shell = AGENTS["diffuser"].build(cfg, env.observation_space, env.action_space, None)
+    shell.algorithm.load_state_dict(old)
+    for name, p in shell.policy.averaged("value_net").state_dict().items():
+        torch.testing.assert_close(p, old[f"policy.value_net.{name}"])
     # planning: guide and ranking read the EMA copy, not the online net
     obs = np.stack([env.reset(seed=i)[0] for i in range(2)]).astype(np.float32)
     policy.value_net = _FirstActionValue()  # must not be used when acting
