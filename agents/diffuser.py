@@ -133,7 +133,8 @@ class DiffuserConfig(DiffusionAgentConfig):
     """Also give the U-Net the start (and goal) states as a global condition vector, besides inpainting them.
     Inpainting alone shows the condition only at the two ends of the sequence, and the conv net needs many
     updates to carry it across the horizon; with the embedding, plans follow start and goal after a few
-    thousand CPU steps. False: inpainting only, as in the paper."""
+    thousand CPU steps (the maze config keeps it). False: inpainting only, as in the paper (the locomotion
+    config's setting)."""
     sampling_steps: int = 20
     """Denoising steps per plan with ddim (Diffuser's locomotion setting samples with ddpm and does not clip:
     sampler=ddpm clip_sample=0)."""
