@@ -11,7 +11,8 @@ What an agent *can* do beyond acting is declared by the typed, ``runtime_checkab
 with ``isinstance``, never discovered with ``hasattr``), and what every diffusion agent shares is owned by two
 small base classes:
 
-* :class:`DiffusionPolicy`: the trained model and its EMA copy, the training and sampling schedulers (built
+* :class:`DiffusionPolicy`: the trained model and its EMA copy (and EMA copies of any further networks an agent
+  tracks, :meth:`DiffusionPolicy.track_ema`), the training and sampling schedulers (built
   once, from the same config fields), a seeded noise generator, ``reseed`` and latency tracking;
 * :class:`DiffusionAlgorithm`: the update counter, the optimizer of the model, the training-batch generator and
   the EMA step after every update; a subclass writes only ``train_step`` (its paper's loss).
@@ -302,6 +303,9 @@ class DiffusionPolicy(Policy, Generic[CfgT]):
         self.cfg = cfg
         self.model = model
         self.ema = EMA(model, cfg.ema_decay, cfg.ema_every, cfg.ema_start)
+        self.emas = nn.ModuleDict()
+        """EMA copies of further networks by attribute name (:meth:`track_ema`), updated and saved with ``ema``."""
+        self.register_load_state_dict_pre_hook(self._fill_missing_emas)
         self.act_dim = int(action_space.shape[0])
         self.train_scheduler: NoiseScheduler = make_scheduler(
             OBJECTIVES[cfg.objective], cfg.diffusion_steps, beta_schedule=cfg.beta_schedule,
@@ -335,6 +339,37 @@ class DiffusionPolicy(Policy, Generic[CfgT]):
             steps = cfg.sampling_steps if scheduler.strided else None
         scheduler.set_timesteps(steps)
         return scheduler
+
+    def track_ema(self, name: str) -> nn.Module:
+        """Also keep an EMA of the network in attribute ``name`` (e.g. a value function or an inverse-dynamics
+        model), with the model's decay and timing; returns the averaged copy, which is what should act.
+
+        The averages are updated after every update by :meth:`update_emas` and saved with the weights under
+        ``emas.<name>``; calling it again restarts the average from the network's current weights.
+        """
+        self.emas[name] = EMA(getattr(self, name), self.cfg.ema_decay, self.cfg.ema_every, self.cfg.ema_start)
+        return self.emas[name].model
+
+    def averaged(self, name: str) -> nn.Module:
+        """The EMA copy of the network in attribute ``name`` (see :meth:`track_ema`)."""
+        return self.emas[name].model
+
+    def update_emas(self, step: int) -> None:
+        """One EMA step of the model and of every tracked network, after update number ``step``."""
+        self.ema.update(self.model, step)
+        for name, ema in self.emas.items():
+            ema.update(getattr(self, name), step)
+
+    @staticmethod
+    def _fill_missing_emas(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        """Checkpoints from before a network's EMA was tracked: start that EMA from the saved network."""
+        assert isinstance(module, DiffusionPolicy)
+        for name in module.emas:
+            ema_prefix, src_prefix = f"{prefix}emas.{name}.model.", f"{prefix}{name}."
+            if any(k.startswith(ema_prefix) for k in state_dict):
+                continue
+            for key in [k for k in state_dict if k.startswith(src_prefix)]:
+                state_dict[ema_prefix + key[len(src_prefix):]] = state_dict[key]
 
     def reseed(self, seed: int) -> None:
         """Restart the acting noise stream, so evaluations are repeatable."""
@@ -376,7 +411,7 @@ class DiffusionAlgorithm(OfflineAlgorithm[PolicyT], Generic[PolicyT]):
         step = int(self.num_updates) + 1
         stats = self.train_step(batch, step)
         self.num_updates += 1
-        self.policy.ema.update(self.policy.model, step)
+        self.policy.update_emas(step)
         return stats
 
 

@@ -127,6 +127,10 @@ class RunConfig:
     """Training batch size."""
     lr: float = 2e-4
     """Adam learning rate."""
+    lr_decay: bool = False
+    """Cosine-anneal every learning rate of the agent to 0 over the run (Diffusion-QL's ``--lr_decay``): over
+    ``train_steps``, or with ``max_train_minutes`` over whichever budget ends the run first, by the fraction of
+    it spent (:mod:`diffplan.training.lr`)."""
     eval_every: int = 2_000
     """Evaluate every this many gradient steps (0: only at the end)."""
     eval_episodes: int = 10

@@ -1,6 +1,6 @@
 """Algorithm-agnostic diffusion core: noise schedules, DDPM/DDIM/DPM-Solver++ and flow-matching schedulers, the sampling loop, guidance, losses."""
 
-from diffplan.diffusion.guidance import Guide, ValueGuide, classifier_free
+from diffplan.diffusion.guidance import GUIDANCE_FORMS, GuidanceForm, Guide, ValueGuide, classifier_free
 from diffplan.diffusion.losses import denoising_loss, loss_weights, noised
 from diffplan.diffusion.sampling import Denoiser, Inpaint, sample
 from diffplan.diffusion.schedulers import (
@@ -26,6 +26,7 @@ from diffplan.diffusion.schedules import (
 
 __all__ = [
     "BETA_SCHEDULES",
+    "GUIDANCE_FORMS",
     "SCHEDULERS",
     "DDIMScheduler",
     "DDPMScheduler",
@@ -33,6 +34,7 @@ __all__ = [
     "Denoiser",
     "FlowMatchEulerScheduler",
     "FlowMatchHeunScheduler",
+    "GuidanceForm",
     "Guide",
     "Inpaint",
     "NoiseScheduler",

@@ -158,8 +158,10 @@ def sample(
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Draw samples by running the reverse process over ``scheduler.timesteps``.
 
-    x_K ~ N(0, I) (inpainted); for each t: out = model(x, t, cond); (mean, std) = scheduler.step_distribution;
-    mean = guide(x, t, mean, std) if a guide is given; x = mean + std * z; x = inpaint.apply(x).
+    x_K ~ N(0, I) (inpainted); for each t: x = inpaint.apply(guide(x, t, std_t)) if a guide is given (std_t the
+    step's std); out = model(x, t, cond); (mean, std) = scheduler.step_distribution(out, t, x);
+    x = mean + std * z; x = inpaint.apply(x). A guide of form ``mean_shift`` instead leaves x and adds its
+    displacement guide(x, t, std_t) - x to the mean (see :data:`~diffplan.diffusion.guidance.GUIDANCE_FORMS`).
 
     Args:
         denoiser: the network, ``f(x (B, H, D), t (B,) long, cond) -> (B, H, D)``.
@@ -167,7 +169,9 @@ def sample(
         shape: (B, H, D) of the samples.
         cond: passed to the model unchanged (e.g. a (B, C) tensor, or None).
         inpaint: entries fixed during sampling; they are exact (bit-identical) in the result.
-        guide: optional hook shifting the step mean (e.g. :class:`~diffplan.diffusion.guidance.ValueGuide`).
+        guide: optional hook moving x_t before each step (e.g. :class:`~diffplan.diffusion.guidance.ValueGuide`);
+            works with every scheduler, but one whose steps all have std 0 gives a std-scaled guide nothing to do.
+            A guided step cuts the autograd graph (``enable_grad``) at x_t: the guide returns a detached x.
         num_steps: sample over this many steps instead of the scheduler's current ones (its timesteps are
             restored afterwards).
         generator: source of all noise (initial and per step), so a seeded generator makes sampling repeatable.
@@ -209,10 +213,18 @@ def sample(
             chain = [x] if return_chain else []
             for t in timesteps:
                 t_batch = torch.full((batch,), t, dtype=torch.long, device=dev)
+                shift = None
+                if guide is not None and guide.form == "mean_shift":
+                    shift = guide(x, t_batch, scheduler.step_std(t, x)) - x.detach()
+                elif guide is not None and scheduler.starts_step(t):
+                    # Diffuser's form: the step is taken from the guided x, conditions written back in (a
+                    # corrector call is not guided: its step started from the point guided at the predictor)
+                    guided = guide(x, t_batch, scheduler.step_std(t, x))
+                    x = inpaint.apply(guided) if inpaint is not None else guided
                 out = fn(x, t_batch, cond)
                 mean, std = scheduler.step_distribution(out, t, x)
-                if guide is not None:
-                    mean = guide(x, t_batch, mean, std)
+                if shift is not None:
+                    mean = mean + shift.to(mean.dtype)
                 x = mean + std * randn_tensor(shape, generator, dev, dtype)
                 if inpaint is not None:
                     x = inpaint.apply(x)

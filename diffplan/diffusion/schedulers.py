@@ -349,6 +349,17 @@ class NoiseScheduler:
         mean = self._gather("c_x0", t, x_t) * x0 + self._gather("c_xt", t, x_t) * x_t
         return mean, self._gather("std", t, x_t)
 
+    def starts_step(self, t: Timestep) -> bool:
+        """Whether the model call at ``t`` about to be made starts a solver step (True for one-call solvers),
+        rather than finishing one begun at an earlier call (Heun's corrector). The sampling loop guides x only
+        where a step starts: a corrector evaluates the model at a trial point but steps from the start point."""
+        return True
+
+    def step_std(self, t: Timestep, x_t: torch.Tensor) -> torch.Tensor:
+        """The std (B, 1, ..., 1) of the reverse step from t, known before the model is called (it does not
+        depend on the model's output): what a guide scales its gradient by before the step is taken."""
+        return self._gather("std", t, x_t)
+
     def step(
         self,
         model_out: torch.Tensor,
@@ -606,6 +617,11 @@ class FlowMatchHeunScheduler(FlowMatchEulerScheduler):
     def call_index(self, step: int) -> int:
         """Step j's predictor is call 2j (calls: t_0, then a corrector and a predictor at each t_j)."""
         return 2 * step
+
+    def starts_step(self, t: Timestep) -> bool:
+        """False for a corrector call: the step it finishes started at the pending predictor's x."""
+        pending = self._pending
+        return pending is None or pending[0] != self._single_timestep(t)
 
     def _velocity(self, model_out: torch.Tensor, t: int, x_t: torch.Tensor) -> torch.Tensor:
         """v (B, ...) from the (clipped) x0 estimate: (x_t - x0_hat) / s_t."""

@@ -54,6 +54,7 @@ from diffplan.training.experiment import (
     machine_info,
     setup,
 )
+from diffplan.training.lr import apply_lr_schedule, run_progress
 
 log = logging.getLogger("diffplan")
 
@@ -371,6 +372,8 @@ def run_experiment(
                    unit=steps.unit)
         time_limit = cfg.max_train_minutes * 60.0 if cfg.max_train_minutes > 0 else float("inf")
         while step < cfg.train_steps and train_time < time_limit:
+            if cfg.lr_decay:  # from the saved counters, before the update: a resumed run continues it exactly
+                apply_lr_schedule(exp.agent.algorithm, run_progress(step, cfg.train_steps, train_time, time_limit))
             t0 = time.perf_counter()
             stats, advanced, scalars = steps.step()
             train_time += time.perf_counter() - t0
