@@ -870,7 +870,8 @@ def _episodes_key(data: dict[str, Any]) -> tuple[Any, ...]:
 def _budget_text(budget: dict[str, Any]) -> str:
     parts = []
     if budget.get("train_minutes"):
-        parts.append(f"{budget['train_minutes']:g} training min")
+        clock = {"cpu": "CPU-", "wall": "wall-"}.get(budget.get("clock", ""), "")
+        parts.append(f"{budget['train_minutes']:g} training {clock}min")
     if budget.get("gradient_steps"):
         parts.append(f"{budget['gradient_steps']} gradient steps")
     return " or ".join(parts) + (" (first reached)" if len(parts) == 2 else "")

@@ -44,16 +44,16 @@ import yaml
 
 from diffplan.checkpoint import write_text_atomic
 from diffplan.compose import CONFIG_DIR, load_config
-from diffplan.config import ConfigError, config_yaml, read_yaml
+from diffplan.config import BUDGET_CLOCKS, ConfigError, config_yaml, read_yaml
 from diffplan.sweep import _check_same_config, run_one
 
 SUITE_KEYS = ("name", "description", "seeds", "budget", "eval", "tasks", "agents", "latency_steps", "torch_threads")
-BUDGET_KEYS = ("train_minutes", "gradient_steps")
+BUDGET_KEYS = ("train_minutes", "gradient_steps", "clock")
 EVAL_KEYS = ("episodes", "envs", "curve_episodes")
 AGENT_KEYS = ("settings", "overrides", "tasks")
 TASK_KEYS = ("dataset",)
 RESERVED = ("agent", "task", "seed", "run_dir", "dataset", "train_steps", "max_train_minutes", "final_eval_episodes",
-            "eval_envs", "eval_episodes", "torch_threads")
+            "eval_envs", "eval_episodes", "torch_threads", "budget_clock")
 """Config keys the suite sets for every run (budget, evaluation, threads): an agent's overrides may not."""
 UNBOUNDED_STEPS = 100_000_000
 """``train_steps`` of a run whose budget is minutes only (the loop needs a step limit; this one is never hit)."""
@@ -85,7 +85,10 @@ class Suite:
     description: str
     seeds: list[int]
     train_minutes: float
-    """CPU minutes of training per run (``max_train_minutes``; evaluations excluded); 0: no time limit."""
+    """Minutes of training per run (``max_train_minutes``; evaluations excluded); 0: no time limit."""
+    clock: str
+    """What those minutes count (``budget_clock``): ``cpu`` (default: the run's own CPU time, which runs beside
+    it on the machine cannot shrink) or ``wall``."""
     gradient_steps: int
     """Gradient steps per run (``train_steps``); 0: no step limit (the minutes bind)."""
     eval_episodes: int
@@ -101,7 +104,7 @@ class Suite:
     agents: dict[str, AgentSpec]
 
     def budget(self) -> dict[str, float]:
-        return {"train_minutes": self.train_minutes, "gradient_steps": self.gradient_steps}
+        return {"train_minutes": self.train_minutes, "gradient_steps": self.gradient_steps, "clock": self.clock}
 
 
 @dataclass
@@ -164,6 +167,9 @@ def load_suite(path: str | os.PathLike) -> Suite:
     steps = _number(budget.get("gradient_steps", 0), f"{path}: budget.gradient_steps", int)
     if minutes == 0 and steps == 0:
         raise SuiteError(f"{path}: budget: give train_minutes and/or gradient_steps (both are 0)")
+    clock = str(budget.get("clock", "cpu"))
+    if clock not in BUDGET_CLOCKS:
+        raise SuiteError(f"{path}: budget.clock: {clock!r} is not one of {', '.join(BUDGET_CLOCKS)}")
     ev = _mapping(data["eval"], f"{path}: eval")
     _unknown(ev, EVAL_KEYS, f"{path}: eval")
     episodes = _number(ev.get("episodes", 20), f"{path}: eval.episodes", int)
@@ -205,7 +211,7 @@ def load_suite(path: str | os.PathLike) -> Suite:
         agents[agent] = AgentSpec(str(spec.get("settings", "")), overrides, per_task)
     return Suite(
         path=path, name=str(data.get("name") or path.stem), description=str(data.get("description", "")).strip(),
-        seeds=seeds, train_minutes=minutes, gradient_steps=steps, eval_episodes=episodes, eval_envs=envs,
+        seeds=seeds, train_minutes=minutes, clock=clock, gradient_steps=steps, eval_episodes=episodes, eval_envs=envs,
         curve_episodes=_number(ev.get("curve_episodes", episodes), f"{path}: eval.curve_episodes", int) or episodes,
         latency_steps=_number(data.get("latency_steps", 100), f"{path}: latency_steps", int),
         torch_threads=_number(data.get("torch_threads", 1), f"{path}: torch_threads", int) or 1,
@@ -245,7 +251,7 @@ def plan(suite: Suite, out: str | os.PathLike, runs_dir: str | os.PathLike) -> l
                     *base, *_items({**spec.overrides, **spec.tasks.get(task, {})}),
                     *([f"dataset={task_spec['dataset']}"] if task_spec.get("dataset") else []),
                     f"seed={seed}", f"train_steps={suite.gradient_steps or UNBOUNDED_STEPS}",
-                    f"max_train_minutes={suite.train_minutes}", f"final_eval_episodes={suite.eval_episodes}",
+                    f"max_train_minutes={suite.train_minutes}", f"budget_clock={suite.clock}", f"final_eval_episodes={suite.eval_episodes}",
                     f"eval_episodes={suite.curve_episodes}", f"eval_envs={suite.eval_envs}",
                     f"torch_threads={suite.torch_threads}", f"run_dir={run_dir}",
                 ]

@@ -122,6 +122,24 @@ def test_lr_decay_anneals_over_a_time_budget_not_unreached_train_steps(tiny_maze
         assert group["lr"] < 0.05 * base, (group["lr"], base)
 
 
+def test_budget_clock_cpu_stops_on_this_processs_cpu_time(tiny_maze_dataset, tmp_path, monkeypatch):
+    """``budget_clock=cpu`` measures the budget with the process's CPU clock, not wall time: with a fake CPU clock
+    that advances 1 s per reading (2 readings per update), a 0.05-minute (3 s) budget ends the run after exactly
+    3 updates; the wall clock is left alone, so a wall budget would have let it run far longer. A bad clock name
+    is one config error."""
+    import diffplan.training.loop as loop
+
+    ticks = iter(range(10**6))
+    monkeypatch.setattr(loop.time, "process_time", lambda: float(next(ticks)) / 2)
+    cfg = load_config(None, [*TINY_IDQL, f"dataset={tiny_maze_dataset}", "train_steps=1000000", "eval_every=0",
+                             "max_train_minutes=0.05", "budget_clock=cpu", "final_eval_episodes=1",
+                             f"run_dir={tmp_path / 'run'}"])
+    results = train(cfg, progress=False)
+    assert results["gradient_steps"] == 6  # 0.5 s of fake CPU per update: 3 s after 6 updates
+    with pytest.raises(ConfigError, match="budget_clock='gpu'"):
+        load_config(None, [*TINY_IDQL, f"dataset={tiny_maze_dataset}", "budget_clock=gpu"])
+
+
 def test_lr_decay_over_steps_and_exact_resume(tiny_maze_dataset, tmp_path):
     """Without a time budget the schedule runs over train_steps (cosine of the update count, before each
     update), and resuming mid-run from a checkpoint continues it exactly: same weights as the straight run."""

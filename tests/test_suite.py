@@ -248,3 +248,4 @@ def _make_fixture() -> None:  # pragma: no cover - run by hand to refresh the co
 if __name__ == "__main__":
     _make_fixture()
     print(generate.__module__, "fixture written to", FIXTURE)
+

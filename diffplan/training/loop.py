@@ -371,12 +371,14 @@ def run_experiment(
         bar = tqdm(total=steps.total(), initial=steps.done(step), desc=f"train {cfg.agent}", disable=not progress,
                    unit=steps.unit)
         time_limit = cfg.max_train_minutes * 60.0 if cfg.max_train_minutes > 0 else float("inf")
+        # CPU time (budget_clock=cpu) makes a minutes budget independent of what else runs on the machine.
+        clock = time.process_time if cfg.budget_clock == "cpu" else time.perf_counter
         while step < cfg.train_steps and train_time < time_limit:
             if cfg.lr_decay:  # from the saved counters, before the update: a resumed run continues it exactly
                 apply_lr_schedule(exp.agent.algorithm, run_progress(step, cfg.train_steps, train_time, time_limit))
-            t0 = time.perf_counter()
+            t0 = clock()
             stats, advanced, scalars = steps.step()
-            train_time += time.perf_counter() - t0
+            train_time += clock() - t0
             if ctx.enabled and time_limit < float("inf"):  # every rank stops at the same step
                 train_time = distributed.agree_max(train_time, ctx)
             step += 1
