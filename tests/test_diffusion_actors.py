@@ -187,6 +187,9 @@ def test_chain_log_prob_matches_hand_computation(tiny_maze_dataset):
     assert logp.requires_grad  # differentiable in the model: what a policy-gradient fine-tuner needs
 
     # Hand computation from the betas: strided DDPM posterior between kept steps (Ho et al. eq. 6-7).
+    replay = torch.Generator().manual_seed(0)
+    noise = [torch.randn(chain[:, 0].shape, generator=replay) for _ in range(K + 1)]
+    torch.testing.assert_close(chain[:, 0], noise[0])
     a_bar = torch.cumprod(1 - make_betas(cfg.beta_schedule, cfg.diffusion_steps), 0)
     steps = policy.chain_scheduler.timesteps.tolist()
     for k, t in enumerate(steps):
@@ -202,6 +205,9 @@ def test_chain_log_prob_matches_hand_computation(tiny_maze_dataset):
         std = std.clamp(min=0.05)
         expected = torch.distributions.Normal(mean, std).log_prob(chain[:, k + 1].double()).flatten(1).sum(1)
         torch.testing.assert_close(logp[:, k].double(), expected, rtol=1e-4, atol=1e-3)
+        # The sampler took this very step with this std (the scorer's): replay the generator's noise draws
+        # (the initial noise, then one per step) and rebuild x_{k+1} = mean + std * z.
+        torch.testing.assert_close(chain[:, k + 1].double(), mean + std * noise[k + 1].double(), rtol=1e-4, atol=1e-4)
 
 
 # ---------------------------------------------------------------------------- receding-horizon chunks

@@ -2,7 +2,7 @@
 
 from diffplan.diffusion.guidance import Guide, ValueGuide, classifier_free
 from diffplan.diffusion.losses import denoising_loss, loss_weights, noised
-from diffplan.diffusion.sampling import Denoiser, Inpaint, sample
+from diffplan.diffusion.sampling import Denoiser, Inpaint, sample, step_log_prob
 from diffplan.diffusion.schedulers import (
     SCHEDULERS,
     DDIMScheduler,
@@ -49,5 +49,6 @@ __all__ = [
     "noised",
     "randn_tensor",
     "sample",
+    "step_log_prob",
     "vp_beta_schedule",
 ]
