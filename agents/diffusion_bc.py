@@ -242,6 +242,19 @@ class DiffusionBCAlgorithm(DiffusionAlgorithm[DiffusionBCPolicy]):
 CONFIG = DiffusionBCConfig
 
 
+def make_denoiser(cfg: DiffusionBCConfig, act_dim: int, cond_dim: int) -> torch.nn.Module:
+    """The chunk denoiser ``(x (B, C, A), t (B,), cond (B, cond_dim)) -> (B, C, A)`` the config describes (also
+    what a DPPO fine-tuning run rebuilds from a diffusion BC run's config)."""
+    if cfg.denoiser == "mlp":
+        return MLPDenoiser(
+            cfg.chunk * act_dim, cond_dim, hidden=cfg.hidden, depth=cfg.depth, time_dim=cfg.time_dim,
+            activation=cfg.activation,
+        )
+    return TemporalUnet1d(
+        act_dim, dim=cfg.unet_dim, dim_mults=tuple(cfg.unet_dim_mults), cond_dim=cond_dim, activation=cfg.activation,
+    )
+
+
 def build(
     cfg: DiffusionBCConfig,
     observation_space: gym.Space,
@@ -254,19 +267,9 @@ def build(
         cfg, observation_space, action_space, episodes,
         goal_conditioned=cfg.goal_conditioned, history=cfg.obs_history, chunk=cfg.chunk,
     )
-    if cfg.denoiser == "mlp":
-        model: torch.nn.Module = MLPDenoiser(
-            cfg.chunk * data.act_dim, data.encoder.dim, hidden=cfg.hidden, depth=cfg.depth, time_dim=cfg.time_dim,
-            activation=cfg.activation,
-        )
-    else:
-        model = TemporalUnet1d(
-            data.act_dim, dim=cfg.unet_dim, dim_mults=tuple(cfg.unet_dim_mults), cond_dim=data.encoder.dim,
-            activation=cfg.activation,
-        )
     policy = DiffusionBCPolicy(
-        model=model, cfg=cfg, encoder=data.encoder, act_norm=data.act_norm,
-        observation_space=observation_space, action_space=action_space,
+        model=make_denoiser(cfg, data.act_dim, data.encoder.dim), cfg=cfg, encoder=data.encoder,
+        act_norm=data.act_norm, observation_space=observation_space, action_space=action_space,
     ).to(cfg.device)
     algorithm = DiffusionBCAlgorithm(policy=policy, generator=data.generator)
     return Agent(policy=policy, algorithm=algorithm, batch_source=data.batch_source)

@@ -128,6 +128,18 @@ class WarmStartable(Protocol):
 
 
 @runtime_checkable
+class ChunkDecider(Protocol):
+    """A policy that, while collecting for training, decides a whole action chunk per transition: the online loop
+    then steps its training envs one decision at a time (``diffplan.envs.ActionChunks``: ``act_steps`` actions of
+    a ``chunk``-action flat chunk, rewards summed), so buffers, returns, GAE and PPO see one transition per
+    decision (DPPO's decision MDP). Outside training it acts one env step at a time like any chunk policy."""
+
+    def decision_chunk(self) -> tuple[int, int]:
+        """(chunk, act_steps): actions per decided chunk and how many of them the env executes."""
+        ...
+
+
+@runtime_checkable
 class HasGenerator(Protocol):
     """Owns a ``torch.Generator`` whose state a checkpoint must keep for an exact resume."""
 
@@ -415,3 +427,21 @@ class OnlineConfig(RunConfig):
     init_from: str = ""
     """A run directory (or checkpoint) of a pre-trained agent to start from; which agents an algorithm accepts
     is its own (its ``warm_start``). Empty: start from scratch."""
+
+
+class RunningReturnState:
+    """Mixin of a Tianshou actor-critic algorithm with ``return_scaling``: its running return statistics
+    (``ret_rms``, a plain object in Tianshou, not a buffer) travel in the state dict (``get_extra_state``), so a
+    resumed run scales returns exactly as the uninterrupted one. Put it before the Tianshou class in the bases."""
+
+    ret_rms: Any
+
+    def get_extra_state(self) -> dict[str, Any]:
+        rms = self.ret_rms
+        return {"mean": torch.as_tensor(rms.mean, dtype=torch.float64),
+                "var": torch.as_tensor(rms.var, dtype=torch.float64), "count": int(rms.count)}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.ret_rms.mean = state["mean"].numpy().astype(np.float64).reshape(np.shape(self.ret_rms.mean))
+        self.ret_rms.var = state["var"].numpy().astype(np.float64).reshape(np.shape(self.ret_rms.var))
+        self.ret_rms.count = state["count"]

@@ -30,6 +30,7 @@ from .conftest import (
     TINY_DIFFUSER,
     TINY_DIFFUSION_BC,
     TINY_DIFFUSION_QL,
+    TINY_DPPO,
     TINY_IDQL,
     TINY_PPO,
     TINY_VALUE_DIFFUSER,
@@ -43,6 +44,7 @@ TINY = {
     "diffusion_ql": TINY_DIFFUSION_QL,
     "idql": TINY_IDQL,
     "ppo": TINY_PPO,
+    "dppo": TINY_DPPO,
     **{name: tiny_baseline(name) for name in ("bc", "td3bc", "cql")},
 }
 DATASET = {"decision_diffuser": "tiny_hopper_dataset", "ppo": None}
@@ -58,6 +60,8 @@ VARIANTS = {
     "decision_diffuser-dpmsolver": ([*TINY_DECISION_DIFFUSER, "sampler=dpmsolver++"], "tiny_hopper_dataset"),
     "diffusion_ql-flow": ([*TINY_DIFFUSION_QL, "objective=flow", "sampler=euler", "sampling_steps=3"], "tiny_maze_dataset"),
     "idql-flow-heun": ([*TINY_IDQL, "objective=flow", "sampler=heun", "sampling_steps=3"], "tiny_maze_dataset"),
+    "dppo-ddim": ([*TINY_DPPO, "sampler=ddim", "sampling_steps=3", "ft_denoising_steps=2", "bc_coef=0.1"],
+                  "tiny_maze_dataset"),
     "diffusion_bc-flow": ([*TINY_DIFFUSION_BC, "objective=flow", "sampler=euler", "sampling_steps=3"], "tiny_maze_dataset"),
 }
 """Further settings of an agent that the tester also covers: id -> (overrides, dataset fixture)."""
