@@ -148,6 +148,21 @@ class DiffusionBCPolicy(DiffusionPolicy[DiffusionBCConfig]):
             )
             return self.act_norm.unnormalize(x).cpu().numpy().astype(np.float32)
 
+    def plan_chunk(self, obs: Any, committed: np.ndarray) -> np.ndarray:
+        """Chunk-planning protocol of the robot bridge (:class:`diffplan.deploy.runner.ChunkPlanner`): one chunk
+        sampled at ``obs`` (a dict with observation (O,) [and desired_goal (G,)], or an (O,) array).
+
+        ``committed`` (k, A), the actions that run while this plan is made, are copied into the first k rows (a
+        chunk policy cannot inpaint them: its chunk is conditioned on the observation only); the chunk's own
+        actions for the ticks after them follow. Returns (max(C, k + 1), A) actions in env units.
+        """
+        batch = {key: np.asarray(v)[None] for key, v in obs.items()} if isinstance(obs, dict) else np.asarray(obs)[None]
+        o, goal = observation_arrays(batch)  # (1, O), (1, G) | None
+        chunk = np.clip(self.plan(o, goal)[0], self.action_space.low, self.action_space.high)
+        k = len(committed)
+        rest = chunk[k:] if k < len(chunk) else chunk[-1:]
+        return np.concatenate([np.asarray(committed, np.float32).reshape(k, self.act_dim), rest])
+
     def denoising_chain(
         self, cond: torch.Tensor, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

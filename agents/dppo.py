@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
@@ -74,6 +74,8 @@ class DPPOConfig(DiffusionBCConfig, OnlineConfig):
     The network fields (``chunk``, ``hidden``, ...) are the pre-trained run's (:data:`PRETRAINED_KEYS`)."""
 
     agent: str = "dppo"
+    PRETRAINED_AGENT: ClassVar[str] = "diffusion_bc"
+    PRETRAINED_KEYS: ClassVar[tuple[str, ...]] = PRETRAINED_KEYS
     sampler: str = "ddpm"
     """Chain sampled and fine-tuned: ddpm (every one of the ``diffusion_steps``, DPPO's Gym default) | ddim
     (``sampling_steps`` DDIM steps with ``ddim_eta``: fine-tuning few steps)."""
@@ -416,16 +418,17 @@ class DPPOAlgorithm(RunningReturnState, ActorCriticOnPolicyAlgorithm):
                 self.actor_optim.step(pg_loss + cfg.bc_coef * bc_loss)
                 self.optim.step(cfg.vf_coef * v_loss)
                 with torch.no_grad():
+                    pg_loss, bc_loss, v_loss = pg_loss.detach(), bc_loss.detach(), v_loss.detach()
                     kl = float(((ratio - 1) - logratio).mean())
                     sums["kl"] += kl
                     sums["clip"] += float(((ratio - 1).abs() > clip).float().mean())
                     sums["ratio"] += float(ratio.mean())
                     ratio_sum.index_add_(0, k.cpu(), ratio.detach().cpu())
                     ratio_count.index_add_(0, k.cpu(), torch.ones(len(k)))
-                sums["pg"] += float(pg_loss)
-                sums["v"] += float(v_loss)
-                sums["bc"] += float(bc_loss)
-                sums["loss"] += float(pg_loss + cfg.bc_coef * bc_loss + cfg.vf_coef * v_loss)
+                    sums["pg"] += float(pg_loss)
+                    sums["v"] += float(v_loss)
+                    sums["bc"] += float(bc_loss)
+                    sums["loss"] += float(pg_loss + cfg.bc_coef * bc_loss + cfg.vf_coef * v_loss)
                 steps += 1
                 if cfg.target_kl and kl > cfg.target_kl:
                     stop = True

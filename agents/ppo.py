@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import torch
@@ -36,6 +36,8 @@ class PPOConfig(OnlineConfig):
     """PPO. Defaults: Tianshou's MuJoCo PPO example (``examples/mujoco/mujoco_ppo.py``)."""
 
     agent: str = "ppo"
+    PRETRAINED_AGENT: ClassVar[str] = "bc"
+    PRETRAINED_KEYS: ClassVar[tuple[str, ...]] = ("task", "maze", "hidden", "normalize_obs")
     hidden: list[int] = field(default_factory=lambda: [64, 64])
     """Hidden layer sizes of the actor and the critic MLPs (Tianshou's example: 64, 64)."""
     lr: float = 3e-4

@@ -27,7 +27,7 @@ import copy
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
+from typing import Any, ClassVar, Generic, Protocol, TypeVar, runtime_checkable
 
 import gymnasium as gym
 import numpy as np
@@ -427,6 +427,11 @@ class OnlineConfig(RunConfig):
     init_from: str = ""
     """A run directory (or checkpoint) of a pre-trained agent to start from; which agents an algorithm accepts
     is its own (its ``warm_start``). Empty: start from scratch."""
+
+    PRETRAINED_AGENT: ClassVar[str] = ""
+    """The agent whose runs ``diffplan finetune --from RUN`` starts this one from ('': none)."""
+    PRETRAINED_KEYS: ClassVar[tuple[str, ...]] = ()
+    """Config fields ``diffplan finetune --from RUN`` takes from that run (its network and task)."""
 
 
 class RunningReturnState:
