@@ -385,7 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     qs.set_defaults(func=cmd_quickstart)
 
     bench = sub.add_parser("bench", help="benchmarks that write JSON results")
-    bench.add_argument("what", choices=["plan", "train", "maze", "curve", "report", "ddp", "sweep", "fastgen"])
+    bench.add_argument("what", choices=["plan", "train", "maze", "curve", "report", "ddp", "sweep", "fastgen", "dppo",
+                                        "dppo-throughput"])
     bench.add_argument(
         "path", nargs="?",
         help="run directory (plan, maze, curve), config (train) or results folder (report, default benchmarks)",

@@ -220,6 +220,11 @@ def _restore(
     return int(state["step"]), float(state["train_time"]), json.loads(state["history"])
 
 
+def _progress(steps: OfflineSteps | OnlineSteps, step: int) -> dict[str, int]:
+    """What a learning curve needs beside the update count: env steps so far for an online run."""
+    return {"env_steps": steps.done(step)} if isinstance(steps, OnlineSteps) else {}
+
+
 def _reference_scores_of(path: str) -> tuple[float | None, float | None]:
     """The reference scores a run (or checkpoint) was normalized with."""
     state, _ = load_checkpoint(path)
@@ -415,7 +420,7 @@ def run_experiment(
             if cfg.eval_every and step % cfg.eval_every == 0 and not last:
                 if ctx.main:
                     summary = _log_eval(writer, exp, exp.evaluate(cfg.eval_episodes, cfg.plot_plans), step)
-                    history.append({"step": step, "train_time_s": train_time, **summary})
+                    history.append({"step": step, "train_time_s": train_time, **_progress(steps, step), **summary})
                     bar.write(_eval_line(step, summary))
                 distributed.barrier(ctx)  # the other ranks wait for rank 0's evaluation here, outside the timing
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and not last:
@@ -437,7 +442,7 @@ def run_experiment(
 
     final = exp.evaluate(cfg.final_eval_episodes, cfg.plot_plans)
     summary = _log_eval(writer, exp, final, step)
-    history.append({"step": step, "train_time_s": train_time, **summary})
+    history.append({"step": step, "train_time_s": train_time, **_progress(steps, step), **summary})
     save_checkpoint(run_dir, step, {**final_state, "history": json.dumps(history, default=float)}, resolved_yaml)
     if cfg.video_frames > 0:
         log_rollout_video(writer, exp, step)
