@@ -594,11 +594,15 @@ the path): one exploring chunk sample for the collection envs, one PPO minibatch
 optimizers) on ``decisions`` decisions with all their fine-tuned denoising steps, as its update loop takes them."""
 
 
+REF_OPTIONS = ("ref", "ref_path", "ref_commit")
+"""``bench dppo-throughput`` arguments about the reference code; the others override the DPPO config."""
+
+
 def bench_dppo_throughput(args: argparse.Namespace) -> dict[str, Any]:
     """DPPO's speed here: the online loop's env steps per second of collection and seconds per PPO update on the
     task (the locomotion recipe's sizes), plus model-level timings on synthetic tensors, beside irom-lab/dppo's
-    model code timed on the same shapes (``ref=<dir holding its model/ package>``, ``ref_path=<extra sys.path>``);
-    one torch thread each."""
+    model code timed on the same shapes (``ref=<dir holding its model/ package>``, ``ref_path=<extra sys.path>``,
+    ``ref_commit=<its commit, recorded>``); one torch thread each."""
     import subprocess
     import sys
 
@@ -609,8 +613,8 @@ def bench_dppo_throughput(args: argparse.Namespace) -> dict[str, Any]:
     from diffplan.training import OnlineSteps, setup
 
     _path_as_override(args)
-    opts = dict(item.partition("=")[::2] for item in args.overrides if item.split("=")[0] in ("ref", "ref_path"))
-    overrides = [o for o in args.overrides if o.split("=")[0] not in ("ref", "ref_path")]
+    opts = dict(item.partition("=")[::2] for item in args.overrides if item.split("=")[0] in REF_OPTIONS)
+    overrides = [o for o in args.overrides if o.split("=")[0] not in REF_OPTIONS]
     torch.set_num_threads(1)
     cfg = load_config(args.path or "dppo", [
         "task=hopper-medium", "hidden=512", "depth=3", "time_dim=16", "chunk=4", "execute_steps=4",
@@ -685,7 +689,7 @@ def bench_dppo_throughput(args: argparse.Namespace) -> dict[str, Any]:
         if proc.returncode != 0:
             raise CheckpointError(f"bench dppo-throughput: the reference timing failed: {proc.stderr.strip()[-500:]}")
         ref = json.loads(proc.stdout.strip().splitlines()[-1])
-        result["reference"] = {"model": ref, "source": opts["ref"]}
+        result["reference"] = {"model": ref, "source": opts["ref"], "commit": opts.get("ref_commit", "")}
         result["speedup"] = {
             "sample": ref["sample_ms"] / ours_model["sample_ms"],
             "update_minibatch": ref["update_minibatch_ms"] / ours_model["update_minibatch_ms"],
