@@ -764,7 +764,7 @@ def _finetune(root: Path) -> _Section:
         for agent, pre in (("dppo", "diffusion_bc"), ("ppo", "bc")):
             pre_scores = [r["normalized_score"] for r in data["pretrained"][pre] if r.get("normalized_score") is not None]
             rows.append([f"{pre} (pre-training)", "—", "—", _mean_se(pre_scores) if pre_scores else "—",
-                         str(len(pre_scores))])
+                         str(len(pre_scores)) + ("" if len(pre_scores) >= MIN_SEEDS else " ⚠")])
             curves = data["curves"][agent]
             for i in range(min((len(c["points"]) for c in curves), default=0)):
                 points = [c["points"][i] for c in curves]
@@ -785,14 +785,15 @@ def _finetune(root: Path) -> _Section:
         ref = d.get("reference", {}).get("model", {})
         sec.add(
             "### Throughput beside irom-lab/dppo", "",
-            f"Our training loop on {d['task']} ({loop['train_envs']} Subproc envs, {loop['env_steps_per_update']} env",
-            f"steps per update, mean of {loop['iterations']} updates): collection "
-            f"{loop['collect_env_steps_per_s']:.0f} env steps/s, {loop['update_s_per_iteration']:.1f} s per PPO update",
-            f"({d['minibatches_per_iteration']} minibatches). The model-level rows time the same work on synthetic",
-            "tensors in both implementations (DPPO's own model code, imported without its env stack, same network",
-            f"sizes): one exploring sample of {shapes['envs']} chunks ({shapes['chunk']}x{shapes['act_dim']} actions,",
-            f"{shapes['denoising_steps']} DDPM steps), and one PPO minibatch step on {shapes['decisions']} decisions",
-            f"x {shapes['ft_steps']} fine-tuned denoising steps (forward, backward, both Adam steps). One torch thread.",
+            f"Our training loop on {d['task']} ({loop['train_envs']} Subproc envs, {loop['env_steps_per_update']} env "
+            f"steps per update, mean of {loop['iterations']} updates):",
+            f"collection {loop['collect_env_steps_per_s']:.0f} env steps/s, {loop['update_s_per_iteration']:.1f} s per "
+            f"PPO update ({d['minibatches_per_iteration']} minibatches). The rows below time the same work on",
+            "synthetic tensors in both implementations (DPPO's own model code, imported without its env stack; the",
+            f"same network sizes): one exploring sample of {shapes['envs']} chunks of {shapes['chunk']}x"
+            f"{shapes['act_dim']} actions over {shapes['denoising_steps']} DDPM steps, and one PPO minibatch step on",
+            f"{shapes['decisions']} decisions x {shapes['ft_steps']} fine-tuned denoising steps (forward, backward, "
+            "both Adam steps). One torch thread.",
             "",
         )
         commit = d.get("reference", {}).get("commit", "")

@@ -89,7 +89,7 @@ def _collected_batch(exp, n_step=16):
         collector.collect(n_step=n_step)
     buffer = collector.buffer
     idx = buffer.sample_indices(0)
-    return algorithm._preprocess_batch(buffer[idx], buffer, idx), buffer
+    return algorithm._preprocess_batch(buffer[idx], buffer, idx)
 
 
 # -------------------------------------------------------------------------------------------- the chain
@@ -134,7 +134,7 @@ def test_chain_log_prob_is_the_density_of_the_sampled_chain(tmp_path):
 def test_ppo_ratio_is_one_before_the_first_update_and_only_finetuned_steps_learn(tmp_path):
     exp = _point_exp(tmp_path, "predict_epsilon=true")
     policy, algorithm = exp.agent.policy, exp.agent.algorithm
-    batch, _ = _collected_batch(exp)
+    batch = _collected_batch(exp)
     assert batch.chain.shape == (len(batch), exp.cfg.ft_denoising_steps + 1, 2, 1)
     x_t, x_next, k, rows = chain_pairs(batch.chain)
     new = algorithm._surrogate_log_prob(batch.cond[rows], x_t, x_next, k).reshape(len(batch), -1)
@@ -157,13 +157,14 @@ def test_ppo_ratio_is_one_before_the_first_update_and_only_finetuned_steps_learn
 
 def test_decisions_execute_chunks_and_count_env_steps(tmp_path):
     exp = _point_exp(tmp_path)
-    batch, buffer = _collected_batch(exp, n_step=12)
+    batch = _collected_batch(exp, n_step=12)
     assert batch.act.shape == (len(batch), 2)  # one flat chunk of 2 actions per transition
     assert set(np.asarray(batch.info["env_steps"]).tolist()) == {2}
     env = ActionChunks(make_env(POINT, seed=0), chunk=3, act_steps=2)
-    env.reset(seed=0)
-    _, reward, *_, info = env.step(np.array([1.0, 1.0, -1.0], np.float32))
-    assert info["env_steps"] == 2 and env.unwrapped.x == pytest.approx(env.unwrapped.x)
+    (x0,), _ = env.reset(seed=0)
+    (x,), reward, *_, info = env.step(np.array([1.0, 1.0, -1.0], np.float32))
+    # two actions ran (the third is past act_steps), their rewards summed: 0.25 + 0.25 of progress
+    assert info["env_steps"] == 2 and x == pytest.approx(x0 + 0.5) and reward == pytest.approx(0.5)
     with pytest.raises(ValueError, match="act_steps"):
         ActionChunks(make_env(POINT), chunk=2, act_steps=3)
 
