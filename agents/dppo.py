@@ -34,7 +34,7 @@ sampling the same split chain with the scheduler's own noise, as DPPO evaluates.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -115,7 +115,8 @@ class DPPOConfig(DiffusionBCConfig, OnlineConfig):
     max_grad_norm: float = 0.0
     """Clip the gradient norm of each network's update (0: off, as DPPO's Gym configs)."""
     batch_size: int = 5000
-    """Minibatch size in (decision, denoising step) pairs (DPPO: 5000)."""
+    """Minibatch size in (decision, denoising step) pairs. DPPO's Gym recipe draws 5000 decisions with all their
+    K steps out of 20000; 5000 pairs out of our 2000 decisions x 10 keeps its 4 minibatches per epoch."""
     update_epochs: int = 5
     """Passes over the collected pairs per update (DPPO: 5)."""
     train_envs: int = 8
@@ -125,7 +126,6 @@ class DPPOConfig(DiffusionBCConfig, OnlineConfig):
     eval_every: int = 10
     checkpoint_every: int = 10
     log_every: int = 1
-    unet_dim_mults: list[int] = field(default_factory=lambda: [1, 2])
 
     def validate(self) -> None:
         super().validate()

@@ -263,7 +263,9 @@ def describe_config(agent: str, task: str | None = None, overrides: list[str] | 
         head.append("#   <- command line")
     tuned = CONFIG_DIR / "experiments" / f"{agent}-{cfg.task}.yaml"
     if tuned.is_file():
-        head.append(f"# Tuned experiment for this pair: diffplan train {_show(tuned)}")
+        pretrained = getattr(type(cfg), "PRETRAINED_AGENT", "")
+        command = f"finetune {_show(tuned)} --from <{pretrained} run>" if pretrained else f"train {_show(tuned)}"
+        head.append(f"# Tuned experiment for this pair: diffplan {command}")
     return "\n".join(head) + "\n\n" + documented_yaml(cfg)
 
 

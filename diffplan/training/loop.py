@@ -101,6 +101,10 @@ class OfflineSteps:
 class OnlineSteps:
     """One step = collect ``env_steps_per_update`` env steps with the training policy, then one policy update.
 
+    A :class:`~diffplan.agent.ChunkDecider` policy (DPPO) collects one transition per decided action chunk: its
+    training envs are wrapped in :class:`~diffplan.envs.ActionChunks`, and env steps are counted from the
+    decisions' ``info["env_steps"]``.
+
     The training envs are vector envs (``SubprocVectorEnv`` by default, Tianshou's). They restart, reseeded from
     ``(seed, step)``, after every checkpoint and on resume: an interrupted episode cannot be checkpointed, so
     restarting at the same place in both runs is what makes a resumed run continue exactly.
