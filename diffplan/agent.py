@@ -28,7 +28,7 @@ import copy
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
+from typing import Any, ClassVar, Generic, Protocol, TypeVar, runtime_checkable
 
 import gymnasium as gym
 import numpy as np
@@ -126,6 +126,18 @@ class WarmStartable(Protocol):
     ``warm_start(path)`` once at the start of a fresh run (never on resume: the checkpoint holds them then)."""
 
     def warm_start(self, path: str) -> None: ...
+
+
+@runtime_checkable
+class ChunkDecider(Protocol):
+    """A policy that, while collecting for training, decides a whole action chunk per transition: the online loop
+    then steps its training envs one decision at a time (``diffplan.envs.ActionChunks``: ``act_steps`` actions of
+    a ``chunk``-action flat chunk, rewards summed), so buffers, returns, GAE and PPO see one transition per
+    decision (DPPO's decision MDP). Outside training it acts one env step at a time like any chunk policy."""
+
+    def decision_chunk(self) -> tuple[int, int]:
+        """(chunk, act_steps): actions per decided chunk and how many of them the env executes."""
+        ...
 
 
 @runtime_checkable
@@ -450,3 +462,26 @@ class OnlineConfig(RunConfig):
     init_from: str = ""
     """A run directory (or checkpoint) of a pre-trained agent to start from; which agents an algorithm accepts
     is its own (its ``warm_start``). Empty: start from scratch."""
+
+    PRETRAINED_AGENT: ClassVar[str] = ""
+    """The agent whose runs ``diffplan finetune --from RUN`` starts this one from ('': none)."""
+    PRETRAINED_KEYS: ClassVar[tuple[str, ...]] = ()
+    """Config fields ``diffplan finetune --from RUN`` takes from that run (its network and task)."""
+
+
+class RunningReturnState:
+    """Mixin of a Tianshou actor-critic algorithm with ``return_scaling``: its running return statistics
+    (``ret_rms``, a plain object in Tianshou, not a buffer) travel in the state dict (``get_extra_state``), so a
+    resumed run scales returns exactly as the uninterrupted one. Put it before the Tianshou class in the bases."""
+
+    ret_rms: Any
+
+    def get_extra_state(self) -> dict[str, Any]:
+        rms = self.ret_rms
+        return {"mean": torch.as_tensor(rms.mean, dtype=torch.float64),
+                "var": torch.as_tensor(rms.var, dtype=torch.float64), "count": int(rms.count)}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.ret_rms.mean = state["mean"].numpy().astype(np.float64).reshape(np.shape(self.ret_rms.mean))
+        self.ret_rms.var = state["var"].numpy().astype(np.float64).reshape(np.shape(self.ret_rms.var))
+        self.ret_rms.count = state["count"]

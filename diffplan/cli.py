@@ -1,4 +1,4 @@
-"""The ``diffplan`` command: data, train, eval, sweep, quickstart, bench, serve, deploy.
+"""The ``diffplan`` command: data, train, finetune, eval, sweep, quickstart, bench, serve, deploy.
 
 Examples::
 
@@ -10,6 +10,7 @@ Examples::
     diffplan train configs/experiments/diffuser-pointmaze-large.yaml seed=1
     diffplan config diffuser pointmaze-large
     diffplan train --resume runs/diffuser-pointmaze-umaze-s0-...
+    diffplan finetune dppo --from runs/diffusion_bc-hopper-medium-s0-... train_steps=50
     diffplan eval runs/diffuser-pointmaze-umaze-s0-... --episodes 100
     torchrun --nproc-per-node 2 -m diffplan train diffuser task=pointmaze-umaze batch_size=64
     diffplan sweep diffuser task=pointmaze-umaze lr=1e-3,3e-4 seed=0,1,2 --out sweeps/lr
@@ -185,6 +186,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from diffplan.checkpoint import load_checkpoint, parse_saved_config, resolve_checkpoint
+    from diffplan.compose import load_finetune_config
+    from diffplan.config import ConfigError
+    from diffplan.training import train
+
+    if not Path(args.source).exists():
+        raise ConfigError(f"finetune --from {args.source}: no such run directory or checkpoint")
+    _, config_yaml = load_checkpoint(args.source)
+    saved = parse_saved_config(config_yaml, f"checkpoint {resolve_checkpoint(args.source)}: config.yaml")
+    cfg = load_finetune_config(args.config, args.overrides, saved, str(args.source))
+    results = train(cfg, progress=not args.no_progress, overwrite=args.overwrite)
+    _print_final(results)
+    return 0
+
+
 def _print_final(results: dict[str, Any]) -> None:
     final = results["final"]
     line = (f"final ({final['episodes']} episodes): return {final['return_mean']:.1f} ± {final['return_se']:.1f}, "
@@ -342,6 +359,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run_dir holds a run: move it aside to <run_dir>.old-<time> (nothing is deleted)")
     train.set_defaults(func=cmd_train)
 
+    ft = sub.add_parser("finetune", help="fine-tune a pre-trained run online (dppo from diffusion_bc, ppo from bc)")
+    ft.add_argument("config", help="dppo | ppo, or an experiment / config file of one")
+    ft.add_argument("overrides", nargs="*", help="key=value overrides")
+    ft.add_argument("--from", dest="source", required=True, help="the pre-trained run directory (or checkpoint)")
+    ft.add_argument("--no-progress", action="store_true")
+    ft.add_argument("--overwrite", action="store_true",
+                    help="run_dir holds a run: move it aside to <run_dir>.old-<time> (nothing is deleted)")
+    ft.set_defaults(func=cmd_finetune)
+
     cfg = sub.add_parser("config", help="print an agent's resolved config on a task, each field documented")
     cfg.add_argument("agent")
     cfg.add_argument("task", nargs="?", help="task name or task file (default: the agent's default task)")
@@ -370,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks that write JSON results")
     bench.add_argument("what", choices=["plan", "train", "maze", "curve", "report", "ddp", "sweep", "fastgen",
-                                        "suite"])
+                                        "suite", "dppo", "dppo-throughput"])
     bench.add_argument(
         "path", nargs="?",
         help="run directory (plan, maze, curve), config (train), suite file (suite) or results folder (report, "

@@ -877,13 +877,6 @@ def _budget_text(budget: dict[str, Any]) -> str:
     return " or ".join(parts) + (" (first reached)" if len(parts) == 2 else "")
 
 
-def _over_seeds(values: list[float]) -> str:
-    mean = statistics.fmean(values)
-    if len(values) < 2:
-        return f"{mean:.1f}"
-    return f"{mean:.1f} ± {statistics.stdev(values) / math.sqrt(len(values)):.1f}"
-
-
 def suite_tables(runs: list[tuple[str, dict[str, Any]]]) -> list[str]:
     """One suite's Markdown: per task, a table of its agents (rows: seeds aggregated by :func:`aggregate`) beside
     the papers' numbers (:data:`PUBLISHED`).
@@ -925,7 +918,7 @@ def suite_tables(runs: list[tuple[str, dict[str, Any]]]) -> list[str]:
                 r.first.agent, r.first.variant or "—",
                 f"{r.score_mean:.1f} ± {r.score_se:.1f}" + ("" if scored else " (return)"),
                 ", ".join(f"s{x.seed} {x.score:.1f}" for x in r.runs),
-                _over_seeds([float(x.extra["return"]) for x in r.runs]),  # type: ignore[arg-type]
+                _mean_se([float(x.extra["return"]) for x in r.runs]),  # type: ignore[arg-type]
                 f"{_num(r.mean('decision_median'), 1)} / {_num(r.mean('decision_p95'), 1)}",
                 _int(r.mean("gradient_steps")), _num(r.mean("train_min"), 1, " min"), _budget_text(first["budget"]),
                 str(len(r.runs)) if len(r.runs) >= MIN_SEEDS else f"{len(r.runs)} ⚠ (fewer than {MIN_SEEDS})",
@@ -979,8 +972,84 @@ def _suites(root: Path) -> _Section:
     return sec
 
 
+def _mean_se(values: Sequence[float]) -> str:
+    """mean ± s.e. over seeds (a single value: no ±)."""
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.fmean(values):.1f} ± {statistics.stdev(values) / math.sqrt(len(values)):.1f}"
+
+
+def _finetune(root: Path) -> _Section:
+    sec = _Section(root, "Online fine-tuning: DPPO and the Gaussian PPO baseline")
+    sec.add(
+        "A pre-trained policy fine-tuned online (`diffplan finetune`): DPPO from a `diffusion_bc` run beside Tianshou's",
+        "PPO from a Gaussian `bc` run, both pre-trained on the same dataset and fine-tuned for the same env steps",
+        "(`diffplan bench dppo`). Each row is one evaluation point of the fine-tuning runs (env steps 0: the",
+        "pre-trained policy as the fine-tuning run acts), normalized score mean ± s.e. over the training seeds on the",
+        "evaluation protocol's episodes, with the training wall clock (evaluations excluded) it took.",
+        "",
+    )
+    labelled = []
+    results = [p for p in sorted((root / "dppo").glob("*.json")) if p.name != "throughput.json"]
+    for path in results:
+        rel = f"dppo/{path.name}"
+        data = sec.read(rel)
+        if data.get("benchmark") != "dppo":
+            continue
+        sec.add(f"### {data['task']} (`{rel}`)", "")
+        rows = []
+        for agent, pre in (("dppo", "diffusion_bc"), ("ppo", "bc")):
+            pre_scores = [r["normalized_score"] for r in data["pretrained"][pre] if r.get("normalized_score") is not None]
+            rows.append([f"{pre} (pre-training)", "—", "—", _mean_se(pre_scores) if pre_scores else "—",
+                         str(len(pre_scores)) + ("" if len(pre_scores) >= MIN_SEEDS else " ⚠")])
+            curves = data["curves"][agent]
+            for i in range(min((len(c["points"]) for c in curves), default=0)):
+                points = [c["points"][i] for c in curves]
+                scores = [p["normalized_score"] for p in points if p.get("normalized_score") is not None]
+                rows.append([agent, _int(statistics.fmean(p["env_steps"] for p in points)),
+                             _num(statistics.fmean(p["train_time_s"] for p in points) / 60, 1, " min"),
+                             _mean_se(scores) if scores else "—",
+                             str(len(points)) + ("" if len(points) >= MIN_SEEDS else " ⚠")])
+        sec.add(*_table(["agent", "env steps", "training time", "normalized score", "seeds"], rows), "")
+        labelled.append((data["task"], _command(data)))
+    if not labelled:
+        sec.add("No fine-tuning results are committed yet (`diffplan bench dppo` trains them: hours on a 2-core CPU).",
+                "")
+    path = root / "dppo" / "throughput.json"
+    if path.exists():
+        d = sec.read("dppo/throughput.json")
+        shapes, ours, loop = d["shapes"], d["ours"]["model"], d["ours"]["loop"]
+        ref = d.get("reference", {}).get("model", {})
+        sec.add(
+            "### Throughput beside irom-lab/dppo", "",
+            f"Our training loop on {d['task']} ({loop['train_envs']} Subproc envs, {loop['env_steps_per_update']} env "
+            f"steps per update, mean of {loop['iterations']} updates):",
+            f"collection {loop['collect_env_steps_per_s']:.0f} env steps/s, {loop['update_s_per_iteration']:.1f} s per "
+            f"PPO update ({d['minibatches_per_iteration']} minibatches). The rows below time the same work on",
+            "synthetic tensors in both implementations (DPPO's own model code, imported without its env stack; the",
+            f"same network sizes): one exploring sample of {shapes['envs']} chunks of {shapes['chunk']}x"
+            f"{shapes['act_dim']} actions over {shapes['denoising_steps']} DDPM steps, and one PPO minibatch step on",
+            f"{shapes['decisions']} decisions x {shapes['ft_steps']} fine-tuned denoising steps (forward, backward, "
+            "both Adam steps). One torch thread.",
+            "",
+        )
+        commit = d.get("reference", {}).get("commit", "")
+        rows = [["exploring sample (ms)", _num(ours["sample_ms"], 1), _num(ref.get("sample_ms"), 1),
+                 _num(d.get("speedup", {}).get("sample"), 2, "x")],
+                ["PPO minibatch step (ms)", _num(ours["update_minibatch_ms"], 0), _num(ref.get("update_minibatch_ms"), 0),
+                 _num(d.get("speedup", {}).get("update_minibatch"), 2, "x")],
+                ["actor / critic parameters", f"{ours['actor_parameters']} / {ours['critic_parameters']}",
+                 f"{ref['actor_parameters']} / {ref['critic_parameters']}" if ref else "—", ""]]
+        sec.add(*_table(["", "diffplan", f"irom-lab/dppo{' @ ' + commit[:8] if commit else ''}", "speed-up"], rows))
+        labelled.append(("throughput", _command(d)))
+    while sec.lines[-1] == "":
+        sec.lines.pop()
+    sec.commands(labelled)
+    return sec
+
+
 SECTIONS: tuple[Callable[[Path], _Section], ...] = (
-    _quickstart, _maze, _qactors, _locomotion, _suites, _datasets, _robot, _fastgen, _scaleout,
+    _quickstart, _maze, _qactors, _locomotion, _suites, _datasets, _robot, _fastgen, _finetune, _scaleout,
 )
 
 

@@ -124,10 +124,10 @@ def test_lr_decay_anneals_over_a_time_budget_not_unreached_train_steps(tiny_maze
 
 def test_budget_clock_cpu_stops_on_this_processs_cpu_time(tiny_maze_dataset, tmp_path, monkeypatch):
     """``budget_clock=cpu`` measures the budget with the process's CPU clock, not wall time: with a fake CPU clock
-    that advances 1 s per reading (2 readings per update), a 0.05-minute (3 s) budget ends the run after exactly
-    3 updates; the wall clock is left alone, so a wall budget would have let it run far longer. A bad clock name
+    that advances 0.5 s per reading (one reading before and one after each update), a 0.05-minute (3 s) budget
+    ends the run after exactly 6 updates; the wall clock is left alone, so a wall budget would have let it run far longer. A bad clock name
     is one config error."""
-    import diffplan.training.loop as loop
+    from diffplan.training import loop
 
     ticks = iter(range(10**6))
     monkeypatch.setattr(loop.time, "process_time", lambda: float(next(ticks)) / 2)
@@ -284,6 +284,9 @@ def test_chain_log_prob_matches_hand_computation(tiny_maze_dataset):
     assert logp.requires_grad  # differentiable in the model: what a policy-gradient fine-tuner needs
 
     # Hand computation from the betas: strided DDPM posterior between kept steps (Ho et al. eq. 6-7).
+    replay = torch.Generator().manual_seed(0)
+    noise = [torch.randn(chain[:, 0].shape, generator=replay) for _ in range(K + 1)]
+    torch.testing.assert_close(chain[:, 0], noise[0])
     a_bar = torch.cumprod(1 - make_betas(cfg.beta_schedule, cfg.diffusion_steps), 0)
     steps = policy.chain_scheduler.timesteps.tolist()
     for k, t in enumerate(steps):
@@ -299,6 +302,9 @@ def test_chain_log_prob_matches_hand_computation(tiny_maze_dataset):
         std = std.clamp(min=0.05)
         expected = torch.distributions.Normal(mean, std).log_prob(chain[:, k + 1].double()).flatten(1).sum(1)
         torch.testing.assert_close(logp[:, k].double(), expected, rtol=1e-4, atol=1e-3)
+        # The sampler took this very step with this std (the scorer's): replay the generator's noise draws
+        # (the initial noise, then one per step) and rebuild x_{k+1} = mean + std * z.
+        torch.testing.assert_close(chain[:, k + 1].double(), mean + std * noise[k + 1].double(), rtol=1e-4, atol=1e-4)
 
 
 # ---------------------------------------------------------------------------- receding-horizon chunks

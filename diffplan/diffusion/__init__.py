@@ -2,7 +2,7 @@
 
 from diffplan.diffusion.guidance import GUIDANCE_FORMS, GuidanceForm, Guide, ValueGuide, classifier_free
 from diffplan.diffusion.losses import denoising_loss, loss_weights, noised
-from diffplan.diffusion.sampling import Denoiser, Inpaint, sample
+from diffplan.diffusion.sampling import Denoiser, Inpaint, sample, step_log_prob
 from diffplan.diffusion.schedulers import (
     SCHEDULERS,
     DDIMScheduler,
@@ -51,5 +51,6 @@ __all__ = [
     "noised",
     "randn_tensor",
     "sample",
+    "step_log_prob",
     "vp_beta_schedule",
 ]

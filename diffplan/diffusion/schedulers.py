@@ -58,15 +58,18 @@ def randn_tensor(
     return noise.to(device) if device is not None else noise
 
 
-def log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, min_std: float = 1e-3) -> torch.Tensor:
+def log_prob(
+    x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, min_std: float = 1e-3, reduce: bool = True
+) -> torch.Tensor:
     """Log density of x under N(mean, std^2 I), summed over all but the first dim.
 
     Args:
         x, mean: (B, ...) e.g. (B, H, D); std: broadcastable to x, e.g. (B, 1, 1).
         min_std: std is clamped to at least this, so deterministic steps (std 0: the last DDPM step, DDIM
             eta=0) get a finite density; DPPO uses 0.1 ("min_logprob_denoising_std").
+        reduce: False keeps the per-entry densities (B, ...).
     Returns:
-        (B,) log-probabilities.
+        (B,) log-probabilities ((B, ...) with ``reduce=False``).
     """
     std = std.clamp(min=min_std)
     z = (x - mean) / std
@@ -75,6 +78,8 @@ def log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, min_std: fl
         - torch.log(std)
         - 0.5 * torch.log(torch.tensor(2 * torch.pi, dtype=x.dtype, device=x.device))
     )
+    if not reduce:
+        return lp
     return lp.flatten(1).sum(-1) if lp.dim() > 1 else lp
 
 
