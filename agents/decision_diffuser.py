@@ -2,13 +2,15 @@
 
 The model denoises a sequence of H states ``x = [s_{t-k}, ..., s_t, s_{t+1}, ..., s_{t+H-k-1}]`` of shape
 (B, H, O): the first k + 1 entries are the last k observed states and the current one, written in by inpainting
-(history conditioning), the rest is the plan. The sequence is conditioned on the normalized return-to-go y
+(history conditioning; before an episode's k-th step the missing past is its first state, and training windows
+that start up to k steps before an episode are padded the same way), the rest is the plan. The sequence is conditioned on the normalized return-to-go y
 from the current step with classifier-free guidance: during training the condition is dropped (replaced by the
 network's null condition) with probability ``condition_dropout``; at sampling the denoiser output is
 ``uncond + w * (cond - uncond)`` with ``w = guidance_weight``, which the core's
 :func:`~diffplan.diffusion.classifier_free` computes; this agent only chooses it. Actions come from an
 inverse-dynamics MLP ``a_t = f(s_t, s_{t+1})`` trained on the dataset's consecutive states, applied to the
-current state and the first planned one. The policy replans at every step, as in the paper.
+current state and the first planned one; it is EMA-averaged like the denoiser, and its EMA copy acts. The policy
+replans at every step, as in the paper.
 
 Returns are normalized by ``returns_scale`` (0: the dataset's largest discounted return-to-go), and the test
 condition is ``target_return`` in those units (Decision Diffuser evaluates at 0.9).
@@ -138,14 +140,17 @@ class DecisionDiffuserPolicy(DiffusionPolicy[DecisionDiffuserConfig]):
     ) -> None:
         super().__init__(model=model, cfg=cfg, observation_space=observation_space, action_space=action_space)
         self.inv_dyn = inv_dyn
+        self.track_ema("inv_dyn")  # the EMA copy acts, as the public code's EMA model holds both networks
         self.obs_norm, self.act_norm = obs_norm, act_norm
         self.obs_dim = split_observation_space(observation_space)[0]
         self.register_buffer("returns_scale", torch.ones(()))
         """Divisor of returns-to-go into the condition; fitted on the dataset, saved with the weights."""
 
-    def action(self, s: torch.Tensor, s_next: torch.Tensor) -> torch.Tensor:
-        """Inverse dynamics on normalized states (..., O) x2 -> normalized actions (..., A)."""
-        return self.inv_dyn(torch.cat([s, s_next], dim=-1))
+    def action(self, s: torch.Tensor, s_next: torch.Tensor, *, averaged: bool = False) -> torch.Tensor:
+        """Inverse dynamics on normalized states (..., O) x2 -> normalized actions (..., A); ``averaged``: with
+        the EMA copy (what acts) instead of the trained network."""
+        net = self.averaged("inv_dyn") if averaged else self.inv_dyn
+        return net(torch.cat([s, s_next], dim=-1))
 
     @torch.inference_mode()
     def plan(
@@ -160,7 +165,10 @@ class DecisionDiffuserPolicy(DiffusionPolicy[DecisionDiffuserConfig]):
         Args:
             obs: (M, O) current states; goal: ignored (the condition is the return).
             hist: (M, k + 1, O) raw states, the current one last; None: no history (obs only).
-            count: (M,) how many of the last entries of ``hist`` are real (1 .. k + 1).
+            count: (M,) how many of the last entries of ``hist`` are real (1 .. k + 1); the entries before
+                them are taken to be the episode's first state (the first real entry), as the training windows
+                that start before an episode's first step are padded (``front_padding``), and all k + 1 are
+                inpainted.
         Returns:
             plan (M, H, O) raw states (history included) and actions (M, A) in env units.
         """
@@ -174,9 +182,12 @@ class DecisionDiffuserPolicy(DiffusionPolicy[DecisionDiffuserConfig]):
         with self.latency.time(M):
             known = torch.zeros(M, H, O, device=device)
             mask = torch.zeros(M, H, O, dtype=torch.bool, device=device)
-            known[:, : k + 1] = self.obs_norm.normalize(torch.as_tensor(hist, device=device))
-            valid = torch.arange(k + 1, device=device)[None] >= (k + 1 - torch.as_tensor(count, device=device))[:, None]
-            mask[:, : k + 1] = valid[..., None]
+            past = torch.as_tensor(hist, device=device)
+            first = k + 1 - torch.as_tensor(count, device=device).clamp(1, k + 1)  # (M,) slot of the first real one
+            slots = torch.maximum(torch.arange(k + 1, device=device)[None], first[:, None])  # (M, k + 1)
+            past = torch.gather(past, 1, slots[..., None].expand(-1, -1, O))  # before the episode: its first state
+            known[:, : k + 1] = self.obs_norm.normalize(past)
+            mask[:, : k + 1] = True
             y = torch.full((M, 1), cfg.target_return, device=device)
             x = sample(
                 self.ema.model,
@@ -188,7 +199,7 @@ class DecisionDiffuserPolicy(DiffusionPolicy[DecisionDiffuserConfig]):
                 device=device,
                 model_fn=classifier_free(self.ema.model, cfg.guidance_weight, one_call=True),
             )
-            act = self.act_norm.unnormalize(self.action(x[:, k], x[:, k + 1]))
+            act = self.act_norm.unnormalize(self.action(x[:, k], x[:, k + 1], averaged=True))
             plan = self.obs_norm.unnormalize(x).cpu().numpy()
             act = act.cpu().numpy()
         low, high = self.action_space.low, self.action_space.high
@@ -238,11 +249,11 @@ class DecisionDiffuserAlgorithm(DiffusionAlgorithm[DecisionDiffuserPolicy]):
         states, actions = traj[..., A:], traj[..., :A]  # (B, H, O), (B, H, A)
         valid = torch.as_tensor(batch.mask)  # (B, H)
         B = len(traj)
-        # Known entries: the current state and a random number (0..k) of the states before it, since an
-        # episode's first decisions have less history than k; the planner sees the same at test time.
-        n_past = torch.randint(0, k + 1, (B,), generator=self.generator).to(traj.device)
+        # Known entries: the k past states and the current one. Windows that start before an episode's first
+        # step hold its first state there (front padding), as the planner's history does in an episode's first
+        # k steps, so the model sees states 0..k-1 in the current-state slot too.
         steps = torch.arange(cfg.horizon, device=traj.device)[None]
-        known = (steps <= k) & (steps >= k - n_past[:, None])
+        known = (steps <= k).expand(B, -1)
         drop = torch.rand(B, generator=self.generator).to(traj.device) < cfg.condition_dropout
         y = torch.as_tensor(batch.returns) / policy.returns_scale
 
@@ -262,7 +273,7 @@ class DecisionDiffuserAlgorithm(DiffusionAlgorithm[DecisionDiffuserPolicy]):
         self.optim.step(loss)
 
         # Inverse dynamics on consecutive real steps of the window (normalized units).
-        pair = valid[:, 1:]
+        pair = valid[:, :-1] & valid[:, 1:]
         pred = policy.action(states[:, :-1][pair], states[:, 1:][pair])
         inv_loss = torch.nn.functional.mse_loss(pred, actions[:, :-1][pair])
         self.inv_optim.step(inv_loss)
@@ -304,7 +315,7 @@ def build(
         dataset = SequenceDataset(
             episodes, cfg.horizon, obs_norm.normalizer, act_norm.normalizer,
             use_padding=cfg.use_padding, discount=cfg.discount, termination_penalty=cfg.termination_penalty,
-            returns_offset=cfg.history, device=cfg.device,
+            returns_offset=cfg.history, front_padding=cfg.history, device=cfg.device,
         )
         rtg = dataset.returns_to_go
         top = float(rtg.max()) if float(rtg.max()) > 0 else float(rtg.abs().max())

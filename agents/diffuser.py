@@ -54,6 +54,7 @@ from diffplan.data import (
 )
 from diffplan.data.conditioning import fit_normalizers
 from diffplan.diffusion import (
+    GUIDANCE_FORMS,
     SCHEDULERS,
     Inpaint,
     NoiseScheduler,
@@ -133,7 +134,8 @@ class DiffuserConfig(DiffusionAgentConfig):
     """Also give the U-Net the start (and goal) states as a global condition vector, besides inpainting them.
     Inpainting alone shows the condition only at the two ends of the sequence, and the conv net needs many
     updates to carry it across the horizon; with the embedding, plans follow start and goal after a few
-    thousand CPU steps. False: inpainting only, as in the paper."""
+    thousand CPU steps (the maze config keeps it). False: inpainting only, as in the paper (the locomotion
+    config's setting)."""
     sampling_steps: int = 20
     """Denoising steps per plan with ddim (Diffuser's locomotion setting samples with ddpm and does not clip:
     sampler=ddpm clip_sample=0)."""
@@ -176,6 +178,10 @@ class DiffuserConfig(DiffusionAgentConfig):
     scale_grad_by_std: bool = True
     """Scale the value gradient by the step's variance std^2, as Diffuser (guidance fades as noise does);
     needs stochastic steps, so sampler=ddpm."""
+    guidance_form: str = "diffuser"
+    """How the value gradient steers a denoising step: diffuser (Diffuser's ``n_step_guided_p_sample``: x_t is
+    moved up the gradient and the denoiser and the step run on the moved x) | mean_shift (the same displacement
+    added to the unguided step's mean, classifier-guidance style; much stronger at the same guide_scale)."""
     warm_start_level: float = 0.0
     """Warm-started replanning: a replan (``replan_every`` > 0, or the robot bridge's ``plan_chunk``) starts
     from the previous plan shifted by the steps executed since, noised to this fraction of the sampler's
@@ -233,6 +239,8 @@ class DiffuserConfig(DiffusionAgentConfig):
                     f"value guidance with scale_grad_by_std needs stochastic steps, but sampler={self.sampler!r} "
                     "steps have std 0 (no guidance at all); use sampler=ddpm or scale_grad_by_std=false"
                 )
+            if self.guidance_form not in GUIDANCE_FORMS:
+                raise ConfigError(f"guidance_form={self.guidance_form!r}; valid: {list(GUIDANCE_FORMS)}")
             if self.n_guide_steps < 0 or self.t_stopgrad < 0:
                 raise ConfigError("n_guide_steps and t_stopgrad must be >= 0")
             if not 0.0 <= self.value_discount <= 1.0:
@@ -258,6 +266,8 @@ class DiffuserPolicy(DiffusionPolicy[DiffuserConfig]):
     ) -> None:
         super().__init__(model=model, cfg=cfg, observation_space=observation_space, action_space=action_space)
         self.value_net = value_net
+        if value_net is not None:  # Diffuser plans with its value function's EMA copy, like the denoiser's
+            self.track_ema("value_net")
         self.obs_norm, self.act_norm = obs_norm, act_norm
         self.obs_dim = split_observation_space(observation_space)[0]
         self.goal_dim = goal_dim
@@ -311,8 +321,8 @@ class DiffuserPolicy(DiffusionPolicy[DiffuserConfig]):
         guide = None
         if guide_ok and self.value_net is not None and cfg.guide_scale and cfg.n_guide_steps:
             guide = ValueGuide(
-                self.value_net, cfg.guide_scale, cfg.n_guide_steps, cfg.t_stopgrad,
-                cfg.scale_grad_by_std, inpaint=inpaint,
+                self.averaged("value_net"), cfg.guide_scale, cfg.n_guide_steps, cfg.t_stopgrad,
+                cfg.scale_grad_by_std, inpaint=inpaint, form=cfg.guidance_form,  # type: ignore[arg-type]
             )
         start_index = 0
         if init is None:
@@ -399,8 +409,12 @@ class DiffuserPolicy(DiffusionPolicy[DiffuserConfig]):
             plan_act = self.act_norm.unnormalize(x[..., :A]).cpu().numpy()
             plan_obs = self.obs_norm.unnormalize(x[..., A:]).cpu().numpy()
             lengths = self.park_lengths(plan_obs, np.repeat(goal, K, axis=0) if goal_cond else None)
-            if self.value_net is not None:  # best of K: the highest predicted value of the clean plan
-                self.last_values = self.value_net(x, torch.zeros(len(x), dtype=torch.long, device=device))
+            if self.value_net is not None:
+                # Best of K as Diffuser (sort_by_values, first): the EMA value of each final guided plan at t=0.
+                # (Diffuser sorts by the values its guide computed at the last step, on that step's input; the
+                # returned plan differs from it only by the last, t=0 denoising step.)
+                value = self.averaged("value_net")
+                self.last_values = value(x, torch.zeros(len(x), dtype=torch.long, device=device))
                 best = self.last_values.reshape(M, K).argmax(1).cpu().numpy() + np.arange(M) * K
             else:  # best of K: the plan that reaches the goal earliest (ties: the first sampled)
                 best = lengths.reshape(M, K).argmin(1) + np.arange(M) * K
@@ -676,5 +690,6 @@ def build(
         )
         if value_net is not None:  # every step starts a window (with padding): these are the value targets
             value_net.set_target_stats(dataset.returns_to_go)
+            policy.averaged("value_net").set_target_stats(dataset.returns_to_go)
         source = WindowSampler(dataset, generator)
     return Agent(policy=policy, algorithm=algorithm, batch_source=source)

@@ -11,9 +11,10 @@ counter means "new episode: fill the history with the current observation and sa
 that need a chunk at a step are sampled in one batched call.
 
 DPPO-facing: :meth:`DiffusionBCPolicy.denoising_chain` runs the stochastic (DDPM) chain through the core
-sampler and returns every intermediate chunk; :meth:`DiffusionBCPolicy.chain_log_prob` gives the per-step
-Gaussian log-likelihoods log N(x_{k+1}; mu_theta(x_k, t_k, s), sigma_k^2) from the scheduler's
-``step_distribution`` with gradients, which is what a policy-gradient fine-tuner needs.
+sampler, every step's std floored at ``min_logprob_std``, and returns every intermediate chunk;
+:meth:`DiffusionBCPolicy.chain_log_prob` gives the per-step Gaussian log-likelihoods
+log N(x_{k+1}; mu_theta(x_k, t_k, s), max(sigma_k, min_logprob_std)^2) with gradients (the core's
+``step_log_prob``): with the same floor on both sides they are the density of the chain that was sampled.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from diffplan.agent import Agent, DiffusionAgentConfig, DiffusionAlgorithm, Diff
 from diffplan.config import ConfigError
 from diffplan.data import Episodes, NormalizerModule, observation_arrays, split_observation_space
 from diffplan.data.conditioning import ConditionEncoder, action_level_data
-from diffplan.diffusion import denoising_loss, log_prob, make_scheduler, sample
+from diffplan.diffusion import denoising_loss, make_scheduler, sample, step_log_prob
 from diffplan.nets import MLPDenoiser, TemporalUnet1d
 
 DENOISERS = ("mlp", "unet")
@@ -75,11 +76,14 @@ class DiffusionBCConfig(DiffusionAgentConfig):
     """Train on chunk steps past an episode's end (zero action): teaches "arrive, then stop"."""
     ema_every: int = 1
     min_logprob_std: float = 0.1
-    """Floor of the step std in ``chain_log_prob`` (DPPO's min_logprob_denoising_std), so near-deterministic
-    steps keep a finite, well-conditioned density."""
+    """Floor of the step std of the stochastic chain, applied alike when ``denoising_chain`` samples it and when
+    ``chain_log_prob`` scores it (DPPO's min_sampling_denoising_std = min_logprob_denoising_std), so every step,
+    the last one too, has a finite density and the score is the density of the sampled chain. Must be > 0."""
 
     def validate(self) -> None:
         super().validate()
+        if self.min_logprob_std <= 0:
+            raise ConfigError(f"min_logprob_std={self.min_logprob_std} must be > 0 (the last step's density)")
         if self.denoiser not in DENOISERS:
             raise ConfigError(f"denoiser={self.denoiser!r}; valid: {DENOISERS}")
         if self.chunk < 1 or self.obs_history < 1 or self.sampling_steps < 1:
@@ -112,7 +116,7 @@ class DiffusionBCPolicy(DiffusionPolicy[DiffusionBCConfig]):
         self.obs_dim = split_observation_space(observation_space)[0]
         # The chain a fine-tuner explores with must be stochastic at every step but the last: the strided
         # DDPM posterior over the same K steps. A flow model has no such posterior: its chain is the Euler
-        # ODE, every step deterministic (log_prob's min_std then sets the exploration noise).
+        # ODE, every step deterministic (min_logprob_std then sets the exploration noise, sampled and scored).
         self.chain_scheduler = make_scheduler(
             "ddpm" if cfg.objective == "diffusion" else "euler", cfg.diffusion_steps,
             beta_schedule=cfg.beta_schedule, prediction_type=self.prediction_type,
@@ -144,10 +148,26 @@ class DiffusionBCPolicy(DiffusionPolicy[DiffusionBCConfig]):
             )
             return self.act_norm.unnormalize(x).cpu().numpy().astype(np.float32)
 
+    def plan_chunk(self, obs: Any, committed: np.ndarray) -> np.ndarray:
+        """Chunk-planning protocol of the robot bridge (:class:`diffplan.deploy.runner.ChunkPlanner`): one chunk
+        sampled at ``obs`` (a dict with observation (O,) [and desired_goal (G,)], or an (O,) array).
+
+        ``committed`` (k, A), the actions that run while this plan is made, are copied into the first k rows (a
+        chunk policy cannot inpaint them: its chunk is conditioned on the observation only); the chunk's own
+        actions for the ticks after them follow. Returns (max(C, k + 1), A) actions in env units.
+        """
+        batch = {key: np.asarray(v)[None] for key, v in obs.items()} if isinstance(obs, dict) else np.asarray(obs)[None]
+        o, goal = observation_arrays(batch)  # (1, O), (1, G) | None
+        chunk = np.clip(self.plan(o, goal)[0], self.action_space.low, self.action_space.high)
+        k = len(committed)
+        rest = chunk[k:] if k < len(chunk) else chunk[-1:]
+        return np.concatenate([np.asarray(committed, np.float32).reshape(k, self.act_dim), rest])
+
     def denoising_chain(
         self, cond: torch.Tensor, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Run the stochastic DDPM chain (``sampling_steps`` steps) of the trained model (not the EMA).
+        """Run the stochastic DDPM chain (``sampling_steps`` steps, each std floored at ``min_logprob_std``) of the
+        trained model (not the EMA).
 
         Args:
             cond: (B, cond_dim) condition from ``encoder`` (normalized observations [and goal]).
@@ -158,12 +178,13 @@ class DiffusionBCPolicy(DiffusionPolicy[DiffusionBCConfig]):
         shape = (cond.shape[0], self.cfg.chunk, self.act_dim)
         x0, chain = sample(
             self.model, self.chain_scheduler, shape, cond=cond, generator=generator or self.generator,
-            device=cond.device, return_chain=True,
+            device=cond.device, return_chain=True, min_std=self.cfg.min_logprob_std,
         )
         return x0, chain, self.chain_log_prob(cond, chain)
 
     def chain_log_prob(self, cond: torch.Tensor, chain: torch.Tensor) -> torch.Tensor:
-        """Per-step log N(chain[:, k+1]; mean_k, max(std_k, min_logprob_std)^2 I), differentiable in the model.
+        """Per-step log N(chain[:, k+1]; mean_k, max(std_k, min_logprob_std)^2 I), differentiable in the model: the
+        density of the steps :meth:`denoising_chain` took (it samples with the same floor).
 
         Args:
             cond: (B, cond_dim); chain: (B, K + 1, C, A) as returned by :meth:`denoising_chain`.
@@ -178,9 +199,10 @@ class DiffusionBCPolicy(DiffusionPolicy[DiffusionBCConfig]):
         x_t = chain[:, :-1].reshape(B * K, *chain.shape[2:])
         x_next = chain[:, 1:].reshape(B * K, *chain.shape[2:])
         t = sched.timesteps.to(chain.device).repeat(B)  # row b*K + k is at timesteps[k]
-        out = self.model(x_t, t, cond.repeat_interleave(K, dim=0))
-        mean, std = sched.step_distribution(out, t, x_t)
-        return log_prob(x_next, mean, std, min_std=self.cfg.min_logprob_std).reshape(B, K)
+        lp = step_log_prob(
+            self.model, sched, x_t, x_next, t, cond=cond.repeat_interleave(K, dim=0), min_std=self.cfg.min_logprob_std
+        )
+        return lp.flatten(1).sum(-1).reshape(B, K)
 
     # ------------------------------------------------------------------------------------------------- act
     def initial_state(self, n: int) -> Batch:
@@ -235,6 +257,19 @@ class DiffusionBCAlgorithm(DiffusionAlgorithm[DiffusionBCPolicy]):
 CONFIG = DiffusionBCConfig
 
 
+def make_denoiser(cfg: DiffusionBCConfig, act_dim: int, cond_dim: int) -> torch.nn.Module:
+    """The chunk denoiser ``(x (B, C, A), t (B,), cond (B, cond_dim)) -> (B, C, A)`` the config describes (also
+    what a DPPO fine-tuning run rebuilds from a diffusion BC run's config)."""
+    if cfg.denoiser == "mlp":
+        return MLPDenoiser(
+            cfg.chunk * act_dim, cond_dim, hidden=cfg.hidden, depth=cfg.depth, time_dim=cfg.time_dim,
+            activation=cfg.activation,
+        )
+    return TemporalUnet1d(
+        act_dim, dim=cfg.unet_dim, dim_mults=tuple(cfg.unet_dim_mults), cond_dim=cond_dim, activation=cfg.activation,
+    )
+
+
 def build(
     cfg: DiffusionBCConfig,
     observation_space: gym.Space,
@@ -247,19 +282,9 @@ def build(
         cfg, observation_space, action_space, episodes,
         goal_conditioned=cfg.goal_conditioned, history=cfg.obs_history, chunk=cfg.chunk,
     )
-    if cfg.denoiser == "mlp":
-        model: torch.nn.Module = MLPDenoiser(
-            cfg.chunk * data.act_dim, data.encoder.dim, hidden=cfg.hidden, depth=cfg.depth, time_dim=cfg.time_dim,
-            activation=cfg.activation,
-        )
-    else:
-        model = TemporalUnet1d(
-            data.act_dim, dim=cfg.unet_dim, dim_mults=tuple(cfg.unet_dim_mults), cond_dim=data.encoder.dim,
-            activation=cfg.activation,
-        )
     policy = DiffusionBCPolicy(
-        model=model, cfg=cfg, encoder=data.encoder, act_norm=data.act_norm,
-        observation_space=observation_space, action_space=action_space,
+        model=make_denoiser(cfg, data.act_dim, data.encoder.dim), cfg=cfg, encoder=data.encoder,
+        act_norm=data.act_norm, observation_space=observation_space, action_space=action_space,
     ).to(cfg.device)
     algorithm = DiffusionBCAlgorithm(policy=policy, generator=data.generator)
     return Agent(policy=policy, algorithm=algorithm, batch_source=data.batch_source)

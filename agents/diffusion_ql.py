@@ -22,7 +22,6 @@ Acting (both): sample ``n_candidates`` actions per state and pick one by the tar
 from __future__ import annotations
 
 import copy
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,9 +54,6 @@ class DiffusionQLConfig(DiffusionAgentConfig):
     """Actor learning rate."""
     critic_lr: float = 3e-4
     """Critic (and value) learning rate."""
-    lr_decay: bool = False
-    """Cosine-anneal every learning rate from its value to 0 over ``train_steps`` gradient steps (the paper's
-    ``--lr_decay``, used for its D4RL results). A run stopped early by ``max_train_minutes`` ends part-way."""
     critic: str = "td"
     """td: Diffusion-QL's twin-Q TD learning on the actor's next actions | iql: IQL expectile critics (IDQL)."""
     eta: float = 1.0
@@ -133,13 +129,6 @@ def pessimistic_next_value(q1: torch.Tensor, q2: torch.Tensor) -> torch.Tensor:
     """Clipped double-Q value of the next state from (B, S) Q values of S sampled next actions per head:
     max over the samples per head (S = 1: the single sample), then the min of the two heads. Returns (B,)."""
     return torch.minimum(q1.max(dim=1).values, q2.max(dim=1).values)
-
-
-def cosine_lr(base_lr: float, step: int, total_steps: int) -> float:
-    """Learning rate at gradient step ``step`` of a cosine annealing from ``base_lr`` to 0 over ``total_steps``
-    (torch's CosineAnnealingLR with eta_min=0, held at 0 past the end)."""
-    progress = min(max(step, 0), total_steps) / max(total_steps, 1)
-    return base_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
@@ -277,19 +266,6 @@ class DiffusionQLAlgorithm(DiffusionAlgorithm[DiffusionQLPolicy]):
                 policy.value, AdamOptimizerFactory(lr=cfg.critic_lr), max_grad_norm=clip
             )
 
-    def apply_lr_decay(self, step: int) -> None:
-        """Set every optimizer's learning rate for the step after ``step``.
-
-        Computed from ``num_updates`` instead of a torch LR scheduler because Tianshou's algorithm state_dict
-        does not save scheduler state: a resumed run would restart the schedule, while num_updates is saved.
-        """
-        pairs = [(self.actor_optim, self.cfg.lr), (self.critic_optim, self.cfg.critic_lr)]
-        if self.value_optim is not None:
-            pairs.append((self.value_optim, self.cfg.critic_lr))
-        for optim, base in pairs:
-            for group in optim._optim.param_groups:  # Tianshou's Optimizer wraps the torch one
-                group["lr"] = cosine_lr(base, step, self.cfg.train_steps)
-
     # The two critic variants; each returns the TD target (B,) and the value loss (0 for td).
     def td_critic_target(self, next_cond: torch.Tensor, reward: torch.Tensor, done: torch.Tensor) -> torch.Tensor:
         """Diffusion-QL's target: next actions from the EMA actor, clipped double Q of the target critics."""
@@ -351,8 +327,6 @@ class DiffusionQLAlgorithm(DiffusionAlgorithm[DiffusionQLPolicy]):
         actor_loss = bc_loss + cfg.eta * q_loss
         self.actor_optim.step(actor_loss)
 
-        if cfg.lr_decay:
-            self.apply_lr_decay(step)
         with torch.no_grad():
             for p_target, p in zip(policy.critic_target.parameters(), policy.critic.parameters(), strict=True):
                 p_target.lerp_(p, cfg.tau)

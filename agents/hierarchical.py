@@ -147,9 +147,9 @@ class HierarchicalPolicy(DiffuserPolicy):
         inpaint = Inpaint(mask, values)
         guide = None
         if self.value_net is not None and cfg.guide_scale and cfg.n_guide_steps:
-            guide = ValueGuide(
-                self.value_net, cfg.guide_scale, cfg.n_guide_steps, cfg.t_stopgrad, cfg.scale_grad_by_std,
-                inpaint=inpaint,
+            guide = ValueGuide(  # the value net's EMA copy guides and ranks, as in the flat planner
+                self.averaged("value_net"), cfg.guide_scale, cfg.n_guide_steps, cfg.t_stopgrad,
+                cfg.scale_grad_by_std, inpaint=inpaint, form=cfg.guidance_form,  # type: ignore[arg-type]
             )
         x = sample(
             self.ema.model.high, self.sampling_scheduler, values.shape,
@@ -157,7 +157,8 @@ class HierarchicalPolicy(DiffuserPolicy):
             inpaint=inpaint, guide=guide, generator=self.generator, device=device,
         )
         if self.value_net is not None:
-            self.last_values = self.value_net(x, torch.zeros(len(x), dtype=torch.long, device=device))
+            value = self.averaged("value_net")
+            self.last_values = value(x, torch.zeros(len(x), dtype=torch.long, device=device))
             best = self.last_values.reshape(M, C).argmax(1).cpu().numpy()
         elif goal_cond and C > 1:
             subgoals = self.obs_norm.unnormalize(x).cpu().numpy()
@@ -371,6 +372,7 @@ def build(
         low = SequenceDataset(episodes, cfg.jump + 1, obs_norm.normalizer, act_norm.normalizer, **common)
         if value_net is not None:  # every step starts a window (with padding): these are the value targets
             value_net.set_target_stats(high.returns_to_go)
+            policy.averaged("value_net").set_target_stats(high.returns_to_go)
         source = WindowSampler(TwoLevelWindows(high, low), generator)
     return Agent(policy=policy, algorithm=algorithm, batch_source=source)
 

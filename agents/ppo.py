@@ -15,17 +15,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
-import numpy as np
 import torch
 from tianshou.algorithm.modelfree.ppo import PPO
 from tianshou.algorithm.modelfree.reinforce import ProbabilisticActorPolicy
 from tianshou.algorithm.optim import AdamOptimizerFactory
 from tianshou.utils.net.continuous import ContinuousActorProbabilistic, ContinuousCritic
 
-from diffplan.agent import Agent, OnlineConfig
+from diffplan.agent import Agent, OnlineConfig, RunningReturnState
 from diffplan.checkpoint import load_checkpoint
 from diffplan.config import ConfigError
 from diffplan.data import Episodes
@@ -37,6 +36,8 @@ class PPOConfig(OnlineConfig):
     """PPO. Defaults: Tianshou's MuJoCo PPO example (``examples/mujoco/mujoco_ppo.py``)."""
 
     agent: str = "ppo"
+    PRETRAINED_AGENT: ClassVar[str] = "bc"
+    PRETRAINED_KEYS: ClassVar[tuple[str, ...]] = ("task", "maze", "hidden", "normalize_obs")
     hidden: list[int] = field(default_factory=lambda: [64, 64])
     """Hidden layer sizes of the actor and the critic MLPs (Tianshou's example: 64, 64)."""
     lr: float = 3e-4
@@ -85,8 +86,9 @@ def _gaussian(loc_scale: tuple[torch.Tensor, torch.Tensor]) -> torch.distributio
     return torch.distributions.Independent(torch.distributions.Normal(loc, scale), 1)
 
 
-class PPOAlgorithm(PPO):
-    """Tianshou's PPO, able to start from a ``bc`` run (:meth:`warm_start`)."""
+class PPOAlgorithm(RunningReturnState, PPO):
+    """Tianshou's PPO, able to start from a ``bc`` run (:meth:`warm_start`); its return statistics are checkpointed
+    (:class:`~diffplan.agent.RunningReturnState`)."""
 
     def __init__(self, *, hidden: list[int], **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -119,18 +121,6 @@ class PPOAlgorithm(PPO):
         missing, unexpected = self.policy.actor.load_state_dict(weights, strict=False)
         if unexpected or any(not k.startswith("sigma") for k in missing):
             raise ConfigError(f"init_from={path!r}: actor weights do not fit ({missing=}, {unexpected=})")
-
-    def get_extra_state(self) -> dict[str, Any]:
-        """The running return statistics of ``return_scaling`` (a plain object in Tianshou, not a buffer): saved so
-        that a resumed run scales returns exactly as the uninterrupted one."""
-        rms = self.ret_rms
-        return {"mean": torch.as_tensor(rms.mean, dtype=torch.float64),
-                "var": torch.as_tensor(rms.var, dtype=torch.float64), "count": int(rms.count)}
-
-    def set_extra_state(self, state: dict[str, Any]) -> None:
-        self.ret_rms.mean = state["mean"].numpy().astype(np.float64).reshape(np.shape(self.ret_rms.mean))
-        self.ret_rms.var = state["var"].numpy().astype(np.float64).reshape(np.shape(self.ret_rms.var))
-        self.ret_rms.count = state["count"]
 
     @property
     def _normalizes(self) -> bool:

@@ -11,7 +11,8 @@ What an agent *can* do beyond acting is declared by the typed, ``runtime_checkab
 with ``isinstance``, never discovered with ``hasattr``), and what every diffusion agent shares is owned by two
 small base classes:
 
-* :class:`DiffusionPolicy`: the trained model and its EMA copy, the training and sampling schedulers (built
+* :class:`DiffusionPolicy`: the trained model and its EMA copy (and EMA copies of any further networks an agent
+  tracks, :meth:`DiffusionPolicy.track_ema`), the training and sampling schedulers (built
   once, from the same config fields), a seeded noise generator, ``reseed`` and latency tracking;
 * :class:`DiffusionAlgorithm`: the update counter, the optimizer of the model, the training-batch generator and
   the EMA step after every update; a subclass writes only ``train_step`` (its paper's loss).
@@ -27,7 +28,7 @@ import copy
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
+from typing import Any, ClassVar, Generic, Protocol, TypeVar, runtime_checkable
 
 import gymnasium as gym
 import numpy as np
@@ -125,6 +126,18 @@ class WarmStartable(Protocol):
     ``warm_start(path)`` once at the start of a fresh run (never on resume: the checkpoint holds them then)."""
 
     def warm_start(self, path: str) -> None: ...
+
+
+@runtime_checkable
+class ChunkDecider(Protocol):
+    """A policy that, while collecting for training, decides a whole action chunk per transition: the online loop
+    then steps its training envs one decision at a time (``diffplan.envs.ActionChunks``: ``act_steps`` actions of
+    a ``chunk``-action flat chunk, rewards summed), so buffers, returns, GAE and PPO see one transition per
+    decision (DPPO's decision MDP). Outside training it acts one env step at a time like any chunk policy."""
+
+    def decision_chunk(self) -> tuple[int, int]:
+        """(chunk, act_steps): actions per decided chunk and how many of them the env executes."""
+        ...
 
 
 @runtime_checkable
@@ -302,6 +315,9 @@ class DiffusionPolicy(Policy, Generic[CfgT]):
         self.cfg = cfg
         self.model = model
         self.ema = EMA(model, cfg.ema_decay, cfg.ema_every, cfg.ema_start)
+        self.emas = nn.ModuleDict()
+        """EMA copies of further networks by attribute name (:meth:`track_ema`), updated and saved with ``ema``."""
+        self.register_load_state_dict_pre_hook(self._fill_missing_emas)
         self.act_dim = int(action_space.shape[0])
         self.train_scheduler: NoiseScheduler = make_scheduler(
             OBJECTIVES[cfg.objective], cfg.diffusion_steps, beta_schedule=cfg.beta_schedule,
@@ -335,6 +351,37 @@ class DiffusionPolicy(Policy, Generic[CfgT]):
             steps = cfg.sampling_steps if scheduler.strided else None
         scheduler.set_timesteps(steps)
         return scheduler
+
+    def track_ema(self, name: str) -> nn.Module:
+        """Also keep an EMA of the network in attribute ``name`` (e.g. a value function or an inverse-dynamics
+        model), with the model's decay and timing; returns the averaged copy, which is what should act.
+
+        The averages are updated after every update by :meth:`update_emas` and saved with the weights under
+        ``emas.<name>``; calling it again restarts the average from the network's current weights.
+        """
+        self.emas[name] = EMA(getattr(self, name), self.cfg.ema_decay, self.cfg.ema_every, self.cfg.ema_start)
+        return self.emas[name].model
+
+    def averaged(self, name: str) -> nn.Module:
+        """The EMA copy of the network in attribute ``name`` (see :meth:`track_ema`)."""
+        return self.emas[name].model
+
+    def update_emas(self, step: int) -> None:
+        """One EMA step of the model and of every tracked network, after update number ``step``."""
+        self.ema.update(self.model, step)
+        for name, ema in self.emas.items():
+            ema.update(getattr(self, name), step)
+
+    @staticmethod
+    def _fill_missing_emas(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        """Checkpoints from before a network's EMA was tracked: start that EMA from the saved network."""
+        assert isinstance(module, DiffusionPolicy)
+        for name in module.emas:
+            ema_prefix, src_prefix = f"{prefix}emas.{name}.model.", f"{prefix}{name}."
+            if any(k.startswith(ema_prefix) for k in state_dict):
+                continue
+            for key in [k for k in state_dict if k.startswith(src_prefix)]:
+                state_dict[ema_prefix + key[len(src_prefix):]] = state_dict[key]
 
     def reseed(self, seed: int) -> None:
         """Restart the acting noise stream, so evaluations are repeatable."""
@@ -376,7 +423,7 @@ class DiffusionAlgorithm(OfflineAlgorithm[PolicyT], Generic[PolicyT]):
         step = int(self.num_updates) + 1
         stats = self.train_step(batch, step)
         self.num_updates += 1
-        self.policy.ema.update(self.policy.model, step)
+        self.policy.update_emas(step)
         return stats
 
 
@@ -415,3 +462,26 @@ class OnlineConfig(RunConfig):
     init_from: str = ""
     """A run directory (or checkpoint) of a pre-trained agent to start from; which agents an algorithm accepts
     is its own (its ``warm_start``). Empty: start from scratch."""
+
+    PRETRAINED_AGENT: ClassVar[str] = ""
+    """The agent whose runs ``diffplan finetune --from RUN`` starts this one from ('': none)."""
+    PRETRAINED_KEYS: ClassVar[tuple[str, ...]] = ()
+    """Config fields ``diffplan finetune --from RUN`` takes from that run (its network and task)."""
+
+
+class RunningReturnState:
+    """Mixin of a Tianshou actor-critic algorithm with ``return_scaling``: its running return statistics
+    (``ret_rms``, a plain object in Tianshou, not a buffer) travel in the state dict (``get_extra_state``), so a
+    resumed run scales returns exactly as the uninterrupted one. Put it before the Tianshou class in the bases."""
+
+    ret_rms: Any
+
+    def get_extra_state(self) -> dict[str, Any]:
+        rms = self.ret_rms
+        return {"mean": torch.as_tensor(rms.mean, dtype=torch.float64),
+                "var": torch.as_tensor(rms.var, dtype=torch.float64), "count": int(rms.count)}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.ret_rms.mean = state["mean"].numpy().astype(np.float64).reshape(np.shape(self.ret_rms.mean))
+        self.ret_rms.var = state["var"].numpy().astype(np.float64).reshape(np.shape(self.ret_rms.var))
+        self.ret_rms.count = state["count"]

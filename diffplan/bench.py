@@ -13,6 +13,12 @@
 * ``fastgen <run> [name:k=v,k=v ...]``: one trained planner under several sampler settings (default: ddim
   10/5/3 steps, dpmsolver++ 5/3, replanning every 16 steps cold and warm-started): normalized score over the
   protocol episodes, cold plan latency and warm replan latency at batch 1 (median, p95), model calls per plan.
+* ``suite <suite.yaml>``: agents x tasks x seeds at one fixed budget, resumable, one JSON per run
+  (:mod:`diffplan.suite`); ``--only``, ``--dry-run``, ``--parallel N``, ``--out``, ``--runs``.
+* ``dppo [runs-dir] [key=value]``: DPPO beside the Gaussian PPO baseline on a locomotion task, resumable: both
+  pre-trainings, then fine-tuning with evaluations at several env-step counts, 3 seeds (:data:`DPPO_BENCH`).
+* ``dppo-throughput [config] [ref=<irom-lab/dppo checkout>]``: the online loop's env steps/s and seconds per PPO
+  update, and model-level timings beside irom-lab/dppo's model code on the same synthetic shapes.
 * ``maze <run>``: the maze evaluation protocol over ``--episodes`` episodes, beside the planner-free
   go-to-goal PD baseline on the same start/goal pairs, and the score on the "hard" episodes that baseline fails;
   ``--plan-to-end`` also scores the plans followed to their end without the switch to the goal-directed PD
@@ -36,6 +42,7 @@ from tianshou.data import Batch
 
 from diffplan.checkpoint import CheckpointError, write_text_atomic
 from diffplan.data import observation_arrays
+from diffplan.envs.evaluation import as_batch, decision_latency
 from diffplan.training import machine_info
 
 
@@ -69,7 +76,7 @@ def _plan_latency(policy: Policy, env: Any, repeats: int) -> list[float]:
     if isinstance(policy, Planner):  # latency of one batched planning call; other agents: decision latency only
         for i in range(repeats + 3):
             obs, _ = env.reset(seed=i)
-            observation, goal = observation_arrays(Batch(obs=_as_batch(obs)).obs)
+            observation, goal = observation_arrays(Batch(obs=as_batch(obs)).obs)
             t0 = time.perf_counter()
             policy.plan(observation, goal)
             if i >= 3:  # warm-up calls excluded
@@ -86,7 +93,7 @@ def bench_plan(args: argparse.Namespace) -> dict[str, Any]:
     policy = exp.agent.policy
     env = make_env(exp.cfg.task, seed=0)
     times = _plan_latency(policy, env, args.repeats)
-    decision_ms = _decision_latency(policy, env, args.steps)
+    decision_ms = decision_latency(policy, env, args.steps)
     env.close()
     settings = config_to_dict(exp.cfg)  # the planner settings that matter for latency, where the agent has them
     result = {
@@ -105,33 +112,6 @@ def bench_plan(args: argparse.Namespace) -> dict[str, Any]:
         **machine_info(),
     }
     return _write(result, args.out)
-
-
-def _as_batch(obs: Any) -> Any:
-    """One env observation with a leading batch dim, as the Collector passes it (Dict -> Batch)."""
-    if isinstance(obs, dict):
-        return Batch({k: np.asarray(v)[None] for k, v in obs.items()})
-    return np.asarray(obs)[None]
-
-
-def _decision_latency(policy: Policy, env: Any, steps: int) -> list[float]:
-    """ms of each ``policy(batch, state)`` call along ``steps`` env steps at batch 1 (episodes restart as needed).
-
-    The observation is wrapped like the Collector does (a Batch of the Dict observation, leading batch dim).
-    """
-    policy.eval()
-    times: list[float] = []
-    state, (obs, _) = None, env.reset(seed=0)
-    for _ in range(steps):
-        batch = Batch(obs=_as_batch(obs))
-        t0 = time.perf_counter()
-        out = policy(batch, state)
-        times.append((time.perf_counter() - t0) * 1000)
-        state = out.get("state", None)
-        obs, _, terminated, truncated, _ = env.step(np.asarray(out.act)[0])
-        if terminated or truncated:
-            state, (obs, _) = None, env.reset()
-    return times
 
 
 def bench_train(args: argparse.Namespace) -> dict[str, Any]:
@@ -251,6 +231,7 @@ def bench_maze(args: argparse.Namespace) -> dict[str, Any]:
     if results_path.exists():
         trained = json.loads(results_path.read_text())
         result["train_time_s"] = trained.get("train_time_s")
+        result["budget_clock"] = settings.get("budget_clock", "wall")  # the clock train_time_s was read on
         result["gradient_steps"] = trained.get("gradient_steps", trained.get("updates"))
         result["dataset"] = trained.get("dataset")
         if result["gradient_steps"] and result["train_time_s"]:
@@ -310,7 +291,7 @@ def bench_fastgen(args: argparse.Namespace) -> dict[str, Any]:
     # evenly over the settings instead of favouring whichever ran in a quiet minute.
     for i in range(args.repeats + 3):
         obs, _ = env.reset(seed=i)
-        observation, goal = observation_arrays(Batch(obs=_as_batch(obs)).obs)
+        observation, goal = observation_arrays(Batch(obs=as_batch(obs)).obs)
         for name, exp in exps.items():
             policy = exp.agent.policy
             t0 = time.perf_counter()
@@ -471,14 +452,312 @@ def bench_sweep(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def bench_report(args: argparse.Namespace) -> dict[str, Any]:
-    """Regenerate the benchmark page from the committed JSON results (no training code involved)."""
+    """Regenerate the benchmark page from the committed JSON results (no training code involved) and each
+    suite's learning-curve figure (``suites/<name>/curves.png``, drawn from the same JSON)."""
     from diffplan.report import write
+    from diffplan.viz import write_suite_figures
 
-    page = write(args.path or "benchmarks", args.out)
-    return {"benchmark": "report", "page": str(page)}
+    root = args.path or "benchmarks"
+    page = write(root, args.out)
+    figures = write_suite_figures(root)
+    return {"benchmark": "report", "page": str(page), "figures": [str(f) for f in figures]}
+
+
+def bench_suite(args: argparse.Namespace) -> dict[str, Any]:
+    """Agents x tasks x seeds of a suite file at its fixed budget, one JSON per run (:mod:`diffplan.suite`)."""
+    from diffplan.config import ConfigError
+    from diffplan.suite import run_suite
+
+    if not args.path:
+        raise ConfigError("bench suite: give a suite file, e.g. benchmarks/suites/locomotion-medium.yaml")
+    if args.overrides:
+        raise ConfigError(f"bench suite: unexpected {' '.join(args.overrides)} (a suite file sets every run's config)")
+    command = " ".join(["diffplan bench suite", str(args.path)]
+                       + [f"{flag} {value}" for flag, value in (("--out", args.out), ("--runs", args.runs),
+                                                               ("--only", args.only)) if value]
+                       + [f"--parallel {args.parallel}"])
+    summary = run_suite(args.path, out=args.out, runs_dir=args.runs, only=args.only, dry_run=args.dry_run,
+                        parallel=args.parallel, command=command)
+    return {"benchmark": "suite", **summary}
+
+
+# ------------------------------------------------------------------------------------- online fine-tuning
+DPPO_BENCH = {
+    "task": "hopper-medium", "seeds": "0,1,2", "bc_steps": "100000", "env_steps": "1000000", "evals": "8",
+    "runs": "runs/bench-dppo", "dataset_steps": "1000000", "minutes": "90",
+}
+"""``diffplan bench dppo`` settings (``key=value`` among its arguments): the task, training seeds, gradient steps of
+both pre-trainings, env steps of each fine-tuning run (DPPO and the Gaussian PPO baseline alike), evaluation points
+along it, where the runs go, the generated dataset's size and each fine-tuning run's training-time cap (minutes, 0:
+none). ``<agent>.<key>=<value>`` (agent: diffusion_bc, bc, dppo, ppo) overrides that agent's config."""
+
+
+def _path_as_override(args: argparse.Namespace) -> None:
+    """``bench dppo key=value ...`` without a path: argparse took the first item as the path."""
+    if args.path and "=" in args.path and not args.path.endswith((".yaml", ".yml")):
+        args.overrides.insert(0, args.path)
+        args.path = None
+
+
+def _bench_settings(items: list[str]) -> tuple[dict[str, str], dict[str, list[str]]]:
+    from diffplan.config import ConfigError
+
+    settings, per_agent = dict(DPPO_BENCH), {a: [] for a in ("diffusion_bc", "bc", "dppo", "ppo")}
+    for item in items:
+        key, sep, value = item.partition("=")
+        agent, dot, field = key.partition(".")
+        if sep and dot and agent in per_agent:
+            per_agent[agent].append(f"{field}={value}")
+        elif sep and key in settings:
+            settings[key] = value
+        else:
+            raise ConfigError(f"bench dppo: {item!r}: give key=value with key in {sorted(settings)} or <agent>.<key>")
+    return settings, per_agent
+
+
+def _train_or_resume(cfg: Any, run_dir: Path) -> dict[str, Any]:
+    """A finished run's results; an interrupted one resumed from its last checkpoint; otherwise a new run."""
+    from diffplan.training import train
+
+    if (run_dir / "results.json").exists():
+        return json.loads((run_dir / "results.json").read_text())
+    if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
+        return train(cfg, resume=run_dir, progress=True)
+    return train(cfg, progress=True, overwrite=True)  # a run that died before its first checkpoint: moved aside
+
+
+def _curve(results: dict[str, Any], start: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """(env steps, training seconds, score) points of a fine-tuning run, from its start evaluation on."""
+    keys = ("env_steps", "train_time_s", "normalized_score", "normalized_score_se", "return_mean", "episodes")
+    points = [{k: h.get(k) for k in keys} for h in results["history"]]
+    return ([{**{k: start.get(k) for k in keys}, "env_steps": 0, "train_time_s": 0.0}] if start else []) + points
+
+
+def bench_dppo(args: argparse.Namespace) -> dict[str, Any]:
+    """DPPO against the Gaussian PPO baseline, resumable: per seed, diffusion_bc and bc pre-training on the task's
+    dataset, then each fine-tuned online for the same env steps with evaluations along the way (score vs env
+    steps and vs training wall clock), on the evaluation protocol's episodes (``--episodes`` each). Finished runs
+    are read, interrupted ones resumed; the JSON is rewritten after every run."""
+    import math
+
+    from diffplan.checkpoint import load_checkpoint, parse_saved_config
+    from diffplan.compose import load_config, load_finetune_config
+    from diffplan.training import setup
+
+    _path_as_override(args)
+    settings, per_agent = _bench_settings(list(args.overrides))
+    if args.path:
+        per_agent_path = [f"runs={args.path}"]  # `bench dppo RUNS_DIR`: where the runs go
+        settings.update(_bench_settings(per_agent_path)[0])
+    task, root = settings["task"], Path(settings["runs"])
+    seeds = [int(s) for s in settings["seeds"].split(",")]
+    episodes, env_steps, evals = args.episodes, int(settings["env_steps"]), max(int(settings["evals"]), 1)
+    bc_steps = int(settings["bc_steps"])
+    out = args.out or f"benchmarks/dppo/{task}.json"
+    result: dict[str, Any] = {
+        "benchmark": "dppo", "task": task, "seeds": seeds, "settings": settings, "episodes": episodes,
+        "agent_overrides": per_agent,
+        "command": "diffplan bench dppo " + " ".join([*(([args.path]) if args.path else []), *args.overrides,
+                                                      f"--episodes {episodes}"]),
+        "pretrained": {"diffusion_bc": [], "bc": []}, "curves": {"dppo": [], "ppo": []},
+    }
+    for seed in seeds:
+        for agent in ("diffusion_bc", "bc"):
+            run_dir = root / f"{agent}-s{seed}"
+            cfg = load_config(agent, [
+                f"task={task}", f"seed={seed}", f"train_steps={bc_steps}", f"run_dir={run_dir}",
+                f"dataset_steps={settings['dataset_steps']}", "eval_every=0",
+                f"checkpoint_every={max(bc_steps // 5, 1)}", f"final_eval_episodes={episodes}", "torch_threads=1",
+                *per_agent[agent],
+            ])
+            res = _train_or_resume(cfg, run_dir)
+            result["pretrained"][agent].append({"seed": seed, "gradient_steps": res["updates"],
+                                                "train_time_s": res["train_time_s"], **res["final"]})
+        for agent, pre in (("dppo", "diffusion_bc"), ("ppo", "bc")):
+            pre_dir, run_dir = root / f"{pre}-s{seed}", root / f"{agent}-s{seed}"
+            state, config_yaml = load_checkpoint(pre_dir)
+            saved = parse_saved_config(config_yaml, str(pre_dir))
+            probe = load_finetune_config(agent, [*per_agent[agent]], saved, str(pre_dir))
+            updates = max(1, math.ceil(env_steps / probe.env_steps_per_update))
+            every = max(1, updates // evals)
+            cfg = load_finetune_config(agent, [
+                f"seed={seed}", f"run_dir={run_dir}", f"train_steps={updates}", f"eval_every={every}",
+                f"checkpoint_every={every}", f"eval_episodes={episodes}", f"final_eval_episodes={episodes}",
+                f"max_train_minutes={settings['minutes']}", "torch_threads=1", *per_agent[agent],
+            ], saved, str(pre_dir))
+            start_file = run_dir.with_name(run_dir.name + ".start.json")
+            if not start_file.exists():  # the fine-tuned policy before any update, evaluated as it will be
+                exp = setup(cfg, progress=False)
+                exp.agent.algorithm.warm_start(str(pre_dir))
+                exp.ref_min, exp.ref_max = state.get("ref_min_score"), state.get("ref_max_score")
+                start_file.parent.mkdir(parents=True, exist_ok=True)
+                write_text_atomic(start_file, json.dumps(exp.evaluate(episodes).to_dict(), default=float))
+            res = _train_or_resume(cfg, run_dir)
+            result["curves"][agent].append({
+                "seed": seed, "updates": res["updates"], "env_steps": res["env_steps"],
+                "points": _curve(res, json.loads(start_file.read_text())),
+            })
+        _write({**result, **machine_info()}, out)
+    return _write({**result, **machine_info()}, out)
+
+
+_REFERENCE_TIMING = """
+import json, sys, time, torch
+torch.set_num_threads(1)
+from model.diffusion.diffusion_ppo import PPODiffusion
+from model.diffusion.mlp_diffusion import DiffusionMLP
+from model.common.critic import CriticObs
+s = json.loads(sys.argv[1])
+O, A, C, T, K, B, E = s["obs_dim"], s["act_dim"], s["chunk"], s["denoising_steps"], s["ft_steps"], s["decisions"], s["envs"]
+torch.manual_seed(0)
+actor = DiffusionMLP(action_dim=A, horizon_steps=C, cond_dim=O, time_dim=16, mlp_dims=[512] * 3, activation_type="ReLU",
+                     residual_style=True)
+critic = CriticObs(cond_dim=O, mlp_dims=[256] * 3, activation_type="Mish", residual_style=True)
+model = PPODiffusion(actor=actor, critic=critic, ft_denoising_steps=K, denoising_steps=T, horizon_steps=C, obs_dim=O,
+                     action_dim=A, device="cpu", gamma_denoising=0.99, clip_ploss_coef=0.01, clip_ploss_coef_base=0.01,
+                     clip_ploss_coef_rate=3, randn_clip_value=3, min_sampling_denoising_std=0.1,
+                     min_logprob_denoising_std=0.1)
+actor_opt = torch.optim.Adam(model.actor_ft.parameters(), lr=1e-4)
+critic_opt = torch.optim.Adam(model.critic.parameters(), lr=1e-3)
+def sample_ms(n):
+    cond = {"state": torch.randn(E, 1, O)}
+    model(cond, deterministic=False)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        out = model(cond, deterministic=False)
+    return 1000 * (time.perf_counter() - t0) / n, out.chains
+def update_ms(n):
+    obs = {"state": torch.randn(B, 1, O)}
+    chains = torch.randn(B, K + 1, C, A)
+    with torch.no_grad():
+        old = model.get_logprobs(obs, chains).reshape(B, K, C, A)
+    ret, val, adv = torch.randn(B), torch.randn(B), torch.randn(B)
+    times = []
+    for i in range(n + 1):
+        t0 = time.perf_counter()
+        pg, ent, v, clipfrac, kl, ratio, bc, eta = model.loss(obs, chains, ret, val, adv, old)
+        loss = pg + 0.5 * v
+        actor_opt.zero_grad(); critic_opt.zero_grad()
+        loss.backward()
+        actor_opt.step(); critic_opt.step()
+        if i:
+            times.append(time.perf_counter() - t0)
+    return 1000 * sum(times) / len(times)
+sms, _ = sample_ms(s["repeats"])
+print(json.dumps({"sample_ms": sms, "update_minibatch_ms": update_ms(s["repeats"]),
+                  "actor_parameters": sum(p.numel() for p in model.actor_ft.parameters()),
+                  "critic_parameters": sum(p.numel() for p in model.critic.parameters())}))
+"""
+"""Timing of irom-lab/dppo's own model code on synthetic tensors (run in a subprocess with its ``model`` package on
+the path): one exploring chunk sample for the collection envs, one PPO minibatch step (forward, backward, both
+optimizers) on ``decisions`` decisions with all their fine-tuned denoising steps, as its update loop takes them."""
+
+
+REF_OPTIONS = ("ref", "ref_path", "ref_commit")
+"""``bench dppo-throughput`` arguments about the reference code; the others override the DPPO config."""
+
+
+def bench_dppo_throughput(args: argparse.Namespace) -> dict[str, Any]:
+    """DPPO's speed here: the online loop's env steps per second of collection and seconds per PPO update on the
+    task (the locomotion recipe's sizes), plus model-level timings on synthetic tensors, beside irom-lab/dppo's
+    model code timed on the same shapes (``ref=<dir holding its model/ package>``, ``ref_path=<extra sys.path>``,
+    ``ref_commit=<its commit, recorded>``); one torch thread each."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from diffplan.agents.dppo import chain_pairs
+    from diffplan.compose import load_config
+    from diffplan.training import OnlineSteps, setup
+
+    _path_as_override(args)
+    opts = dict(item.partition("=")[::2] for item in args.overrides if item.split("=")[0] in REF_OPTIONS)
+    overrides = [o for o in args.overrides if o.split("=")[0] not in REF_OPTIONS]
+    torch.set_num_threads(1)
+    cfg = load_config(args.path or "dppo", [
+        "task=hopper-medium", "hidden=512", "depth=3", "time_dim=16", "chunk=4", "execute_steps=4",
+        "diffusion_steps=20", "goal_conditioned=false", "torch_threads=1", "eval_every=0", *overrides,
+    ])
+    exp = setup(cfg, progress=False)
+    policy, algorithm = exp.agent.policy, exp.agent.algorithm
+    update_s: list[float] = []
+    update = algorithm.update
+
+    def timed_update(**kw: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return update(**kw)
+        finally:
+            update_s.append(time.perf_counter() - t0)
+
+    algorithm.update = timed_update  # type: ignore[method-assign]
+    steps = OnlineSteps(exp)
+    iterations, wall, env_steps = max(args.repeats, 1), [], []
+    try:
+        for _ in range(iterations + 1):  # the first iteration warms up (process start, allocations)
+            t0 = time.perf_counter()
+            _, n, _ = steps.step()
+            wall.append(time.perf_counter() - t0)
+            env_steps.append(n)
+    finally:
+        steps.close()
+    collect_s = [w - u for w, u in zip(wall[1:], update_s[1:], strict=True)]
+    ours_loop = {
+        "env_steps_per_update": cfg.env_steps_per_update, "train_envs": cfg.train_envs, "iterations": iterations,
+        "collect_env_steps_per_s": sum(env_steps[1:]) / sum(collect_s),
+        "update_s_per_iteration": float(np.mean(update_s[1:])), "iteration_s": float(np.mean(wall[1:])),
+    }
+    # model level, synthetic tensors of the reference's shapes
+    O, A, C, K, B, E = 11, 3, cfg.chunk, cfg.ft_denoising_steps, cfg.batch_size // cfg.ft_denoising_steps, cfg.train_envs
+    cond = torch.randn(E, O)
+    policy.sample_chain(cond, cfg.min_logprob_std)
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        policy.sample_chain(cond, cfg.min_logprob_std)
+    sample_ms = 1000 * (time.perf_counter() - t0) / args.steps
+    chain = torch.randn(B, K + 1, C, A)
+    big_cond = torch.randn(B, O)
+    x_t, x_next, k, rows = chain_pairs(chain)
+    with torch.no_grad():
+        old = algorithm._surrogate_log_prob(big_cond[rows], x_t, x_next, k).reshape(B, K)
+    batch = Batch(chain=chain, cond=big_cond, logp_old=old, adv=torch.randn(B), returns=torch.randn(B), v_s=torch.randn(B))
+    times = []
+    for i in range(args.steps + 1):
+        t0 = time.perf_counter()
+        algorithm._update_with_batch(batch, batch_size=B * K, repeat=1)
+        if i:
+            times.append(time.perf_counter() - t0)
+    minibatches = -(-(cfg.env_steps_per_update // cfg.execute_steps) * K // cfg.batch_size) * cfg.update_epochs
+    shapes = {"obs_dim": O, "act_dim": A, "chunk": C, "denoising_steps": cfg.diffusion_steps, "ft_steps": K,
+              "decisions": B, "envs": E, "repeats": args.steps}
+    ours_model = {"sample_ms": sample_ms, "update_minibatch_ms": 1000 * float(np.mean(times)),
+                  "actor_parameters": sum(p.numel() for p in policy.model.parameters()),
+                  "critic_parameters": sum(p.numel() for p in algorithm.critic.parameters())}
+    result: dict[str, Any] = {
+        "benchmark": "dppo-throughput", "task": cfg.task, "shapes": shapes, "minibatches_per_iteration": minibatches,
+        "ours": {"loop": ours_loop, "model": ours_model},
+        "command": "diffplan bench dppo-throughput " + " ".join([*([args.path] if args.path else []), *args.overrides,
+                                                                 f"--repeats {args.repeats}", f"--steps {args.steps}"]),
+    }
+    if opts.get("ref"):
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (opts["ref"], opts.get("ref_path", "")) if p),
+               "OMP_NUM_THREADS": "1"}
+        proc = subprocess.run([sys.executable, "-c", _REFERENCE_TIMING, json.dumps(shapes)], env=env, cwd=opts["ref"],
+                              capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise CheckpointError(f"bench dppo-throughput: the reference timing failed: {proc.stderr.strip()[-500:]}")
+        ref = json.loads(proc.stdout.strip().splitlines()[-1])
+        result["reference"] = {"model": ref, "source": opts["ref"], "commit": opts.get("ref_commit", "")}
+        result["speedup"] = {
+            "sample": ref["sample_ms"] / ours_model["sample_ms"],
+            "update_minibatch": ref["update_minibatch_ms"] / ours_model["update_minibatch_ms"],
+        }
+    return _write({**result, **machine_info()}, args.out or "benchmarks/dppo/throughput.json")
 
 
 BENCHMARKS = {
     "plan": bench_plan, "train": bench_train, "maze": bench_maze, "curve": bench_curve, "report": bench_report,
-    "ddp": bench_ddp, "sweep": bench_sweep, "fastgen": bench_fastgen,
+    "ddp": bench_ddp, "sweep": bench_sweep, "fastgen": bench_fastgen, "suite": bench_suite, "dppo": bench_dppo,
+    "dppo-throughput": bench_dppo_throughput,
 }

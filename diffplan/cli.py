@@ -1,4 +1,4 @@
-"""The ``diffplan`` command: data, train, eval, sweep, quickstart, bench, serve, deploy.
+"""The ``diffplan`` command: data, train, finetune, eval, sweep, quickstart, bench, serve, deploy.
 
 Examples::
 
@@ -10,6 +10,7 @@ Examples::
     diffplan train configs/experiments/diffuser-pointmaze-large.yaml seed=1
     diffplan config diffuser pointmaze-large
     diffplan train --resume runs/diffuser-pointmaze-umaze-s0-...
+    diffplan finetune dppo --from runs/diffusion_bc-hopper-medium-s0-... train_steps=50
     diffplan eval runs/diffuser-pointmaze-umaze-s0-... --episodes 100
     torchrun --nproc-per-node 2 -m diffplan train diffuser task=pointmaze-umaze batch_size=64
     diffplan sweep diffuser task=pointmaze-umaze lr=1e-3,3e-4 seed=0,1,2 --out sweeps/lr
@@ -185,6 +186,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from diffplan.checkpoint import load_checkpoint, parse_saved_config, resolve_checkpoint
+    from diffplan.compose import load_finetune_config
+    from diffplan.config import ConfigError
+    from diffplan.training import train
+
+    if not Path(args.source).exists():
+        raise ConfigError(f"finetune --from {args.source}: no such run directory or checkpoint")
+    _, config_yaml = load_checkpoint(args.source)
+    saved = parse_saved_config(config_yaml, f"checkpoint {resolve_checkpoint(args.source)}: config.yaml")
+    cfg = load_finetune_config(args.config, args.overrides, saved, str(args.source))
+    results = train(cfg, progress=not args.no_progress, overwrite=args.overwrite)
+    _print_final(results)
+    return 0
+
+
 def _print_final(results: dict[str, Any]) -> None:
     final = results["final"]
     line = (f"final ({final['episodes']} episodes): return {final['return_mean']:.1f} ± {final['return_se']:.1f}, "
@@ -243,8 +260,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from diffplan.bench import BENCHMARKS
 
     result = BENCHMARKS[args.what](args)
+    if args.what == "suite":  # its progress lines were the output; the JSON is one file per run
+        print(f"{len(result['runs'])} runs: " + ", ".join(
+            f"{n} {s}" for s, n in sorted(_count(result["runs"].values()).items())))
+        return 1 if result["failed"] else 0
     _print_json(result)
     return 0
+
+
+def _count(values: Any) -> dict[str, int]:
+    from collections import Counter
+
+    return dict(Counter(values))
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -332,6 +359,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run_dir holds a run: move it aside to <run_dir>.old-<time> (nothing is deleted)")
     train.set_defaults(func=cmd_train)
 
+    ft = sub.add_parser("finetune", help="fine-tune a pre-trained run online (dppo from diffusion_bc, ppo from bc)")
+    ft.add_argument("config", help="dppo | ppo, or an experiment / config file of one")
+    ft.add_argument("overrides", nargs="*", help="key=value overrides")
+    ft.add_argument("--from", dest="source", required=True, help="the pre-trained run directory (or checkpoint)")
+    ft.add_argument("--no-progress", action="store_true")
+    ft.add_argument("--overwrite", action="store_true",
+                    help="run_dir holds a run: move it aside to <run_dir>.old-<time> (nothing is deleted)")
+    ft.set_defaults(func=cmd_finetune)
+
     cfg = sub.add_parser("config", help="print an agent's resolved config on a task, each field documented")
     cfg.add_argument("agent")
     cfg.add_argument("task", nargs="?", help="task name or task file (default: the agent's default task)")
@@ -359,20 +395,29 @@ def build_parser() -> argparse.ArgumentParser:
     qs.set_defaults(func=cmd_quickstart)
 
     bench = sub.add_parser("bench", help="benchmarks that write JSON results")
-    bench.add_argument("what", choices=["plan", "train", "maze", "curve", "report", "ddp", "sweep", "fastgen"])
+    bench.add_argument("what", choices=["plan", "train", "maze", "curve", "report", "ddp", "sweep", "fastgen",
+                                        "suite", "dppo", "dppo-throughput"])
     bench.add_argument(
         "path", nargs="?",
-        help="run directory (plan, maze, curve), config (train) or results folder (report, default benchmarks)",
+        help="run directory (plan, maze, curve), config (train), suite file (suite) or results folder (report, "
+        "default benchmarks)",
     )
     bench.add_argument("overrides", nargs="*", help="key=value overrides (curve: more run directories)")
     bench.add_argument("--episodes", type=int, default=50)
     bench.add_argument("--repeats", type=int, default=50)
     bench.add_argument("--steps", type=int, default=300, help="env steps timed for the decision latency (plan)")
-    bench.add_argument("--out", default=None, help="JSON file to write (report: the page, default <folder>/README.md)")
+    bench.add_argument("--out", default=None, help="JSON file to write (report: the page, default <folder>/README.md; "
+                       "suite: the JSON folder, default benchmarks/suites/<name>)")
     bench.add_argument("--ranks", default="1,2", help="ddp: numbers of torchrun ranks to compare")
     bench.add_argument("--plan-to-end", action="store_true",
                        help="maze: also score plans followed to their end, no switch to the goal-directed PD")
     bench.add_argument("--plan-latency", action="store_true", help="maze: also time --repeats plans at batch 1")
+    bench.add_argument("--runs", default=None, help="suite: run directories (default runs/suites/<name>)")
+    bench.add_argument("--only", default=None,
+                       help="suite: comma-separated patterns of run names <task>/<agent>-s<seed> (fnmatch)")
+    bench.add_argument("--dry-run", action="store_true", help="suite: list the runs and their state, run nothing")
+    bench.add_argument("--parallel", type=int, default=1,
+                       help="suite: runs at once, each in its own process (0: in this process)")
     bench.set_defaults(func=cmd_bench)
 
     sweep = sub.add_parser("sweep", help="many runs (every combination of key=v1,v2 ... seed=0,1,2) as Ray tasks")

@@ -204,6 +204,33 @@ def load_config(
     return cfg
 
 
+def load_finetune_config(
+    source: str | os.PathLike, overrides: list[str] | None, pretrained: dict[str, Any], path: str
+) -> RunConfig:
+    """The config of ``diffplan finetune SOURCE --from PATH``: ``source`` (an agent, experiment or config file)
+    with ``init_from=PATH`` and the fields the agent takes from its pre-trained run (its config class's
+    ``PRETRAINED_KEYS``, from ``pretrained``, that run's saved config) layered above the method and task files
+    and below the experiment file and ``overrides``. The task is the run's unless the command names it; a run
+    of another agent or task is refused (:class:`ConfigError`)."""
+    overrides = list(overrides or [])
+    given = parse_overrides(overrides)
+    if "task" not in given and not _is_file_arg(source) and pretrained.get("task"):
+        overrides.insert(0, f"task={pretrained['task']}")
+    probe = load_config(source, overrides)
+    cls = type(probe)
+    wanted = getattr(cls, "PRETRAINED_AGENT", "")
+    if not wanted:
+        raise ConfigError(f"agent {probe.agent!r} does not fine-tune a pre-trained run (finetune: dppo, ppo)")
+    if pretrained.get("agent") != wanted:
+        raise ConfigError(
+            f"--from {path} is a {pretrained.get('agent')!r} run; {probe.agent} fine-tunes a {wanted!r} run"
+        )
+    if pretrained.get("task") != probe.task:
+        raise ConfigError(f"--from {path} was trained on task {pretrained.get('task')!r}, this config is for {probe.task!r}")
+    inherited = {k: pretrained[k] for k in cls.PRETRAINED_KEYS if k in pretrained and k not in given}
+    return load_config(source, [*overrides, f"init_from={path}"], base=inherited)
+
+
 def register_task(cfg: RunConfig) -> None:
     """Make the config's user maze (its ``maze:`` section) known to ``make_env`` in this process."""
     if cfg.maze is None:
@@ -236,7 +263,9 @@ def describe_config(agent: str, task: str | None = None, overrides: list[str] | 
         head.append("#   <- command line")
     tuned = CONFIG_DIR / "experiments" / f"{agent}-{cfg.task}.yaml"
     if tuned.is_file():
-        head.append(f"# Tuned experiment for this pair: diffplan train {_show(tuned)}")
+        pretrained = getattr(type(cfg), "PRETRAINED_AGENT", "")
+        command = f"finetune {_show(tuned)} --from <{pretrained} run>" if pretrained else f"train {_show(tuned)}"
+        head.append(f"# Tuned experiment for this pair: diffplan {command}")
     return "\n".join(head) + "\n\n" + documented_yaml(cfg)
 
 
@@ -246,6 +275,7 @@ __all__ = [
     "config_class",
     "describe_config",
     "load_config",
+    "load_finetune_config",
     "load_task",
     "method_layer",
     "register_task",

@@ -121,12 +121,21 @@ class RunConfig:
     train_steps: int = 10_000
     """Number of gradient steps."""
     max_train_minutes: float = 0.0
-    """Stop training after this much training wall time (evaluations excluded), even before train_steps;
-    0: no limit. Benchmarks use it for "score within N minutes of CPU training"."""
+    """Stop training after this much training time (evaluations excluded; ``budget_clock`` says which clock),
+    even before train_steps; 0: no limit. Benchmarks use it for "score within N minutes of CPU training"."""
+    budget_clock: str = "wall"
+    """The clock of ``max_train_minutes`` (and of ``train_time_s``, steps/s): ``wall`` (elapsed time) or
+    ``cpu`` (this process's CPU time over all its threads). A CPU budget is the one other work on the machine
+    cannot shrink: with ``torch_threads=1`` a CPU-minute is about a minute of one idle core, whatever else
+    runs. Online agents' env worker processes are not counted in it."""
     batch_size: int = 32
     """Training batch size."""
     lr: float = 2e-4
     """Adam learning rate."""
+    lr_decay: bool = False
+    """Cosine-anneal every learning rate of the agent to 0 over the run (Diffusion-QL's ``--lr_decay``): over
+    ``train_steps``, or with ``max_train_minutes`` over whichever budget ends the run first, by the fraction of
+    it spent (:mod:`diffplan.training.lr`)."""
     eval_every: int = 2_000
     """Evaluate every this many gradient steps (0: only at the end)."""
     eval_episodes: int = 10
@@ -159,6 +168,8 @@ class RunConfig:
 
 _AT_LEAST_ONE = ("train_steps", "batch_size", "log_every", "final_eval_episodes", "eval_envs", "dataset_steps",
                  "video_every")
+BUDGET_CLOCKS = ("wall", "cpu")
+"""Values of :attr:`RunConfig.budget_clock`."""
 _NOT_NEGATIVE = ("seed", "eval_every", "checkpoint_every", "max_train_minutes", "torch_threads", "plot_plans", "video_frames")
 
 
@@ -177,6 +188,8 @@ def check_run_fields(cfg: RunConfig) -> None:
         value = getattr(cfg, name)
         if value < 0:
             raise ConfigError(f"{name}={value} must be >= 0")
+    if cfg.budget_clock not in BUDGET_CLOCKS:
+        raise ConfigError(f"budget_clock={cfg.budget_clock!r}: expected one of {', '.join(BUDGET_CLOCKS)}")
     if cfg.eval_every > 0 and cfg.eval_episodes < 1:
         raise ConfigError(f"eval_episodes={cfg.eval_episodes} must be >= 1 when eval_every={cfg.eval_every} > 0")
 

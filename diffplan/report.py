@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "MIN_SEEDS", "ReportError", "Row", "RunResult", "aggregate", "by_dataset_then_agent", "format_score", "generate",
-    "sweep_table", "write",
+    "MIN_SEEDS", "PUBLISHED", "ReportError", "Row", "RunResult", "aggregate", "by_dataset_then_agent", "format_score",
+    "generate", "suite_results", "suite_tables", "sweep_table", "truncated", "write",
 ]
 
 MIN_SEEDS = 3
@@ -37,6 +37,17 @@ AGENT_ORDER = (
 """Baselines first, then the diffusion agents, so each table reads baseline -> agent."""
 
 MAZES = ("umaze", "medium", "large")
+
+MAZE_EPISODE_STEPS = {"umaze": 300, "medium": 600, "large": 800}
+"""Every PointMaze evaluation episode runs to this limit (a continuing task: reaching the goal ends nothing)."""
+
+TRUNCATED = "†"
+TRUNCATED_NOTE = (
+    f"{TRUNCATED} Not shown: measured by the evaluator before 2026-11-22 (fixed in commit 8c2cfbd), which read "
+    "each episode's success and length from only its last 64 steps; the mean length it recorded (44 / 24 / 32 "
+    "for the 300 / 600 / 800-step mazes) gives it away. Not re-measured (the trained runs are not kept). Scores "
+    "are unaffected: the Collector sums each episode's return over all its steps."
+)
 
 
 class ReportError(ValueError):
@@ -158,6 +169,27 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
     return lines
 
 
+OTHER_EPISODES = "‡"
+OTHER_EPISODES_NOTE = (
+    f"{OTHER_EPISODES} Evaluated on other episodes than the rest of the table (5 evaluation envs, before the "
+    "protocol seed was recorded; the others: 20 envs, seed 12345), so not comparable row to row; kept for the "
+    "record until re-measured."
+)
+
+
+def _maze_name(text: str) -> str | None:
+    match = re.search(r"pointmaze-(umaze|medium|large)", text)
+    return match.group(1) if match else None
+
+
+def truncated(final: dict[str, Any], task: str) -> bool:
+    """Whether a maze evaluation's success and length come from the truncated evaluator: its episodes all run
+    to the maze's limit, so a whole-episode evaluation records exactly that length; the old one recorded less."""
+    maze = _maze_name(task)
+    length = final.get("length_mean")
+    return maze is not None and length is not None and length < MAZE_EPISODE_STEPS[maze]
+
+
 def _short(dataset: str) -> str:
     return dataset.removeprefix("minari:").removeprefix("diffplan/")
 
@@ -227,6 +259,7 @@ def _run_result(
     """A RunResult from a run's ``results.json``-shaped dict (``final`` holds the evaluation)."""
     try:
         final = data["final"]
+        cut = truncated(final, str(data.get("task") or data.get("dataset", "")))
         return RunResult(
             file=rel,
             agent=data["agent"],
@@ -241,8 +274,9 @@ def _run_result(
                 "gradient_steps": data.get("gradient_steps"),
                 "train_min": float(data["train_time_s"]) / 60,
                 "steps_per_s": data.get("steps_per_s"),
-                "success": final.get("success_rate"),
-                "length": final.get("length_mean"),
+                "success": None if cut else final.get("success_rate"),
+                "length": None if cut else final.get("length_mean"),
+                "truncated": 1.0 if cut else None,
                 "plan_ms": final.get("plan_ms_median"),
                 **(extra or {}),
             },
@@ -250,6 +284,15 @@ def _run_result(
         )
     except KeyError as exc:
         raise ReportError(f"{rel}: missing field {exc}") from exc
+
+
+def _success_cell(row: Row) -> str:
+    return TRUNCATED if row.mean("truncated") else _num(row.mean("success"), 2)
+
+
+def _truncation_note(sec: _Section, rows: Iterable[Row]) -> None:
+    if any(r.mean("truncated") for r in rows):
+        sec.add("", TRUNCATED_NOTE)
 
 
 def _seeds_cell(row: Row) -> str:
@@ -284,7 +327,7 @@ def _intro(root: Path) -> list[str]:
         f"* **seeds** is the number of training seeds of a row. The project's standard is at least {MIN_SEEDS} seeds",
         "  per result; rows with fewer (marked ⚠) do **not** meet it yet. Today most rows are one seed.",
         "* Evaluation episodes are drawn from a fixed seed (the task's evaluation protocol), so every row of a",
-        "  table sees the same start states and goals.",
+        f"  table sees the same start states and goals; rows marked {OTHER_EPISODES} did not and say so.",
         "* Budgets are short CPU trainings (minutes, not the papers' 1M gradient steps) on shared machines; the",
         "  locomotion datasets are made locally with weaker experts than D4RL's, so their scores are not",
         "  comparable with published D4RL numbers.",
@@ -303,11 +346,12 @@ def _quickstart(root: Path) -> _Section:
         *_table(
             ["normalized score", "success", "episodes", "seeds", "gradient steps", "train time", "plan ms (median)",
              "wall time in all"],
-            [[format_score(Row((run,))), _num(run.extra["success"], 2), str(run.episodes), _seeds_cell(Row((run,))),
+            [[format_score(Row((run,))), _success_cell(Row((run,))), str(run.episodes), _seeds_cell(Row((run,))),
               _int(run.extra["gradient_steps"]), _num(run.extra["train_min"], 1, " min"),
               _num(run.extra["plan_ms"], 0), _num(data.get("wall_time_total_s", 0) / 60, 1, " min")]],
         ),
     )
+    _truncation_note(sec, [Row((run,))])
     sec.commands([("quickstart", run.command)])
     return sec
 
@@ -328,10 +372,11 @@ def _maze(root: Path) -> _Section:
     sec.add(*_table(
         ["lr", "normalized score", "success", "episodes", "seeds", "gradient steps", "train time", "steps/s",
          "plan ms (median)"],
-        [[r.first.variant, format_score(r), _num(r.mean("success"), 2), str(r.first.episodes), _seeds_cell(r),
+        [[r.first.variant, format_score(r), _success_cell(r), str(r.first.episodes), _seeds_cell(r),
           _int(r.mean("gradient_steps")), _num(r.mean("train_min"), 1, " min"), _num(r.mean("steps_per_s"), 2),
           _num(r.mean("plan_ms"), 0)] for r in rows],
     ))
+    _truncation_note(sec, rows)
     for d in short.values():
         sec.note_machine(d)
     sec.commands(c for r in rows for c in _row_commands(f"lr {r.first.variant}", r))
@@ -343,8 +388,9 @@ def _maze(root: Path) -> _Section:
     sec.add(*_table(
         ["dataset", "train time", "gradient steps", "normalized score", "success", "episodes", "seeds"],
         [[_short(r.first.dataset), _num(r.mean("train_min"), 0, " min"), _int(r.mean("gradient_steps")),
-          format_score(r), _num(r.mean("success"), 2), str(r.first.episodes), _seeds_cell(r)] for r in rows],
+          format_score(r), _success_cell(r), str(r.first.episodes), _seeds_cell(r)] for r in rows],
     ))
+    _truncation_note(sec, rows)
     sec.commands(c for r in rows for c in _row_commands(_short(r.first.dataset) + f", {r.first.budget_min:.0f} min", r))
 
     sec.add(
@@ -361,12 +407,15 @@ def _maze(root: Path) -> _Section:
         planner, base = d["planner"], d["go_to_goal_baseline"]
         settings = " ".join(o for o in d["overrides"] if not o.startswith("torch_threads")) or "as trained"
         hard = d.get("planner_hard"), d.get("baseline_hard")
+        # "hard" episodes are the baseline's failures: with a truncated success they are not the right set.
+        cut = truncated(planner, d["task"]) or truncated(base, d["task"])
         table.append([
             d["task"], settings, _num(d.get("train_time_s", 0) / 60, 0, " min"), _int(d.get("gradient_steps")),
             f"{planner['normalized_score']:.1f} ± {planner['normalized_score_se']:.1f}",
-            _num(planner["success_rate"], 2), str(planner["episodes"]), "1 ⚠",
-            f"{base['normalized_score']:.1f} ± {base['normalized_score_se']:.1f}", _num(base["success_rate"], 2),
-            str(d["hard_episodes"]),
+            TRUNCATED if cut else _num(planner["success_rate"], 2), str(planner["episodes"]), "1 ⚠",
+            f"{base['normalized_score']:.1f} ± {base['normalized_score_se']:.1f}",
+            TRUNCATED if cut else _num(base["success_rate"], 2), TRUNCATED if cut else str(d["hard_episodes"]),
+            TRUNCATED if cut else
             "—" if hard[0] is None else f"{hard[0]['normalized_score']:.1f} / {hard[1]['normalized_score']:.1f}",
         ])
         labelled.append((f"{d['task']}, {settings}", _command(d)))
@@ -375,6 +424,7 @@ def _maze(root: Path) -> _Section:
          "seeds", "go-to-goal score", "go-to-goal success", "hard episodes", "hard: planner / baseline"],
         table,
     ))
+    sec.add("", TRUNCATED_NOTE)
     sec.commands(labelled)
 
     sec.add("", "### Planning latency (batch 1)", "")
@@ -395,6 +445,10 @@ def _maze(root: Path) -> _Section:
         "", "![learning curves](maze_curves.png)", "",
         "Plans of the medium-maze planner drawn over the maze:", "", "![medium plans](medium_plans.png)",
     )
+    cut = [label for label, run in curves["runs"].items() if truncated(run["final"], label)]
+    if cut:
+        sec.add("", f"The success curve of {', '.join(cut)} in the figure comes from the truncated evaluator "
+                f"({TRUNCATED} above): read only its scores.")
     sec.commands([("curves", _command(curves))])
     return sec
 
@@ -421,7 +475,7 @@ def _hierarchical(root: Path) -> _Section | None:
     sec = _Section(root, "Maze: hierarchical vs flat planner")
     sec.add(
         "Hierarchical Diffuser (subgoals every 15 steps, a 16-step low level between them) beside the flat",
-        "Diffuser, each trained for the same wall-clock budget, one run at a time, by",
+        "Diffuser, each trained for the same budget (CPU- or wall-minutes of training, as the row says) by",
         "`benchmarks/hierarchical/run.sh`, and scored by `diffplan bench maze` on the same protocol episodes.",
         "\"as trained\": the shipped execution (plan tracked, then PD to the goal near its end); \"plan to end\": the",
         "plan followed to its end, then the agent brakes (no goal-directed PD switch: what the planner alone",
@@ -440,6 +494,7 @@ def _hierarchical(root: Path) -> _Section | None:
                 score=float(planner["normalized_score"]), score_se=float(planner["normalized_score_se"]),
                 episodes=int(planner["episodes"]), variant=d.get("execution", ""),
                 budget_min=round(float(d["train_time_s"]) / 60), command=_command(d),
+                extra={"cpu_clock": 1.0 if d.get("budget_clock") == "cpu" else 0.0},
             ))
         except (KeyError, TypeError) as exc:
             raise ReportError(f"{rel}: missing field {exc}") from exc
@@ -452,9 +507,10 @@ def _hierarchical(root: Path) -> _Section | None:
             return statistics.fmean(values) if values else None
 
         end = [d.get("plan_to_end") for d in ds]
-        label = f"{row.first.dataset} {row.first.agent}, {row.first.budget_min:.0f} min"
+        budget = f"{row.first.budget_min:.0f} {'CPU-' if row.first.extra.get('cpu_clock') else 'wall-'}min"
+        label = f"{row.first.dataset} {row.first.agent}, {budget}"
         table.append([
-            row.first.dataset, row.first.agent, f"{row.first.budget_min:.0f} min", _seeds_cell(row),
+            row.first.dataset, row.first.agent, budget, _seeds_cell(row),
             _int(mean(lambda d: d.get("gradient_steps"))), _num(mean(lambda d: d.get("steps_per_s")), 2),
             _num(mean(lambda d: (d.get("plan_latency") or {}).get("plan_ms_median")), 0),
             format_score(row), _num(mean(lambda d: d["planner"]["success_rate"]), 2),
@@ -503,10 +559,11 @@ def _qactors(root: Path) -> _Section:
     sec.add(*_table(
         ["agent", "normalized score", "success", "episodes", "seeds", "gradient steps", "train time",
          "plan ms (median)", "decision ms (median / mean)"],
-        [[r.first.agent, format_score(r), _num(r.mean("success"), 2), str(r.first.episodes), _seeds_cell(r),
+        [[r.first.agent, format_score(r), _success_cell(r), str(r.first.episodes), _seeds_cell(r),
           _int(r.mean("gradient_steps")), _num(r.mean("train_min"), 0, " min"), _num(r.mean("lat_plan_ms"), 1),
           f"{_num(r.mean('decision_median'), 1)} / {_num(r.mean('decision_mean'), 1)}"] for r in rows],
     ))
+    _truncation_note(sec, rows)
     labelled = [c for r in rows for c in _row_commands(f"{r.first.agent} training", r)]
     labelled += [(f"{a} latency", _command(d)) for a, d in latency.items()]
     sec.commands(labelled)
@@ -535,6 +592,9 @@ def _locomotion(root: Path) -> _Section:
             lat = sec.read(f"locomotion/{lat_path.name}")
             extra["decision_median"] = lat.get("decision_ms_median", lat.get("plan_ms_median"))
             extra["decision_mean"] = lat.get("decision_ms_mean", lat.get("plan_ms_median"))
+        # Results from before the evaluation protocol recorded its seed were evaluated on other episodes
+        # (eval_envs=5 where run.sh uses 20: with the protocol seed, the env count decides the episodes).
+        extra["other_episodes"] = None if "eval_seed" in data else 1.0
         runs.append(_run_result(rel, data, extra=extra))
     rows = by_dataset_then_agent(aggregate(runs))
     labelled: list[tuple[str, str]] = []
@@ -544,12 +604,15 @@ def _locomotion(root: Path) -> _Section:
         sec.add(*_table(
             ["agent", "variant", "normalized score", "episodes", "seeds", "episode length", "train time",
              "gradient steps", "decision ms (median / mean)"],
-            [[r.first.agent, r.first.variant or "—", format_score(r), str(r.first.episodes), _seeds_cell(r),
-              _int(r.mean("length")), _num(r.mean("train_min"), 1, " min"), _int(r.mean("gradient_steps")),
+            [[r.first.agent, r.first.variant or "—", format_score(r),
+              f"{r.first.episodes} {OTHER_EPISODES}" if r.mean("other_episodes") else str(r.first.episodes),
+              _seeds_cell(r), _int(r.mean("length")), _num(r.mean("train_min"), 1, " min"), _int(r.mean("gradient_steps")),
               "—" if r.mean("decision_median") is None
               else f"{_num(r.mean('decision_median'), 1)} / {_num(r.mean('decision_mean'), 1)}"]
              for r in these],
         ))
+        if any(r.mean("other_episodes") for r in these):
+            sec.add("", OTHER_EPISODES_NOTE)
         sec.add("")
         for r in these:
             label = f"{_short(dataset)} {r.first.agent}" + (f" ({r.first.variant})" if r.first.variant else "")
@@ -815,8 +878,261 @@ def _fastgen(root: Path) -> _Section:
     return sec
 
 
+# ------------------------------------------------------------------------------------------------ suites
+
+SUITE_RUN = "suite-run"
+"""``kind`` of a run JSON written by ``diffplan bench suite`` (:mod:`diffplan.suite`)."""
+
+PUBLISHED: dict[str, tuple[str, dict[str, float]]] = {
+    "bc": ("BC as tabulated by Diffusion-QL (Wang et al. 2023) and Decision Diffuser (Ajay et al. 2023), D4RL -v2",
+           {"hopper-medium": 52.9, "walker2d-medium": 75.3, "halfcheetah-medium": 42.6}),
+    "td3bc": ("TD3+BC (Fujimoto & Gu 2021), D4RL -v2",
+              {"hopper-medium": 59.3, "walker2d-medium": 83.7, "halfcheetah-medium": 48.3}),
+    "cql": ("CQL(H) (Kumar et al. 2020, Table 1), D4RL -v0",
+            {"hopper-medium": 58.0, "walker2d-medium": 79.2, "halfcheetah-medium": 44.4}),
+    "diffusion_ql": ("Diffusion-QL (Wang et al. 2023), D4RL -v2",
+                     {"hopper-medium": 90.5, "walker2d-medium": 87.0, "halfcheetah-medium": 51.1}),
+    "idql": ("IDQL (Hansen-Estruch et al. 2023, the one-setting IDQL row), D4RL -v2",
+             {"hopper-medium": 63.1, "walker2d-medium": 80.2, "halfcheetah-medium": 49.7}),
+    # HalfCheetah: 42.8 in the authors' own table (jannerm/diffuser scripts/table.py); the Decision Diffuser
+    # paper quotes Diffuser at 44.2 there.
+    "diffuser": ("Diffuser (Janner et al. 2022, the authors' table), D4RL -v2",
+                 {"hopper-medium": 74.3, "walker2d-medium": 79.6, "halfcheetah-medium": 42.8}),
+    "decision_diffuser": ("Decision Diffuser (Ajay et al. 2023), D4RL -v2",
+                          {"hopper-medium": 79.3, "walker2d-medium": 82.5, "halfcheetah-medium": 49.1}),
+}
+"""The papers' D4RL-normalized scores on the -medium datasets (agent -> (source, task -> score)). They were
+measured on D4RL's own files; ours are same-level behaviour policies on Gymnasium's v5 envs: set beside, not
+equal."""
+
+
+def suite_results(root: Path | str = "benchmarks") -> dict[str, list[tuple[str, dict[str, Any]]]]:
+    """Every suite's run JSONs under ``<root>/suites/<name>/``: name -> [(file relative to root, data)], sorted.
+
+    Raises:
+        ReportError: a JSON file there that is not valid JSON or not a suite run's.
+    """
+    root = Path(root)
+    out: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for folder in sorted(p for p in (root / "suites").glob("*") if p.is_dir()):
+        runs = []
+        for path in sorted(folder.rglob("*.json")):
+            data = _load(path)
+            if not isinstance(data, dict) or data.get("kind") != SUITE_RUN:
+                raise ReportError(f"{path}: not a suite run's JSON (kind: {SUITE_RUN})")
+            runs.append((str(path.relative_to(root)), data))
+        if runs:
+            out[folder.name] = runs
+    return out
+
+
+def _suite_run(rel: str, data: dict[str, Any]) -> RunResult:
+    try:
+        ev = data["eval"]
+        scored = ev.get("normalized_score") is not None
+        return RunResult(
+            file=rel, agent=data["agent"], dataset=data["task"], seed=int(data["seed"]),
+            score=float(ev["normalized_score"] if scored else ev["return_mean"]),
+            score_se=float(ev["normalized_score_se"] if scored else ev["return_se"]),
+            episodes=int(ev["episodes"]), variant=str(data.get("settings", "")),
+            extra={"gradient_steps": data["gradient_steps"], "train_min": float(data["train_time_s"]) / 60,
+                   "return": ev["return_mean"], "decision_median": data["decision_ms"]["median"],
+                   "decision_p95": data["decision_ms"]["p95"], "scored": 1.0 if scored else 0.0},
+            command=data.get("train_command", ""),
+        )
+    except (KeyError, TypeError) as exc:
+        raise ReportError(f"{rel}: missing field {exc}") from exc
+
+
+def _episodes_key(data: dict[str, Any]) -> tuple[Any, ...]:
+    ev = data["eval"]
+    return ev["protocol_seed"], ev["eval_envs"], ev["episodes"]
+
+
+def _budget_text(budget: dict[str, Any]) -> str:
+    parts = []
+    if budget.get("train_minutes"):
+        clock = {"cpu": "CPU-", "wall": "wall-"}.get(budget.get("clock", ""), "")
+        parts.append(f"{budget['train_minutes']:g} training {clock}min")
+    if budget.get("gradient_steps"):
+        parts.append(f"{budget['gradient_steps']} gradient steps")
+    return " or ".join(parts) + (" (first reached)" if len(parts) == 2 else "")
+
+
+def suite_tables(runs: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """One suite's Markdown: per task, a table of its agents (rows: seeds aggregated by :func:`aggregate`) beside
+    the papers' numbers (:data:`PUBLISHED`).
+
+    Raises:
+        ReportError: runs of one task evaluated on different episodes (protocol seed, eval envs, episodes) or
+            trained with different budgets: they cannot share a table.
+    """
+    lines: list[str] = []
+    tasks: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for rel, data in runs:
+        if "task" not in data:
+            raise ReportError(f"{rel}: missing field 'task'")
+        tasks.setdefault(data["task"], []).append((rel, data))
+    for task in sorted(tasks):
+        members = tasks[task]
+        for what, key in (("episodes (protocol seed, eval envs, episodes)", _episodes_key),
+                          ("budgets", lambda d: json.dumps(d["budget"], sort_keys=True))):
+            try:
+                keys = {key(d): rel for rel, d in members}
+            except KeyError as exc:
+                raise ReportError(f"{task}: a run JSON is missing field {exc}") from exc
+            if len(keys) > 1:
+                shown = "; ".join(f"{k} in {rel}" for k, rel in keys.items())
+                raise ReportError(f"{task}: runs with different {what} cannot share a table: {shown}")
+        rows = by_dataset_then_agent(aggregate(_suite_run(rel, d) for rel, d in members))
+        first = members[0][1]
+        seed, envs, episodes = _episodes_key(first)
+        dataset = first.get("dataset", "")
+        lines += [f"### {task}", "",
+                  (f"Dataset `{_short(dataset)}`; budget {_budget_text(first['budget'])} per run; {episodes} final "
+                  f"episodes per run from the protocol seed {seed} over {envs} envs (the same episodes in every row)."),
+                  ""]
+        table = []
+        for r in rows:
+            paper = PUBLISHED.get(r.first.agent, ("", {}))[1].get(task)
+            scored = bool(r.mean("scored"))
+            table.append([
+                r.first.agent, r.first.variant or "—",
+                f"{r.score_mean:.1f} ± {r.score_se:.1f}" + ("" if scored else " (return)"),
+                ", ".join(f"s{x.seed} {x.score:.1f}" for x in r.runs),
+                _mean_se([float(x.extra["return"]) for x in r.runs]),  # type: ignore[arg-type]
+                f"{_num(r.mean('decision_median'), 1)} / {_num(r.mean('decision_p95'), 1)}",
+                _int(r.mean("gradient_steps")), _num(r.mean("train_min"), 1, " min"), _budget_text(first["budget"]),
+                str(len(r.runs)) if len(r.runs) >= MIN_SEEDS else f"{len(r.runs)} ⚠ (fewer than {MIN_SEEDS})",
+                _num(paper, 1),
+            ])
+        lines += _table(["agent", "settings", "D4RL-normalized (mean ± s.e. over seeds)", "per seed",
+                         "raw return", "decision ms (median / p95)", "gradient steps", "training time", "budget", "seeds",
+                         "paper (D4RL's file)"], table)
+        lines += [""]
+    cited = sorted({PUBLISHED[a][0] for a in {d["agent"] for _, d in runs} if a in PUBLISHED})
+    if cited:
+        lines += ["\"paper\" is the published score on D4RL's own -medium file, from: " + "; ".join(cited) + ". "
+                  "Ours are trained on datasets from same-level behaviour policies on Gymnasium's v5 envs, so the "
+                  "columns sit side by side, not on the same data.", ""]
+    lines += [("With one seed the ± is the standard error over that seed's episodes; with two or more, over the "
+              "per-seed means (raw return likewise)."), ""]
+    return lines
+
+
+def _suites(root: Path) -> _Section:
+    sec = _Section(root, "Benchmark suites")
+    sec.add(
+        "`diffplan bench suite <suite.yaml>` runs agents × tasks × seeds at one fixed training budget and writes one",
+        "JSON per run under `suites/<name>/`; this section and each suite's learning-curve figure",
+        "(`suites/<name>/curves.png`, mean ± s.e. band over seeds) are generated from them.",
+        "",
+    )
+    suites = suite_results(root)
+    if not suites:
+        sec.add("No suite results are committed yet: `diffplan bench suite benchmarks/suites/locomotion-medium.yaml`",
+                "writes them to `benchmarks/suites/locomotion-medium/`. The papers' -medium scores they will stand",
+                "beside (D4RL's own files):", "")
+        tasks = ("hopper-medium", "walker2d-medium", "halfcheetah-medium")
+        sec.add(*_table(["agent", *tasks, "source"],
+                        [[a, *(_num(v.get(t), 1) for t in tasks), src] for a, (src, v) in PUBLISHED.items()]))
+        sec.files.append("suites/")
+        return sec
+    for name, runs in suites.items():
+        for rel, data in runs:
+            sec.files.append(rel)
+            sec.note_machine({"date": data.get("date"), "machine": data.get("machine"),
+                              "load_avg": data.get("load_avg_start")})
+        sec.add(f"### Suite `{name}` (`{runs[0][1].get('suite_file', '')}`)", "")
+        sec.add(*suite_tables(runs))
+        if any(d.get("curve") for _, d in runs):
+            sec.add(f"![learning curves of {name}](suites/{name}/curves.png)", "")
+        commits = sorted({str(d.get("git_commit")) for _, d in runs})
+        sec.add(f"Git commit(s): {', '.join(commits)}.")
+        sec.commands([(name, runs[0][1].get("command", ""))]
+                     + [(f"{d['task']} {d['agent']} seed {d['seed']}", d.get("train_command", "")) for _, d in runs])
+    return sec
+
+
+def _mean_se(values: Sequence[float]) -> str:
+    """mean ± s.e. over seeds (a single value: no ±)."""
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.fmean(values):.1f} ± {statistics.stdev(values) / math.sqrt(len(values)):.1f}"
+
+
+def _finetune(root: Path) -> _Section:
+    sec = _Section(root, "Online fine-tuning: DPPO and the Gaussian PPO baseline")
+    sec.add(
+        "A pre-trained policy fine-tuned online (`diffplan finetune`): DPPO from a `diffusion_bc` run beside Tianshou's",
+        "PPO from a Gaussian `bc` run, both pre-trained on the same dataset and fine-tuned for the same env steps",
+        "(`diffplan bench dppo`). Each row is one evaluation point of the fine-tuning runs (env steps 0: the",
+        "pre-trained policy as the fine-tuning run acts), normalized score mean ± s.e. over the training seeds on the",
+        "evaluation protocol's episodes, with the training wall clock (evaluations excluded) it took.",
+        "",
+    )
+    labelled = []
+    results = [p for p in sorted((root / "dppo").glob("*.json")) if p.name != "throughput.json"]
+    for path in results:
+        rel = f"dppo/{path.name}"
+        data = sec.read(rel)
+        if data.get("benchmark") != "dppo":
+            continue
+        sec.add(f"### {data['task']} (`{rel}`)", "")
+        rows = []
+        for agent, pre in (("dppo", "diffusion_bc"), ("ppo", "bc")):
+            pre_scores = [r["normalized_score"] for r in data["pretrained"][pre] if r.get("normalized_score") is not None]
+            rows.append([f"{pre} (pre-training)", "—", "—", _mean_se(pre_scores) if pre_scores else "—",
+                         str(len(pre_scores)) + ("" if len(pre_scores) >= MIN_SEEDS else " ⚠")])
+            curves = data["curves"][agent]
+            for i in range(min((len(c["points"]) for c in curves), default=0)):
+                points = [c["points"][i] for c in curves]
+                scores = [p["normalized_score"] for p in points if p.get("normalized_score") is not None]
+                rows.append([agent, _int(statistics.fmean(p["env_steps"] for p in points)),
+                             _num(statistics.fmean(p["train_time_s"] for p in points) / 60, 1, " min"),
+                             _mean_se(scores) if scores else "—",
+                             str(len(points)) + ("" if len(points) >= MIN_SEEDS else " ⚠")])
+        sec.add(*_table(["agent", "env steps", "training time", "normalized score", "seeds"], rows), "")
+        labelled.append((data["task"], _command(data)))
+    if not labelled:
+        sec.add("No fine-tuning results are committed yet (`diffplan bench dppo` trains them: hours on a 2-core CPU).",
+                "")
+    path = root / "dppo" / "throughput.json"
+    if path.exists():
+        d = sec.read("dppo/throughput.json")
+        shapes, ours, loop = d["shapes"], d["ours"]["model"], d["ours"]["loop"]
+        ref = d.get("reference", {}).get("model", {})
+        sec.add(
+            "### Throughput beside irom-lab/dppo", "",
+            f"Our training loop on {d['task']} ({loop['train_envs']} Subproc envs, {loop['env_steps_per_update']} env "
+            f"steps per update, mean of {loop['iterations']} updates):",
+            f"collection {loop['collect_env_steps_per_s']:.0f} env steps/s, {loop['update_s_per_iteration']:.1f} s per "
+            f"PPO update ({d['minibatches_per_iteration']} minibatches). The rows below time the same work on",
+            "synthetic tensors in both implementations (DPPO's own model code, imported without its env stack; the",
+            f"same network sizes): one exploring sample of {shapes['envs']} chunks of {shapes['chunk']}x"
+            f"{shapes['act_dim']} actions over {shapes['denoising_steps']} DDPM steps, and one PPO minibatch step on",
+            f"{shapes['decisions']} decisions x {shapes['ft_steps']} fine-tuned denoising steps (forward, backward, "
+            "both Adam steps). One torch thread.",
+            "",
+        )
+        commit = d.get("reference", {}).get("commit", "")
+        rows = [["exploring sample (ms)", _num(ours["sample_ms"], 1), _num(ref.get("sample_ms"), 1),
+                 _num(d.get("speedup", {}).get("sample"), 2, "x")],
+                ["PPO minibatch step (ms)", _num(ours["update_minibatch_ms"], 0), _num(ref.get("update_minibatch_ms"), 0),
+                 _num(d.get("speedup", {}).get("update_minibatch"), 2, "x")],
+                ["actor / critic parameters", f"{ours['actor_parameters']} / {ours['critic_parameters']}",
+                 f"{ref['actor_parameters']} / {ref['critic_parameters']}" if ref else "—", ""]]
+        sec.add(*_table(["", "diffplan", f"irom-lab/dppo{' @ ' + commit[:8] if commit else ''}", "speed-up"], rows))
+        labelled.append(("throughput", _command(d)))
+    while sec.lines[-1] == "":
+        sec.lines.pop()
+    sec.commands(labelled)
+    return sec
+
+
 SECTIONS: tuple[Callable[[Path], _Section | None], ...] = (
-    _quickstart, _maze, _hierarchical, _qactors, _locomotion, _datasets, _robot, _fastgen, _scaleout,
+    _quickstart, _maze, _hierarchical, _qactors, _locomotion, _suites, _datasets, _robot, _fastgen, _finetune,
+    _scaleout,
 )
 """Page sections in order; a section function returns None while it has no results to show."""
 

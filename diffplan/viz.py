@@ -154,3 +154,87 @@ def plot_learning_curves(curves: dict[str, list[dict[str, Any]]]) -> Any:
     score_ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def suite_curves(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, np.ndarray]]]:
+    """Mean ± s.e. over seeds of the learning curves of suite runs (their JSON's ``curve`` points), per task and
+    agent: ``{task: {agent: {"steps", "steps_mean", "steps_se", "minutes", "minutes_mean", "minutes_se"}}}``.
+
+    Against gradient steps: the evaluation steps every seed has (seeds evaluate at the same multiples of
+    ``eval_every``; a time budget ends them at different steps). Against training minutes: each seed's curve
+    interpolated linearly on 25 points over the minutes every seed's evaluations span. One seed: its own curve, s.e. 0.
+    """
+    grouped: dict[str, dict[str, list[list[dict[str, Any]]]]] = {}
+    for run in runs:
+        points = [p for p in run.get("curve", []) if p.get("normalized_score") is not None]
+        if points:
+            grouped.setdefault(run["task"], {}).setdefault(run["agent"], []).append(points)
+    out: dict[str, dict[str, dict[str, np.ndarray]]] = {}
+    for task, agents in sorted(grouped.items()):
+        for agent, seeds in agents.items():
+            common = sorted(set.intersection(*({p["step"] for p in s} for s in seeds)))
+            by_step = np.array([[next(p["normalized_score"] for p in s if p["step"] == st) for st in common]
+                                for s in seeds])
+            # the span every seed covers: no seed's curve is extended past its own evaluations
+            start = max(s[0]["train_time_s"] for s in seeds) / 60
+            end = min(s[-1]["train_time_s"] for s in seeds) / 60
+            minutes = np.linspace(start, max(start, end), 25)
+            by_min = np.array([np.interp(minutes, [p["train_time_s"] / 60 for p in s],
+                                         [p["normalized_score"] for p in s]) for s in seeds])
+            n = len(seeds)
+            out.setdefault(task, {})[agent] = {
+                "steps": np.array(common, dtype=float), "steps_mean": by_step.mean(0),
+                "steps_se": by_step.std(0, ddof=1) / np.sqrt(n) if n > 1 else np.zeros(len(common)),
+                "minutes": minutes, "minutes_mean": by_min.mean(0),
+                "minutes_se": by_min.std(0, ddof=1) / np.sqrt(n) if n > 1 else np.zeros(len(minutes)),
+                "seeds": np.array([n]),
+            }
+    return out
+
+
+def plot_suite_curves(runs: Sequence[dict[str, Any]]) -> Any | None:
+    """One row per task: D4RL-normalized score vs gradient steps and vs training minutes, one line per agent
+    with its ± s.e. band over seeds (:func:`suite_curves`); None when no run has curve points."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    curves = suite_curves(runs)
+    if not curves:
+        return None
+    fig = Figure(figsize=(11, 3.2 * len(curves)))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(curves), 2, squeeze=False)
+    for (task, agents), (ax_steps, ax_min) in zip(curves.items(), axes, strict=True):
+        for agent, c in agents.items():
+            label = f"{agent} ({int(c['seeds'][0])} seed{'s' if c['seeds'][0] > 1 else ''})"
+            for ax, x, key in ((ax_steps, c["steps"], "steps"), (ax_min, c["minutes"], "minutes")):
+                line = ax.plot(x, c[f"{key}_mean"], marker="." if key == "steps" else None, label=label)[0]
+                ax.fill_between(x, c[f"{key}_mean"] - c[f"{key}_se"], c[f"{key}_mean"] + c[f"{key}_se"],
+                                color=line.get_color(), alpha=0.2)
+        ax_steps.set(title=f"{task}: vs gradient steps", xlabel="gradient steps", ylabel="D4RL-normalized score")
+        ax_min.set(title=f"{task}: vs training minutes", xlabel="training minutes (CPU)")
+        ax_steps.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def write_suite_figures(root: Any = "benchmarks") -> list[Any]:
+    """Draw every committed suite's curves to ``<root>/suites/<name>/curves.png`` (rewritten only when the
+    image changed, so regenerating an unchanged page leaves the tree clean); returns the paths written."""
+    import io
+    from pathlib import Path
+
+    from diffplan.report import suite_results
+
+    written = []
+    for name, runs in suite_results(root).items():
+        fig = plot_suite_curves([data for _, data in runs])
+        if fig is None:
+            continue
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=80, metadata={"Software": None})  # no version stamp: same bytes again
+        path = Path(root) / "suites" / name / "curves.png"
+        if not path.exists() or path.read_bytes() != buf.getvalue():
+            path.write_bytes(buf.getvalue())
+            written.append(path)
+    return written

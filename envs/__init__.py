@@ -10,9 +10,11 @@ map to Gymnasium's v5 MuJoCo envs with D4RL's 1000-step limit; any other name is
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import gymnasium as gym
+import numpy as np
 
 if TYPE_CHECKING:  # imported where used: a robot server (diffplan.envs.robot) starts without torch/tianshou
     from tianshou.env import BaseVectorEnv
@@ -146,14 +148,60 @@ def connect_ray(address: str = "", what: str = "vector_env=ray") -> None:
         ray.init(address=address or None, ignore_reinit_error=True, log_to_driver=False)
 
 
+class ActionChunks(gym.Wrapper):
+    """One step of this env = one *decision* of a chunk policy: the action is a flat chunk of ``chunk`` actions
+    (chunk * A,), of which the first ``act_steps`` are executed in the wrapped env (fewer when the episode ends
+    first); the reward is their sum, the observation the last one, and ``info["env_steps"]`` says how many env
+    steps the decision took. This is DPPO's decision MDP (its ``MultiStep`` wrapper, rewards summed), so a
+    Tianshou Collector, buffer and GAE see decisions as ordinary transitions.
+    """
+
+    def __init__(self, env: gym.Env, chunk: int, act_steps: int) -> None:
+        super().__init__(env)
+        if not 1 <= act_steps <= chunk:
+            raise ValueError(f"act_steps={act_steps} must be in [1, chunk={chunk}]")
+        space = env.action_space
+        assert isinstance(space, gym.spaces.Box), "action chunks need a Box action space"
+        self.chunk, self.act_steps, self.act_shape = chunk, act_steps, space.shape
+        self.action_space = gym.spaces.Box(
+            low=np.tile(space.low.ravel(), chunk), high=np.tile(space.high.ravel(), chunk), dtype=space.dtype
+        )
+
+    def step(self, action: np.ndarray) -> tuple[object, float, bool, bool, dict]:
+        actions = np.asarray(action).reshape(self.chunk, *self.act_shape)
+        total, info = 0.0, {}
+        obs, terminated, truncated = None, False, False
+        steps = 0
+        for act in actions[: self.act_steps]:
+            obs, reward, terminated, truncated, info = self.env.step(act)
+            total += float(reward)
+            steps += 1
+            if terminated or truncated:
+                break
+        return obs, total, terminated, truncated, {**info, "env_steps": steps}
+
+
+def _wrapped(fn: Callable[[], gym.Env], wrapper: Callable[[gym.Env], gym.Env]) -> gym.Env:
+    return wrapper(fn())
+
+
 def make_vector_env(
-    task: str | MazeTask, n: int, seed: int = 0, subproc: bool = False, *, kind: str = "", ray_address: str = ""
+    task: str | MazeTask,
+    n: int,
+    seed: int = 0,
+    subproc: bool = False,
+    *,
+    kind: str = "",
+    ray_address: str = "",
+    wrapper: Callable[[gym.Env], gym.Env] | None = None,
 ) -> BaseVectorEnv:
     """``n`` envs of ``task`` with seeds ``seed .. seed+n-1`` in a Tianshou vector env: the one place that builds
     vector envs (evaluation, online training, tests).
 
     ``kind``: one of :data:`VECTOR_ENVS`; empty: ``subproc`` when ``subproc`` else ``dummy`` (PointMaze steps are
     cheaper than a process hop). ``ray_address``: the Ray cluster of ``kind="ray"`` (empty: a local Ray).
+    ``wrapper``: applied to each env where it is built (a picklable callable, e.g. a ``functools.partial`` of
+    :class:`ActionChunks`).
     """
     from tianshou.env import DummyVectorEnv, RayVectorEnv, SubprocVectorEnv
 
@@ -167,6 +215,8 @@ def make_vector_env(
         fns = maze_env_fns(task, n, seed)
     else:
         fns = [functools.partial(make_env, task, seed + i) for i in range(n)]
+    if wrapper is not None:
+        fns = [functools.partial(_wrapped, fn, wrapper) for fn in fns]
     if kind == "dummy":
         return DummyVectorEnv(fns)
     if kind == "subproc":

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from tianshou.data import Collector, CollectStats, VectorReplayBuffer
+from tianshou.data import Batch, Collector, CollectStats, VectorReplayBuffer
 from tianshou.env import BaseVectorEnv
 
 from diffplan.agent import Reseedable, TimedPolicy
@@ -71,6 +71,14 @@ class EvalResult:
         }
         if self.normalized is not None:
             out["normalized_score"], out["normalized_score_se"] = mean_and_stderr(self.normalized)
+        return out
+
+    def per_episode(self) -> dict[str, list[float]]:
+        """Each episode's raw return, length and (with reference scores) normalized score, in episode order:
+        what a benchmark needs to recompute or compare the mean (``to_dict`` keeps only the summary)."""
+        out: dict[str, list[float]] = {"returns": self.returns.tolist(), "lengths": self.lengths.tolist()}
+        if self.normalized is not None:
+            out["normalized_scores"] = self.normalized.tolist()
         return out
 
 
@@ -141,3 +149,32 @@ def evaluate(
         latency=latency.summary() if latency is not None else {},
         wall_s=wall,
     )
+
+
+def as_batch(obs: Any) -> Any:
+    """One env observation with a leading batch dim, as the Collector passes it (Dict -> Batch)."""
+    if isinstance(obs, dict):
+        return Batch({k: np.asarray(v)[None] for k, v in obs.items()})
+    return np.asarray(obs)[None]
+
+
+def decision_latency(policy: Any, env: Any, steps: int) -> list[float]:
+    """ms of each ``policy(batch, state)`` call along ``steps`` env steps at batch 1 (episodes restart as needed).
+
+    The observation is wrapped like the Collector does (a Batch of the Dict observation, leading batch dim), so
+    a chunk-executing or replan-every-k agent's cheap calls (reading a cached plan) count as they do in an
+    episode.
+    """
+    policy.eval()
+    times: list[float] = []
+    state, (obs, _) = None, env.reset(seed=0)
+    for _ in range(steps):
+        batch = Batch(obs=as_batch(obs))
+        t0 = time.perf_counter()
+        out = policy(batch, state)
+        times.append((time.perf_counter() - t0) * 1000)
+        state = out.get("state", None)
+        obs, _, terminated, truncated, _ = env.step(np.asarray(out.act)[0])
+        if terminated or truncated:
+            state, (obs, _) = None, env.reset()
+    return times

@@ -130,6 +130,15 @@ TINY_PPO = [
 ]
 """Overrides that make the online PPO agent tiny enough for unit tests (envs in-process)."""
 
+TINY_DPPO = [
+    "agent=dppo", "task=pointmaze-umaze", "chunk=4", "execute_steps=2", "diffusion_steps=6", "sampling_steps=3", "ft_denoising_steps=3",
+    "hidden=16", "depth=2", "time_dim=8", "critic_hidden=16", "critic_depth=1", "train_envs=2", "subproc_envs=false",
+    "env_steps_per_update=16", "update_epochs=2", "batch_size=12", "train_steps=3", "eval_every=0",
+    "checkpoint_every=0", "eval_episodes=2", "eval_envs=2", "final_eval_episodes=2", "plot_plans=0", "torch_threads=1",
+]
+"""Overrides that make DPPO tiny enough for unit tests (online, envs in-process; from scratch unless init_from)."""
+
+
 @pytest.fixture(scope="session")
 def tiny_hopper_dataset(tmp_path_factory) -> str:
     """Random-action Hopper-v5 rollouts (12 episodes, real MuJoCo) as a Minari dataset, as a plain path.

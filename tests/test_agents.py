@@ -30,6 +30,7 @@ from .conftest import (
     TINY_DIFFUSER,
     TINY_DIFFUSION_BC,
     TINY_DIFFUSION_QL,
+    TINY_DPPO,
     TINY_HIERARCHICAL,
     TINY_IDQL,
     TINY_PPO,
@@ -46,9 +47,10 @@ TINY = {
     "hierarchical": TINY_HIERARCHICAL,
     "idql": TINY_IDQL,
     "ppo": TINY_PPO,
+    "dppo": TINY_DPPO,
     **{name: tiny_baseline(name) for name in ("bc", "td3bc", "cql")},
 }
-DATASET = {"decision_diffuser": "tiny_hopper_dataset", "ppo": None}
+DATASET = {"decision_diffuser": "tiny_hopper_dataset", "ppo": None, "dppo": None}
 """Dataset fixture of each agent's test (default: tiny_maze_dataset; None: an online agent without data)."""
 VARIANTS = {
     "diffuser-value-guided": (TINY_VALUE_DIFFUSER, "tiny_hopper_dataset"),
@@ -62,6 +64,7 @@ VARIANTS = {
     "decision_diffuser-dpmsolver": ([*TINY_DECISION_DIFFUSER, "sampler=dpmsolver++"], "tiny_hopper_dataset"),
     "diffusion_ql-flow": ([*TINY_DIFFUSION_QL, "objective=flow", "sampler=euler", "sampling_steps=3"], "tiny_maze_dataset"),
     "idql-flow-heun": ([*TINY_IDQL, "objective=flow", "sampler=heun", "sampling_steps=3"], "tiny_maze_dataset"),
+    "dppo-ddim": ([*TINY_DPPO, "sampler=ddim", "sampling_steps=3", "ft_denoising_steps=2", "bc_coef=0.1"], None),
     "diffusion_bc-flow": ([*TINY_DIFFUSION_BC, "objective=flow", "sampler=euler", "sampling_steps=3"], "tiny_maze_dataset"),
 }
 """Further settings of an agent that the tester also covers: id -> (overrides, dataset fixture)."""

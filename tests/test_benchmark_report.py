@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -159,3 +160,26 @@ def test_hierarchical_section_aggregates_seeds_and_shows_the_plan_to_end_score(t
     assert cells[7] == "75.0 ± 5.0 (s0 80.0, s1 70.0)" and cells[10] == "65.0 ± 5.0"  # over seeds, both scores
     assert [c.strip() for c in rows[0].strip("|").split("|")][10] == "—"  # not measured: a dash, not a zero
     assert "hierarchical execution; plan to end: then brake" in section
+def test_a_finetuning_result_renders_as_curves_beside_the_baseline(tmp_path):
+    """``diffplan bench dppo`` JSON: a pre-training row and one row per evaluation point for each method."""
+    root = tmp_path / "benchmarks"
+    shutil.copytree(ROOT / "benchmarks", root)
+
+    def point(steps, minutes, score):
+        return {"env_steps": steps, "train_time_s": 60.0 * minutes, "normalized_score": score,
+                "normalized_score_se": 1.0, "return_mean": 0.0, "episodes": 10}
+
+    curves = {agent: [{"seed": s, "updates": 2, "env_steps": 2000,
+                       "points": [point(0, 0, base), point(1000, 1, base + gain + s), point(2000, 2, base + 2 * gain + s)]}
+                      for s in (0, 1, 2)] for agent, base, gain in (("dppo", 40.0, 10.0), ("ppo", 45.0, -5.0))}
+    pretrained = {a: [{"seed": s, "normalized_score": v + s} for s in (0, 1, 2)] for a, v in (("diffusion_bc", 40.0),
+                                                                                           ("bc", 45.0))}
+    (root / "dppo" / "walker2d-medium.json").write_text(json.dumps({
+        "benchmark": "dppo", "task": "walker2d-medium", "pretrained": pretrained, "curves": curves,
+        "command": "diffplan bench dppo task=walker2d-medium", "date": "2026-12-01", "machine": "test",
+    }))
+    page = generate(root)
+    assert "### walker2d-medium (`dppo/walker2d-medium.json`)" in page
+    assert "| diffusion_bc (pre-training) | — | — | 41.0 ± 0.6 | 3 |" in page
+    assert "| dppo | 2000 | 2.0 min | 61.0 ± 0.6 | 3 |" in page
+    assert "| ppo | 1000 | 1.0 min | 41.0 ± 0.6 | 3 |" in page

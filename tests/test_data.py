@@ -690,6 +690,39 @@ def test_sequence_windows_without_padding_never_cross_episodes():
     assert len(_identity_free_dataset([4, 6, 2], horizon=7, padding=True)) == 12
 
 
+def test_front_padded_windows_start_before_each_episode_with_its_first_state():
+    """Pins ``front_padding`` (the Decision Diffuser's history slot): each episode gets k windows that start
+    1..k steps before its first step, the steps before it repeating its first observation with the zero action
+    and mask False, so a window's step k (the current-state slot) holds the episode's states 0..k-1 too."""
+    ep = _episodes([4, 6], obs_dim=2, act_dim=1, goal=True)
+    obs_n, act_n = make_normalizer("limits", ep.obs), make_normalizer("gaussian", ep.act)
+    k, H = 2, 4
+    ds = SequenceDataset(ep, H, obs_n, act_n, use_padding=True, front_padding=k, returns_offset=k)
+    assert len(ds) == (4 + k) + (6 + k)
+    first_of_window = ds.window_first.numpy()
+    offsets = ds.window_start.numpy() - first_of_window  # start relative to the episode's first step
+    assert sorted(offsets[first_of_window == 0].tolist()) == [-2, -1, 0, 1, 2, 3]
+    assert sorted(offsets[first_of_window == 4].tolist()) == [-2, -1, 0, 1, 2, 3, 4, 5]
+    ids = [i for i in range(len(ds)) if offsets[i] < 0]  # the front-padded windows
+    batch = ds.get(ids)
+    act, obs = _raw(ds, batch["traj"], act_n, obs_n)
+    for row, i in enumerate(ids):
+        j = -int(offsets[i])  # padded steps at the window's front
+        first_obs = ep.obs[first_of_window[i]]
+        np.testing.assert_allclose(obs[row, :j], np.repeat(first_obs[None], j, 0), atol=1e-4)
+        np.testing.assert_allclose(act[row, :j, 0], 0.0, atol=1e-5)
+        np.testing.assert_allclose(obs[row, j:, 0], ep.obs[first_of_window[i] : first_of_window[i] + H - j, 0],
+                                   atol=1e-4)
+        assert batch["mask"][row].tolist() == [False] * j + [True] * (H - j)
+        # the current-state slot k holds episode step k - j < k, and the return is counted from there
+        np.testing.assert_allclose(obs[row, k], ep.obs[first_of_window[i] + k - j], atol=1e-4)
+        assert float(batch["returns"][row]) == pytest.approx(float(ds.returns_to_go[first_of_window[i] + k - j]))
+        np.testing.assert_array_equal(batch["goal"][row].numpy(), ep.goal[first_of_window[i]])
+    assert len(SequenceDataset(ep, H, obs_n, act_n, use_padding=False, front_padding=k)) == (1 + k) + (3 + k)
+    with pytest.raises(ValueError, match="front_padding"):
+        SequenceDataset(ep, H, obs_n, act_n, front_padding=H)
+
+
 def test_returns_to_go():
     ep = Episodes.from_list(
         [

@@ -341,14 +341,57 @@ def test_value_guide_respects_stopgrad_and_std() -> None:
     guide = ValueGuide(
         lambda x, t: -(x - target).pow(2).sum((1, 2)), scale=1.0, n_guide_steps=1, t_stopgrad=3
     )
-    x, mean = torch.zeros(B, H, D), torch.zeros(B, H, D)
+    x = torch.zeros(B, H, D)
     std = torch.full((B, 1, 1), 0.5)
     t = torch.tensor([0, 2, 3, 10])
-    out = guide(x, t, mean, std)
-    assert torch.equal(out[:2], mean[:2])  # t < t_stopgrad: unguided
+    out = guide(x, t, std)
+    assert torch.equal(out[:2], x[:2])  # t < t_stopgrad: unguided
     # one step: grad = -2 (x - target) = 2, times std^2 = 0.25, times scale 1
     assert torch.allclose(out[2:], torch.full((2, H, D), 0.5))
-    assert torch.equal(guide(x, t, mean, torch.zeros(B, 1, 1)), mean)  # std 0 (step to x0): no guidance
+    assert torch.equal(guide(x, t, torch.zeros(B, 1, 1)), x)  # std 0 (step to x0): no guidance
+    with pytest.raises(ValueError, match="guidance form"):
+        ValueGuide(lambda x, t: x.sum((1, 2)), form="mean")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("form", ["diffuser", "mean_shift"])
+def test_value_guidance_steps_from_the_guided_x_as_diffuser(form: str) -> None:
+    """Pins Diffuser's ``n_step_guided_p_sample``: at each step x_t is moved up the value gradient
+    (``n_guide_steps`` times, scale * std^2 * grad, zero for t < t_stopgrad, conditions re-inpainted), and the
+    denoiser and the step's posterior run on that guided x (``p_mean_variance(x=x_guided)``); the noise is then
+    added with the step's std. The ``mean_shift`` form instead adds the displacement to the unguided step's mean.
+    Written out by hand here with the loop's noise stream; before the fix the loop did only the latter."""
+    torch.manual_seed(0)
+    net = MLPDenoiser(H * D, cond_dim=0, hidden=16, depth=1)
+    s = make_scheduler("ddpm", 6, prediction_type="epsilon", clip_sample=None)
+    target = torch.full((B, H, D), 0.7)
+
+    def value(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return -(x - target).pow(2).sum((1, 2))
+
+    ip = Inpaint.at_steps((B, H, D), {0: torch.full((B, D), -0.4)}, slice(None))
+    scale, n_guide, stop = 0.3, 2, 2
+    guide = ValueGuide(value, scale=scale, n_guide_steps=n_guide, t_stopgrad=stop, inpaint=ip, form=form)
+    with torch.no_grad():
+        got = sample(net, s, (B, H, D), inpaint=ip, guide=guide, generator=_gen())
+
+        g = _gen()
+        x = ip.apply(torch.randn(B, H, D, generator=g))
+        for t in s.timesteps.tolist():
+            tb = torch.full((B,), t)
+            std = s.step_std(t, x)
+            xg = x
+            for _ in range(n_guide):
+                with torch.enable_grad():
+                    xr = xg.clone().requires_grad_(True)
+                    (grad,) = torch.autograd.grad(value(xr, tb).sum(), xr)
+                xg = ip.apply(xg + (scale * std**2 * grad if t >= stop else 0.0))
+            if form == "diffuser":
+                mean, std = s.step_distribution(net(xg, tb, None), t, xg)
+            else:
+                mean, std = s.step_distribution(net(x, tb, None), t, x)
+                mean = mean + (xg - x)
+            x = ip.apply(mean + std * torch.randn(B, H, D, generator=g))
+    torch.testing.assert_close(got, x, rtol=1e-5, atol=1e-6)
 
 
 def test_classifier_free_weights() -> None:

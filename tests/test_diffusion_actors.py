@@ -18,7 +18,6 @@ from torch import nn
 
 from diffplan.agents import AGENTS
 from diffplan.agents.diffusion_ql import (
-    cosine_lr,
     expectile_loss,
     pessimistic_next_value,
     select_candidates,
@@ -30,6 +29,8 @@ from diffplan.data import Episodes, TransitionDataset, load_episodes, make_norma
 from diffplan.diffusion import make_betas
 from diffplan.envs import make_env
 from diffplan.envs.maze import make_maze_env
+from diffplan.training import load_trained, train
+from diffplan.training.lr import cosine_factor, run_progress
 
 from .conftest import TINY_DIFFUSION_BC, TINY_DIFFUSION_QL, TINY_IDQL
 
@@ -94,24 +95,69 @@ def test_iql_critic_target_and_value_step(tiny_maze_dataset):
     assert loss == pytest.approx(0.3 * 9.0)
 
 
-def test_cosine_lr_decay_follows_num_updates(tiny_maze_dataset):
-    assert cosine_lr(1.0, 0, 100) == pytest.approx(1.0)
-    assert cosine_lr(1.0, 50, 100) == pytest.approx(0.5)
-    assert cosine_lr(1.0, 100, 100) == pytest.approx(0.0)
-    assert cosine_lr(1.0, 500, 100) == pytest.approx(0.0)  # held at 0 past the end
-    cfg, _, agent = _build("idql", tiny_maze_dataset, ["lr_decay=true", "train_steps=4", "lr=0.001"])
-    algo = agent.algorithm
-    with policy_within_training_step(agent.policy):
-        for _ in range(2):
-            algo.update(buffer=agent.batch_source, sample_size=8)
-    lrs = [[g["lr"] for g in o._optim.param_groups] for o in (algo.actor_optim, algo.critic_optim, algo.value_optim)]
-    assert lrs == [[pytest.approx(0.0005)], [pytest.approx(cfg.critic_lr / 2)], [pytest.approx(cfg.critic_lr / 2)]]
-    # the schedule is a function of the saved num_updates, so a restored algorithm continues it
-    clone = AGENTS["idql"].build(cfg, *_spaces(cfg), load_episodes(cfg.dataset)).algorithm
-    clone.load_state_dict(algo.state_dict())
-    with policy_within_training_step(clone.policy):
-        clone.update(buffer=agent.batch_source, sample_size=8)
-    assert clone.actor_optim._optim.param_groups[0]["lr"] == pytest.approx(cosine_lr(0.001, 3, 4))
+def test_lr_schedule_follows_the_runs_budget():
+    assert cosine_factor(0.0) == pytest.approx(1.0)
+    assert cosine_factor(0.5) == pytest.approx(0.5)
+    assert cosine_factor(1.0) == pytest.approx(0.0) and cosine_factor(5.0) == pytest.approx(0.0)  # held at 0
+    inf = float("inf")
+    assert run_progress(25, 100, 3.0, inf) == pytest.approx(0.25)  # no time budget: by steps
+    assert run_progress(25, 10**6, 30.0, 60.0) == pytest.approx(0.5)  # a time budget ends it first: by time
+    assert run_progress(90, 100, 30.0, 60.0) == pytest.approx(0.9)  # the steps run out first
+    assert run_progress(200, 100, 90.0, 60.0) == 1.0
+
+
+def test_lr_decay_anneals_over_a_time_budget_not_unreached_train_steps(tiny_maze_dataset, tmp_path):
+    """Pins the schedule's horizon: a run stopped by ``max_train_minutes`` long before ``train_steps`` has
+    annealed its learning rates (actor, critic, value: every optimizer, by the shared loop mechanism) to near 0
+    by its end. Before, Diffusion-QL's schedule ran over the unreached train_steps and ended at ~the base lr."""
+    cfg = load_config(None, [*TINY_IDQL, f"dataset={tiny_maze_dataset}", "lr_decay=true", "train_steps=1000000",
+                             "max_train_minutes=0.02", "lr=0.001", "final_eval_episodes=1",
+                             f"run_dir={tmp_path / 'run'}"])
+    results = train(cfg, progress=False)
+    assert 5 < results["gradient_steps"] < 1_000_000
+    algo = load_trained(tmp_path / "run").agent.algorithm
+    for optim, base in ((algo.actor_optim, 0.001), (algo.critic_optim, cfg.critic_lr), (algo.value_optim, cfg.critic_lr)):
+        group = optim._optim.param_groups[0]
+        assert group["initial_lr"] == pytest.approx(base)
+        assert group["lr"] < 0.05 * base, (group["lr"], base)
+
+
+def test_budget_clock_cpu_stops_on_this_processs_cpu_time(tiny_maze_dataset, tmp_path, monkeypatch):
+    """``budget_clock=cpu`` measures the budget with the process's CPU clock, not wall time: with a fake CPU clock
+    that advances 0.5 s per reading (one reading before and one after each update), a 0.05-minute (3 s) budget
+    ends the run after exactly 6 updates; the wall clock is left alone, so a wall budget would have let it run far longer. A bad clock name
+    is one config error."""
+    from diffplan.training import loop
+
+    ticks = iter(range(10**6))
+    monkeypatch.setattr(loop.time, "process_time", lambda: float(next(ticks)) / 2)
+    cfg = load_config(None, [*TINY_IDQL, f"dataset={tiny_maze_dataset}", "train_steps=1000000", "eval_every=0",
+                             "max_train_minutes=0.05", "budget_clock=cpu", "final_eval_episodes=1",
+                             f"run_dir={tmp_path / 'run'}"])
+    results = train(cfg, progress=False)
+    assert results["gradient_steps"] == 6  # 0.5 s of fake CPU per update: 3 s after 6 updates
+    with pytest.raises(ConfigError, match="budget_clock='gpu'"):
+        load_config(None, [*TINY_IDQL, f"dataset={tiny_maze_dataset}", "budget_clock=gpu"])
+
+
+def test_lr_decay_over_steps_and_exact_resume(tiny_maze_dataset, tmp_path):
+    """Without a time budget the schedule runs over train_steps (cosine of the update count, before each
+    update), and resuming mid-run from a checkpoint continues it exactly: same weights as the straight run."""
+    def cfg(run_dir):
+        return load_config(None, [*TINY_IDQL, f"dataset={tiny_maze_dataset}", "lr_decay=true", "train_steps=6",
+                                  "checkpoint_every=3", "lr=0.001", "final_eval_episodes=1", f"run_dir={run_dir}"])
+
+    train(cfg(tmp_path / "straight"), progress=False)
+    straight = load_trained(tmp_path / "straight").agent.algorithm
+    # the last (6th) update ran with the lr of progress 5/6
+    assert straight.actor_optim._optim.param_groups[0]["lr"] == pytest.approx(0.001 * cosine_factor(5 / 6))
+    resumed_dir = tmp_path / "resumed"
+    train(cfg(resumed_dir), resume=tmp_path / "straight" / "checkpoints" / "step_00000003", progress=False)
+    resumed = load_trained(resumed_dir).agent.algorithm
+    a, b = straight.state_dict(), resumed.state_dict()
+    for key, value in a.items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, b[key]), key
 
 
 def _spaces(cfg):
@@ -152,6 +198,57 @@ def test_select_candidates_modes():
         select_candidates(q, "best")
 
 
+class _ScaledTwinQ(nn.Module):
+    """Twin heads Q_j(s, a) = c_j * (a[0] + 5): positive, increasing in the first action entry."""
+
+    def __init__(self, c1: float, c2: float) -> None:
+        super().__init__()
+        self.c1, self.c2 = c1, c2
+
+    def forward(self, cond, act):
+        g = act[:, 0] + 5.0
+        return self.c1 * g, self.c2 * g
+
+
+def test_q_term_sign_and_normalization(tiny_maze_dataset):
+    """Pins Diffusion-QL's policy-improvement term -Q_i(s, a_new) / mean|Q_j(s, a_new)| (j the other head, its
+    magnitude detached): its value is -c_i / c_j for heads c_j * g, its gradient does not change when Q is
+    scaled (the 1/mean|Q| normalization, so eta means the same on any reward scale), and a gradient step on it
+    raises Q of the actor's actions (the sign: minimizing the loss maximizes Q)."""
+    _, _, agent = _build("diffusion_ql", tiny_maze_dataset)
+    policy, algo = agent.policy, agent.algorithm
+    cond = torch.randn(16, policy.encoder.dim)
+    start = algo.generator.get_state()
+
+    def term(c1: float, c2: float) -> tuple[float, list[torch.Tensor]]:
+        policy.critic = _ScaledTwinQ(c1, c2)
+        algo.generator.set_state(start)
+        policy.model.zero_grad(set_to_none=True)
+        loss = algo.q_term(cond)
+        loss.backward()
+        return float(loss.detach()), [p.grad.clone() for p in policy.model.parameters()]
+
+    value, _ = term(1.0, 4.0)
+    assert value == pytest.approx(-0.25, rel=1e-5) or value == pytest.approx(-4.0, rel=1e-5), value
+    _, grads = term(1.0, 1.0)
+    _, scaled = term(100.0, 100.0)
+    for g, h in zip(grads, scaled, strict=True):
+        torch.testing.assert_close(g, h, rtol=1e-4, atol=1e-7)  # no 100x: normalized by mean|Q|
+    assert sum(float(g.abs().sum()) for g in grads) > 0
+
+    def mean_q() -> float:
+        algo.generator.set_state(start)
+        with torch.no_grad():
+            act = policy.sample_actions(cond, generator=algo.generator)
+        return float(policy.critic(cond, act)[0].mean())
+
+    before = mean_q()
+    with torch.no_grad():
+        for p, g in zip(policy.model.parameters(), grads, strict=True):
+            p.sub_(1e-2 * g)  # one plain gradient-descent step on the loss
+    assert mean_q() > before + 1e-4, (before, mean_q())
+
+
 class _FirstActionQ(nn.Module):
     """Q(s, a) = a[0]: the best candidate is the one with the largest first action entry."""
 
@@ -187,6 +284,9 @@ def test_chain_log_prob_matches_hand_computation(tiny_maze_dataset):
     assert logp.requires_grad  # differentiable in the model: what a policy-gradient fine-tuner needs
 
     # Hand computation from the betas: strided DDPM posterior between kept steps (Ho et al. eq. 6-7).
+    replay = torch.Generator().manual_seed(0)
+    noise = [torch.randn(chain[:, 0].shape, generator=replay) for _ in range(K + 1)]
+    torch.testing.assert_close(chain[:, 0], noise[0])
     a_bar = torch.cumprod(1 - make_betas(cfg.beta_schedule, cfg.diffusion_steps), 0)
     steps = policy.chain_scheduler.timesteps.tolist()
     for k, t in enumerate(steps):
@@ -202,6 +302,9 @@ def test_chain_log_prob_matches_hand_computation(tiny_maze_dataset):
         std = std.clamp(min=0.05)
         expected = torch.distributions.Normal(mean, std).log_prob(chain[:, k + 1].double()).flatten(1).sum(1)
         torch.testing.assert_close(logp[:, k].double(), expected, rtol=1e-4, atol=1e-3)
+        # The sampler took this very step with this std (the scorer's): replay the generator's noise draws
+        # (the initial noise, then one per step) and rebuild x_{k+1} = mean + std * z.
+        torch.testing.assert_close(chain[:, k + 1].double(), mean + std * noise[k + 1].double(), rtol=1e-4, atol=1e-4)
 
 
 # ---------------------------------------------------------------------------- receding-horizon chunks

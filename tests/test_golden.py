@@ -32,8 +32,8 @@ def test_the_same_tensors_are_computed(tensors):
     assert sorted(fresh) == sorted(golden), f"golden tensors added or removed: {REGENERATE}"
 
 
-@pytest.mark.parametrize("family", ["net", "sample", "inpaint", "value_guided", "cfg", "cfg_one_call", "chain",
-                                    "noised", "loss"])
+@pytest.mark.parametrize("family", ["net", "sample", "inpaint", "value_guided", "value_guided_mean_shift", "cfg",
+                                    "cfg_one_call", "chain", "noised", "loss"])
 def test_diffusion_core_matches_golden(tensors, family):
     golden, fresh = tensors
     keys = [k for k in golden if k.split("/")[0] == family]
@@ -48,7 +48,7 @@ def test_inpainted_entries_are_exact_in_the_golden_samples(tensors):
     golden, _ = tensors
     data = make_golden.inputs()
     A = make_golden.A
-    for key in (k for k in golden if k.startswith(("inpaint/", "value_guided/"))):
+    for key in (k for k in golden if k.startswith(("inpaint/", "value_guided/", "value_guided_mean_shift/"))):
         assert torch.equal(golden[key][:, 0, A:], data["start"]), key
         assert torch.equal(golden[key][:, -1, A:], data["goal"]), key
 

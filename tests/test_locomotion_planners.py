@@ -61,6 +61,20 @@ def test_locomotion_configs_build_on_their_envs(agent):
             assert built.policy.value_net(x, torch.zeros(2, dtype=torch.long)).shape == (2,)
 
 
+def test_diffuser_locomotion_recipe_is_the_papers():
+    """Pins Diffuser's locomotion recipe in the method config: the start state conditions the plan by
+    inpainting only (``embed_conditions`` off; it stays on for mazes, where it is ours and helps), and value
+    guidance in Diffuser's form with its plan settings (scale 0.1, 2 guide steps, t_stopgrad 2, std scaling)."""
+    cfg = load_config("diffuser", ["task=hopper-medium"])
+    assert not cfg.embed_conditions
+    assert (cfg.guidance_form, cfg.guide_scale, cfg.n_guide_steps, cfg.t_stopgrad, cfg.scale_grad_by_std) == (
+        "diffuser", 0.1, 2, 2, True
+    )
+    assert load_config("diffuser", ["task=pointmaze-umaze"]).embed_conditions
+    with pytest.raises(ConfigError, match="guidance_form"):
+        load_config(None, [*TINY_VALUE_DIFFUSER, "guidance_form=mean"])
+
+
 def test_bad_planner_settings_are_one_line_errors():
     with pytest.raises(ConfigError, match="sampler=ddpm"):
         load_config(None, [*TINY_VALUE_DIFFUSER, "sampler=ddim"])
@@ -115,9 +129,14 @@ class _FirstActionValue(torch.nn.Module):
 
 
 def test_diffuser_guidance_sign_and_best_candidate(tiny_hopper_dataset):
-    _cfg, env, agent = _agent(TINY_VALUE_DIFFUSER, tiny_hopper_dataset, ["n_candidates=6", "t_stopgrad=0"])
+    # An untrained x0-predicting denoiser would wash the guidance out (Diffuser's form moves x_t, and the plan
+    # is the model's x0 estimate of it); with epsilon prediction x0_hat follows x_t, so the sign stays visible.
+    _cfg, env, agent = _agent(
+        TINY_VALUE_DIFFUSER, tiny_hopper_dataset, ["n_candidates=6", "t_stopgrad=0", "predict_epsilon=true"]
+    )
     policy = agent.policy
     policy.value_net = _FirstActionValue()
+    policy.track_ema("value_net")  # planning uses the value net's EMA copy
     obs = np.stack([env.reset(seed=i)[0] for i in range(3)]).astype(np.float32)
 
     def planned_first_dim(scale: float) -> float:
@@ -135,6 +154,41 @@ def test_diffuser_guidance_sign_and_best_candidate(tiny_hopper_dataset):
     values = policy.last_values.reshape(3, 6)
     chosen = policy.act_norm.normalize(torch.as_tensor(plan_act))[..., 0].mean(1)
     torch.testing.assert_close(chosen, values.max(1).values, atol=1e-4, rtol=1e-4)
+
+
+def test_diffuser_plans_with_the_value_nets_ema_copy(tiny_hopper_dataset):
+    """Pins Diffuser's planning with its value function's EMA (``value_experiment.ema``): the guide and the
+    best-of-K ranking both use ``policy.averaged("value_net")``, which the base class's EMA machinery updates
+    after every update and saves with the weights; the online value net only trains. Today's code guided and
+    ranked with the online net."""
+    cfg, env, agent = _agent(TINY_VALUE_DIFFUSER, tiny_hopper_dataset, ["n_candidates=5", "t_stopgrad=0"])
+    policy = agent.policy
+    ema = policy.averaged("value_net")
+    assert ema is not policy.value_net and "emas.value_net.model.target_std" in policy.state_dict()
+    torch.testing.assert_close(ema.target_std, policy.value_net.target_std)  # target stats reach the copy
+    # the copy follows the trained net through the base class's EMA step
+    with policy_within_training_step(policy):
+        agent.algorithm.update(buffer=agent.batch_source, sample_size=8)
+    online = dict(policy.value_net.named_parameters())
+    for name, p in ema.named_parameters():
+        torch.testing.assert_close(p, online[name])  # before ema_start the EMA copies the net
+    # a checkpoint from before the value EMA existed loads, its EMA starting from the saved value net
+    old = {k: v.clone() if isinstance(v, torch.Tensor) else v
+           for k, v in agent.algorithm.state_dict().items() if ".emas." not in k}
+    for key in [k for k in old if k.startswith("policy.value_net.") and old[k].is_floating_point()]:
+        old[key] += 1.0  # a value net no fresh build has
+    shell = AGENTS["diffuser"].build(cfg, env.observation_space, env.action_space, None)
+    shell.algorithm.load_state_dict(old)
+    for name, p in shell.policy.averaged("value_net").state_dict().items():
+        torch.testing.assert_close(p, old[f"policy.value_net.{name}"])
+    # planning: guide and ranking read the EMA copy, not the online net
+    obs = np.stack([env.reset(seed=i)[0] for i in range(2)]).astype(np.float32)
+    policy.value_net = _FirstActionValue()  # must not be used when acting
+    policy.emas["value_net"].model = _FirstActionValue()
+    policy.reseed(0)
+    _, plan_act, _ = policy.plan(obs, None)
+    chosen = policy.act_norm.normalize(torch.as_tensor(plan_act))[..., 0].mean(1)
+    torch.testing.assert_close(chosen, policy.last_values.reshape(2, 5).max(1).values, atol=1e-4, rtol=1e-4)
 
 
 def test_diffuser_replans_every_step_and_executes_the_first_action(tiny_hopper_dataset):
@@ -261,3 +315,53 @@ def test_decision_diffuser_history_is_inpainted_and_cleared_on_reset(tiny_hopper
     assert count.tolist() == [2]
     plan, _ = policy.plan(hist[:, -1], None, hist, count)
     np.testing.assert_allclose(plan[0, k - 1 : k + 1], hist[0, -2:], atol=1e-4)
+    # before the history fills up, the missing past is the episode's first state, as in the training windows
+    np.testing.assert_allclose(plan[0, : k - 1], np.repeat(hist[0, -2:-1], k - 1, 0), atol=1e-4)
+
+
+def test_decision_diffuser_trains_on_front_padded_history_windows(tiny_hopper_dataset):
+    """Pins the Decision Diffuser's history slot: its training windows include starts 1..k steps before an
+    episode's first step, padded with the episode's first state, so the current-state slot (index k) has held
+    states 0..k-1 of an episode, as it does at the start of every test episode. Before the fix every window
+    started inside its episode and slot k never held an episode's first k states."""
+    cfg, _env, agent = _agent(TINY_DECISION_DIFFUSER, tiny_hopper_dataset)
+    k, A = cfg.history, agent.policy.act_dim
+    data = agent.batch_source.dataset
+    episodes = data.episodes
+    ids = torch.arange(len(data))
+    batch = data.get(ids)
+    rel = (data.window_start - data.window_first).numpy()  # window start relative to the episode's start
+    assert set(range(-k, 0)) <= set(rel.tolist())
+    obs = batch["traj"][..., A:]
+    first_state = data.data[data.window_first][:, A:]  # (W, O) normalized first state of each window's episode
+    for j in range(1, k + 1):
+        rows = np.flatnonzero(rel == -j)
+        assert len(rows) == len(episodes.lengths)  # one such window per episode
+        torch.testing.assert_close(obs[rows, :j], first_state[rows, None].expand(-1, j, -1))
+        # slot k holds the episode's step k - j
+        torch.testing.assert_close(obs[rows, k], data.data[data.window_first[rows] + k - j][:, A:])
+    # and the training update runs on them (the inverse dynamics never pairs a padded step)
+    with policy_within_training_step(agent.policy):
+        stats = agent.algorithm.update(buffer=agent.batch_source, sample_size=16)
+    assert np.isfinite(stats.loss) and np.isfinite(stats.inv_loss)
+
+
+def test_decision_diffuser_acts_with_the_ema_inverse_dynamics(tiny_hopper_dataset):
+    """Pins the EMA of the inverse-dynamics model (the public code's EMA model holds it with the denoiser): the
+    base class's EMA step averages it, it is saved with the weights, and planning uses the averaged copy."""
+    _cfg, env, agent = _agent(TINY_DECISION_DIFFUSER, tiny_hopper_dataset)
+    policy = agent.policy
+    assert any(key.startswith("emas.inv_dyn.model.") for key in policy.state_dict())
+    obs = env.reset(seed=0)[0][None].astype(np.float32)
+    policy.reseed(0)
+    _, before = policy.plan(obs)
+    with torch.no_grad():  # changing the trained network leaves the acting copy alone ...
+        for p in policy.inv_dyn.parameters():
+            p.add_(1.0)
+    policy.reseed(0)
+    np.testing.assert_array_equal(policy.plan(obs)[1], before)
+    with torch.no_grad():  # ... changing the averaged one changes the action
+        for p in policy.averaged("inv_dyn").parameters():
+            p.add_(1.0)
+    policy.reseed(0)
+    assert not np.allclose(policy.plan(obs)[1], before)

@@ -2,7 +2,8 @@
 # Hierarchical Diffuser vs the flat Diffuser at the same wall-clock training budget on the PointMaze mazes.
 #
 # For each maze, seed and agent: train the shipped experiment config (configs/experiments/<agent>-pointmaze-
-# <maze>.yaml) for BUDGET_MIN minutes of training time, then `diffplan bench maze` over EPISODES protocol
+# <maze>.yaml) for BUDGET_MIN minutes of training time on CLOCK (cpu: the run's own CPU time, which other work on
+# a shared machine cannot shrink; wall: elapsed time), then `diffplan bench maze` over EPISODES protocol
 # episodes: the planner's score as trained (execution stated in the JSON), the score with plans followed to
 # their end without the goal-directed PD switch (--plan-to-end), the go-to-goal baseline and the hard-episode
 # split, planning latency at batch 1 (--plan-latency) and training steps/s. One JSON per run in OUT; the page:
@@ -16,6 +17,7 @@
 set -euo pipefail
 
 BUDGET_MIN=${BUDGET_MIN:-60}          # training minutes per run (the same for both agents)
+CLOCK=${CLOCK:-cpu}                   # budget_clock of those minutes: cpu | wall
 EPISODES=${EPISODES:-100}             # evaluation protocol episodes per score
 REPEATS=${REPEATS:-50}                # batch-1 plans timed
 SEEDS=${SEEDS:-"0 1"}
@@ -40,7 +42,7 @@ for maze in $MAZES; do
           if [ -e "$run" ]; then mv "$run" "$run.incomplete-$(date +%s)"; fi  # started, never checkpointed
           echo "== train $run ($BUDGET_MIN min)"
           nice $DIFFPLAN train "configs/experiments/$agent-pointmaze-$maze.yaml" "seed=$seed" \
-            "max_train_minutes=$BUDGET_MIN" train_steps=10000000 eval_every=0 checkpoint_every=1000 \
+            "max_train_minutes=$BUDGET_MIN" "budget_clock=$CLOCK" train_steps=10000000 eval_every=0 checkpoint_every=1000 \
             final_eval_episodes=10 plot_plans=4 torch_threads=1 "run_dir=$run" --no-progress
         fi
       fi

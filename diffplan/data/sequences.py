@@ -49,6 +49,10 @@ class SequenceDataset:
       * ``use_padding=True``: every step of every episode starts a window; steps past the episode end
         (at most H - 1) repeat the episode's last observation with a zero action (raw zero, normalized with
         ``act_normalizer``: "no force", which fits a state that stays put) and ``mask`` is False there.
+      * ``front_padding=k``: also k windows per episode that start 1..k steps *before* its first step; those
+        steps repeat the episode's first observation with the zero action, ``mask`` False. A model whose
+        window begins with k history steps then sees the episode's first k states in its current-state slot,
+        as it will at the start of every test episode (the Decision Diffuser's history).
 
     Args:
         episodes: the dataset.
@@ -59,7 +63,8 @@ class SequenceDataset:
         termination_penalty: added to the reward of terminal steps for ``returns`` only (Diffuser and Decision
             Diffuser use -100 on locomotion, so falling over is worth less than any surviving trajectory).
         returns_offset: ``returns`` is the return-to-go from this step of the window (clamped to the episode's
-            last step), e.g. the current step of a window whose first steps are history.
+            first and last steps), e.g. the current step of a window whose first steps are history.
+        front_padding: see above (0: every window starts inside its episode).
         stride: keep every ``stride``-th step of a real window: window step h is env step ``start + h * stride``
             (a jumpy window spanning ``(H - 1) * stride + 1`` env steps, as a hierarchical planner's high level
             sees it). Padding, masks and windows without padding follow the span: without padding the whole
@@ -78,6 +83,7 @@ class SequenceDataset:
         discount: float = 0.99,
         termination_penalty: float = 0.0,
         returns_offset: int = 0,
+        front_padding: int = 0,
         stride: int = 1,
         device: str | torch.device = "cpu",
     ) -> None:
@@ -93,6 +99,9 @@ class SequenceDataset:
         if not 0 <= returns_offset < horizon:
             raise ValueError(f"returns_offset must be in [0, horizon={horizon}), got {returns_offset}")
         self.returns_offset = int(returns_offset)
+        if not 0 <= front_padding < horizon:
+            raise ValueError(f"front_padding must be in [0, horizon={horizon}), got {front_padding}")
+        self.front_padding = int(front_padding)
         self.device = torch.device(device)
         self.action_dim = episodes.act_dim
         self.obs_dim = episodes.obs_dim
@@ -118,7 +127,9 @@ class SequenceDataset:
         # ---- window table (vectorized; E episodes -> W windows)
         starts, lengths = episodes.starts, episodes.lengths
         span = (self.horizon - 1) * self.stride + 1  # env steps from a window's first step to its last
-        per_episode = lengths if use_padding else np.maximum(lengths - span + 1, 0)
+        inside = lengths if use_padding else np.maximum(lengths - span + 1, 0)
+        # front-padded windows only where the episode has inside windows (without padding: long enough)
+        per_episode = inside + np.where(inside > 0, self.front_padding, 0)
         total = int(per_episode.sum())
         if total == 0:
             raise DatasetError(
@@ -129,10 +140,13 @@ class SequenceDataset:
                 "use a shorter horizon or use_padding=True"
             )
         first_window = np.cumsum(per_episode) - per_episode  # index of each episode's first window
-        offset_in_episode = np.arange(total) - np.repeat(first_window, per_episode)
+        offset_in_episode = np.arange(total) - np.repeat(first_window, per_episode) - self.front_padding * (
+            np.repeat(inside, per_episode) > 0
+        )
         self.window_start = torch.from_numpy(np.repeat(starts, per_episode) + offset_in_episode).to(
             self.device
-        )
+        )  # (W,) flat index of each window's first step; before its episode's first step if front-padded
+        self.window_first = torch.from_numpy(np.repeat(starts, per_episode)).to(self.device)
         self.window_last = torch.from_numpy(np.repeat(starts + lengths - 1, per_episode)).to(self.device)
         self._steps = torch.arange(self.horizon, device=self.device) * self.stride  # (H,) env-step offsets
 
@@ -153,21 +167,22 @@ class SequenceDataset:
         """
         ids = torch.as_tensor(window_ids, dtype=torch.long, device=self.device)
         start = self.window_start[ids]  # (B,)
+        first = self.window_first[ids]  # (B,)
         last = self.window_last[ids]  # (B,)
-        steps = start[:, None] + self._steps  # (B, H) flat indices, possibly past the episode end
-        mask = steps <= last[:, None]
+        steps = start[:, None] + self._steps  # (B, H) flat indices, possibly outside the episode
+        mask = (steps >= first[:, None]) & (steps <= last[:, None])
         traj = self.data[
-            torch.minimum(steps, last[:, None])
-        ]  # (B, H, A+O); padded steps repeat the last step
-        if self.use_padding:
+            torch.maximum(torch.minimum(steps, last[:, None]), first[:, None])
+        ]  # (B, H, A+O); padded steps repeat the first / last step
+        if self.use_padding or self.front_padding:
             # Padded steps keep the last observation but must not repeat the last action.
             traj[..., : self.action_dim] = torch.where(
                 mask[..., None], traj[..., : self.action_dim], self.pad_action
             )
-        returns = self.returns_to_go[torch.minimum(start + self.returns_offset * self.stride, last)][:, None]
+        returns = self.returns_to_go[(start + self.returns_offset * self.stride).clamp(first, last)][:, None]
         batch = {"traj": traj, "mask": mask, "returns": returns, "indices": ids}
         if self.goal is not None:
-            batch["goal"] = self.goal[start]
+            batch["goal"] = self.goal[torch.maximum(start, first)]
         return batch
 
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
@@ -183,5 +198,5 @@ class SequenceDataset:
         return (
             f"SequenceDataset(windows={len(self)}, horizon={self.horizon}, "
             f"transition_dim={self.transition_dim}, stride={self.stride}, "
-            f"padding={self.use_padding}, device={self.device})"
+            f"padding={self.use_padding}, front_padding={self.front_padding}, device={self.device})"
         )

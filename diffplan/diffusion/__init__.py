@@ -1,8 +1,8 @@
 """Algorithm-agnostic diffusion core: noise schedules, DDPM/DDIM/DPM-Solver++ and flow-matching schedulers, the sampling loop, guidance, losses."""
 
-from diffplan.diffusion.guidance import Guide, ValueGuide, classifier_free
+from diffplan.diffusion.guidance import GUIDANCE_FORMS, GuidanceForm, Guide, ValueGuide, classifier_free
 from diffplan.diffusion.losses import denoising_loss, loss_weights, noised
-from diffplan.diffusion.sampling import Denoiser, Inpaint, sample
+from diffplan.diffusion.sampling import Denoiser, Inpaint, sample, step_log_prob
 from diffplan.diffusion.schedulers import (
     SCHEDULERS,
     DDIMScheduler,
@@ -26,6 +26,7 @@ from diffplan.diffusion.schedules import (
 
 __all__ = [
     "BETA_SCHEDULES",
+    "GUIDANCE_FORMS",
     "SCHEDULERS",
     "DDIMScheduler",
     "DDPMScheduler",
@@ -33,6 +34,7 @@ __all__ = [
     "Denoiser",
     "FlowMatchEulerScheduler",
     "FlowMatchHeunScheduler",
+    "GuidanceForm",
     "Guide",
     "Inpaint",
     "NoiseScheduler",
@@ -49,5 +51,6 @@ __all__ = [
     "noised",
     "randn_tensor",
     "sample",
+    "step_log_prob",
     "vp_beta_schedule",
 ]

@@ -2,7 +2,7 @@
 
 Two ways to steer sampling:
 
-* a :class:`Guide` shifts the mean of each reverse step (classifier / value guidance), passed as ``guide=``;
+* a :class:`Guide` moves x_t before each reverse step (classifier / value guidance), passed as ``guide=``;
 * :func:`classifier_free` wraps the denoiser into a ``model_fn`` mixing conditional and unconditional outputs,
   passed as ``model_fn=``.
 """
@@ -10,22 +10,32 @@ Two ways to steer sampling:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import torch
 
 if TYPE_CHECKING:
     from diffplan.diffusion.sampling import Denoiser, Inpaint
 
-__all__ = ["Guide", "ValueGuide", "classifier_free"]
+__all__ = ["GUIDANCE_FORMS", "GuidanceForm", "Guide", "ValueGuide", "classifier_free"]
+
+GuidanceForm = Literal["diffuser", "mean_shift"]
+GUIDANCE_FORMS: tuple[str, ...] = ("diffuser", "mean_shift")
+"""Where the sampling loop puts a guide's result: ``diffuser``: the guided x_t replaces x_t and the denoiser and
+the scheduler step run on it (Diffuser's ``n_step_guided_p_sample``: ``p_mean_variance(x=x_guided)``);
+``mean_shift``: the model runs on the unguided x_t and the guide's displacement is added to the step's mean
+(classifier guidance as Dhariwal & Nichol, 2021, Alg. 1). The same displacement moves the sample much further
+in the second form: in the first the step's mean sees it only through ``c_xt`` and the model."""
 
 
 class Guide(Protocol):
-    """``guide(x_t (B, H, D), t (B,) long, mean (B, H, D), std (B, 1, 1)) -> guided mean (B, H, D)``."""
+    """``guide(x_t (B, H, D), t (B,) long, std (B, 1, 1)) -> guided x_t (B, H, D)``, called by the sampling loop
+    before the denoiser at every reverse step; ``std`` is that step's std (``NoiseScheduler.step_std``).
+    ``form`` (a :data:`GUIDANCE_FORMS` name) says how the loop uses the result."""
 
-    def __call__(
-        self, x_t: torch.Tensor, t: torch.Tensor, mean: torch.Tensor, std: torch.Tensor
-    ) -> torch.Tensor: ...
+    form: GuidanceForm
+
+    def __call__(self, x_t: torch.Tensor, t: torch.Tensor, std: torch.Tensor) -> torch.Tensor: ...
 
 
 class ValueGuide:
@@ -34,12 +44,11 @@ class ValueGuide:
     ``n_guide_steps`` gradient-ascent steps on ``value_fn`` starting from x_t:
         x <- x + scale * std^2 * grad_x value_fn(x, t)    (std^2 only if ``scale_grad_by_std``)
     with the gradient zeroed for rows with t < ``t_stopgrad`` and the inpainted entries re-applied after each
-    step; the total displacement x - x_t is added to the step mean. Adding it to the mean rather than to the
-    model input (Diffuser) keeps guidance a pure post-hoc shift of p(x_prev | x_t), as in classifier guidance
-    (Dhariwal & Nichol, 2021, Alg. 1: mean + s * Sigma * grad log p(y | x_t)); it avoids a second denoiser call.
+    step. With ``form="diffuser"`` (default) the loop then denoises the guided x, as Diffuser does; with
+    ``"mean_shift"`` it adds x - x_t to the step mean instead (see :data:`GUIDANCE_FORMS`).
     With ``scale_grad_by_std`` the final step to x0 (std 0) is unguided, as in Diffuser; for the same reason a
-    deterministic sampler (DDIM with eta=0, every std 0) is not guided at all: guide DDPM steps, or set
-    ``scale_grad_by_std=False``.
+    deterministic sampler (DDIM with eta=0, DPM-Solver++, flow Euler / Heun: every std 0) is not guided at all:
+    guide DDPM steps, or set ``scale_grad_by_std=False``.
 
     value_fn: ``(x (B, H, D), t (B,) long) -> values (B,) or (B, 1)``, higher is better; differentiable in x.
     """
@@ -52,13 +61,17 @@ class ValueGuide:
         t_stopgrad: int = 2,
         scale_grad_by_std: bool = True,
         inpaint: Inpaint | None = None,
+        form: GuidanceForm = "diffuser",
     ) -> None:
+        if form not in GUIDANCE_FORMS:
+            raise ValueError(f"unknown guidance form {form!r}; valid: {list(GUIDANCE_FORMS)}")
         self.value_fn = value_fn
         self.scale = scale
         self.n_guide_steps = n_guide_steps
         self.t_stopgrad = t_stopgrad
         self.scale_grad_by_std = scale_grad_by_std
         self.inpaint = inpaint
+        self.form: GuidanceForm = form
 
     def gradients(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(values (B,), grad_x of their sum (B, H, D)) at x; x is detached first."""
@@ -70,15 +83,12 @@ class ValueGuide:
             (grad,) = torch.autograd.grad(values.sum(), x)
         return values.detach(), grad
 
-    def __call__(
-        self, x_t: torch.Tensor, t: torch.Tensor, mean: torch.Tensor, std: torch.Tensor
-    ) -> torch.Tensor:
+    def __call__(self, x_t: torch.Tensor, t: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
         active = (t >= self.t_stopgrad).reshape((-1,) + (1,) * (x_t.dim() - 1)).to(x_t.device)
         if not bool(active.any()) or (self.scale_grad_by_std and not bool((std != 0).any())):
-            return mean  # every row's guidance would be zero: skip the value-gradient passes
+            return x_t  # every row's guidance would be zero: skip the value-gradient passes
         with torch.inference_mode(False):
-            start = x_t.detach().clone()
-            x = start
+            x = x_t.detach().clone()
             for _ in range(self.n_guide_steps):
                 _, grad = self.gradients(x, t)
                 if self.scale_grad_by_std:
@@ -87,8 +97,7 @@ class ValueGuide:
                 x = x + self.scale * grad
                 if self.inpaint is not None:
                     x = self.inpaint.apply(x)
-            shift = x - start
-        return mean + shift.to(mean.dtype)
+        return x.to(x_t.dtype)
 
 
 def classifier_free(denoiser: Denoiser, guidance_weight: float, one_call: bool = False) -> Denoiser:

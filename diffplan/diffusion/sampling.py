@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 
 import torch
 
-from diffplan.diffusion.schedulers import NoiseScheduler, randn_tensor
+from diffplan.diffusion.schedulers import NoiseScheduler, log_prob, randn_tensor
 
 if TYPE_CHECKING:
     from diffplan.diffusion.guidance import Guide
 
-__all__ = ["Denoiser", "Inpaint", "sample"]
+__all__ = ["Denoiser", "Inpaint", "sample", "step_log_prob"]
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
 """``f(x_t (B, H, D), t (B,) long, cond) -> (B, H, D)``."""
@@ -116,6 +116,7 @@ def sample(
     model_fn: Denoiser | None = ...,
     start_from: torch.Tensor | None = ...,
     start_index: int = ...,
+    min_std: float = ...,
 ) -> torch.Tensor: ...
 
 
@@ -136,6 +137,7 @@ def sample(
     model_fn: Denoiser | None = ...,
     start_from: torch.Tensor | None = ...,
     start_index: int = ...,
+    min_std: float = ...,
 ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
@@ -155,11 +157,15 @@ def sample(
     model_fn: Denoiser | None = None,
     start_from: torch.Tensor | None = None,
     start_index: int = 0,
+    min_std: float = 0.0,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Draw samples by running the reverse process over ``scheduler.timesteps``.
 
-    x_K ~ N(0, I) (inpainted); for each t: out = model(x, t, cond); (mean, std) = scheduler.step_distribution;
-    mean = guide(x, t, mean, std) if a guide is given; x = mean + std * z; x = inpaint.apply(x).
+    x_K ~ N(0, I) (inpainted); for each t: x = inpaint.apply(guide(x, t, std_t)) if a guide is given (std_t the
+    step's std); out = model(x, t, cond); (mean, std) = scheduler.step_distribution(out, t, x);
+    std = max(std, min_std); x = mean + std * z; x = inpaint.apply(x). A guide of form ``mean_shift`` instead
+    leaves x and adds its displacement guide(x, t, std_t) - x to the mean (see
+    :data:`~diffplan.diffusion.guidance.GUIDANCE_FORMS`).
 
     Args:
         denoiser: the network, ``f(x (B, H, D), t (B,) long, cond) -> (B, H, D)``.
@@ -167,7 +173,9 @@ def sample(
         shape: (B, H, D) of the samples.
         cond: passed to the model unchanged (e.g. a (B, C) tensor, or None).
         inpaint: entries fixed during sampling; they are exact (bit-identical) in the result.
-        guide: optional hook shifting the step mean (e.g. :class:`~diffplan.diffusion.guidance.ValueGuide`).
+        guide: optional hook moving x_t before each step (e.g. :class:`~diffplan.diffusion.guidance.ValueGuide`);
+            works with every scheduler, but one whose steps all have std 0 gives a std-scaled guide nothing to do.
+            A guided step cuts the autograd graph (``enable_grad``) at x_t: the guide returns a detached x.
         num_steps: sample over this many steps instead of the scheduler's current ones (its timesteps are
             restored afterwards).
         generator: source of all noise (initial and per step), so a seeded generator makes sampling repeatable.
@@ -209,10 +217,23 @@ def sample(
             chain = [x] if return_chain else []
             for t in timesteps:
                 t_batch = torch.full((batch,), t, dtype=torch.long, device=dev)
+                shift = None
+                if guide is not None:  # the guide scales by the std the step will draw with (min_std included)
+                    guide_std = scheduler.step_std(t, x)
+                    guide_std = guide_std.clamp(min=min_std) if min_std > 0 else guide_std
+                if guide is not None and guide.form == "mean_shift":
+                    shift = guide(x, t_batch, guide_std) - x.detach()
+                elif guide is not None and scheduler.starts_step(t):
+                    # Diffuser's form: the step is taken from the guided x, conditions written back in (a
+                    # corrector call is not guided: its step started from the point guided at the predictor)
+                    guided = guide(x, t_batch, guide_std)
+                    x = inpaint.apply(guided) if inpaint is not None else guided
                 out = fn(x, t_batch, cond)
                 mean, std = scheduler.step_distribution(out, t, x)
-                if guide is not None:
-                    mean = guide(x, t_batch, mean, std)
+                if min_std > 0:
+                    std = std.clamp(min=min_std)
+                if shift is not None:
+                    mean = mean + shift.to(mean.dtype)
                 x = mean + std * randn_tensor(shape, generator, dev, dtype)
                 if inpaint is not None:
                     x = inpaint.apply(x)
@@ -224,3 +245,36 @@ def sample(
     if return_chain:
         return x, torch.stack(chain, dim=1)
     return x
+
+
+def step_log_prob(
+    denoiser: Denoiser,
+    scheduler: NoiseScheduler,
+    x_t: torch.Tensor,
+    x_next: torch.Tensor,
+    t: torch.Tensor,
+    *,
+    cond: Any = None,
+    min_std: float,
+) -> torch.Tensor:
+    """Log-density of reverse steps x_t -> x_next under N(mean, max(std, min_std)^2 I), per entry, differentiable
+    in the denoiser: the score of a chain drawn by :func:`sample` with the same ``min_std``.
+
+    Rows may sit at different timesteps (one batched model call over (sample, step) pairs, as policy-gradient
+    fine-tuning needs); only stateless one-step schedulers (DDPM, DDIM, Euler) can score them.
+
+    Args:
+        denoiser: the network, ``f(x (N, H, D), t (N,) long, cond) -> (N, H, D)``.
+        scheduler: the scheduler the chain was sampled with; each ``t`` is one of its ``timesteps``.
+        x_t, x_next: (N, H, D) consecutive chain entries; t: (N,) long timesteps of x_t.
+        cond: (N, ...) condition rows, or None.
+        min_std: the sampler's std floor; must be > 0 where a step is deterministic (std 0: the step to x0,
+            DDIM with eta 0), whose density is otherwise a point mass.
+    Returns:
+        (N, H, D) log N(x_next; mean, std^2), elementwise (callers reduce over entries as their method does).
+    """
+    if type(scheduler).reset is not NoiseScheduler.reset:
+        raise ValueError(f"{scheduler.name} keeps per-sample state; its steps cannot be scored row by row")
+    out = denoiser(x_t, t, cond)
+    mean, std = scheduler.step_distribution(out, t, x_t)
+    return log_prob(x_next, mean, std, min_std=min_std, reduce=False)

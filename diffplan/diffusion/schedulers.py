@@ -58,15 +58,18 @@ def randn_tensor(
     return noise.to(device) if device is not None else noise
 
 
-def log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, min_std: float = 1e-3) -> torch.Tensor:
+def log_prob(
+    x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, min_std: float = 1e-3, reduce: bool = True
+) -> torch.Tensor:
     """Log density of x under N(mean, std^2 I), summed over all but the first dim.
 
     Args:
         x, mean: (B, ...) e.g. (B, H, D); std: broadcastable to x, e.g. (B, 1, 1).
         min_std: std is clamped to at least this, so deterministic steps (std 0: the last DDPM step, DDIM
             eta=0) get a finite density; DPPO uses 0.1 ("min_logprob_denoising_std").
+        reduce: False keeps the per-entry densities (B, ...).
     Returns:
-        (B,) log-probabilities.
+        (B,) log-probabilities ((B, ...) with ``reduce=False``).
     """
     std = std.clamp(min=min_std)
     z = (x - mean) / std
@@ -75,6 +78,8 @@ def log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, min_std: fl
         - torch.log(std)
         - 0.5 * torch.log(torch.tensor(2 * torch.pi, dtype=x.dtype, device=x.device))
     )
+    if not reduce:
+        return lp
     return lp.flatten(1).sum(-1) if lp.dim() > 1 else lp
 
 
@@ -349,6 +354,17 @@ class NoiseScheduler:
         mean = self._gather("c_x0", t, x_t) * x0 + self._gather("c_xt", t, x_t) * x_t
         return mean, self._gather("std", t, x_t)
 
+    def starts_step(self, t: Timestep) -> bool:
+        """Whether the model call at ``t`` about to be made starts a solver step (True for one-call solvers),
+        rather than finishing one begun at an earlier call (Heun's corrector). The sampling loop guides x only
+        where a step starts: a corrector evaluates the model at a trial point but steps from the start point."""
+        return True
+
+    def step_std(self, t: Timestep, x_t: torch.Tensor) -> torch.Tensor:
+        """The std (B, 1, ..., 1) of the reverse step from t, known before the model is called (it does not
+        depend on the model's output): what a guide scales its gradient by before the step is taken."""
+        return self._gather("std", t, x_t)
+
     def step(
         self,
         model_out: torch.Tensor,
@@ -606,6 +622,11 @@ class FlowMatchHeunScheduler(FlowMatchEulerScheduler):
     def call_index(self, step: int) -> int:
         """Step j's predictor is call 2j (calls: t_0, then a corrector and a predictor at each t_j)."""
         return 2 * step
+
+    def starts_step(self, t: Timestep) -> bool:
+        """False for a corrector call: the step it finishes started at the pending predictor's x."""
+        pending = self._pending
+        return pending is None or pending[0] != self._single_timestep(t)
 
     def _velocity(self, model_out: torch.Tensor, t: int, x_t: torch.Tensor) -> torch.Tensor:
         """v (B, ...) from the (clipped) x0 estimate: (x_t - x0_hat) / s_t."""

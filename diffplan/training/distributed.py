@@ -246,7 +246,7 @@ def torch_optimizers(algorithm: Algorithm) -> list[tuple[torch.optim.Optimizer, 
     return found
 
 
-def _tianshou_optimizers(algorithm: Algorithm) -> list[Algorithm.Optimizer]:
+def tianshou_optimizers(algorithm: Algorithm) -> list[Algorithm.Optimizer]:
     """Tianshou's optimizer wrappers of ``algorithm`` and of any algorithm inside it."""
     return [w for module in algorithm.modules() if isinstance(module, Algorithm) for w in module._optimizers]
 
@@ -313,7 +313,7 @@ def prepare(agent: Agent, cfg: RunConfig, ctx: DistContext) -> ShardedBatches | 
         torch.manual_seed(seed)
         np.random.seed(seed)
     found = torch_optimizers(algorithm)
-    for wrapper in _tianshou_optimizers(algorithm):
+    for wrapper in tianshou_optimizers(algorithm):
         # The wrapper clips between backward and step; the clip moves behind the all-reduce (into the hook),
         # because clipping must see the averaged gradient, as in a one-process run.
         wrapper._max_grad_norm = None

@@ -70,10 +70,12 @@ class Experiment:
     progress: bool = False
     """Show progress bars (evaluations too)."""
 
-    def make_venv(self, n: int, seed: int, subproc: bool = False) -> Any:
-        """``n`` envs of the task (seeds ``seed..seed+n-1``) in the config's ``vector_env`` kind."""
+    def make_venv(self, n: int, seed: int, subproc: bool = False, wrapper: Any = None) -> Any:
+        """``n`` envs of the task (seeds ``seed..seed+n-1``) in the config's ``vector_env`` kind, each wrapped by
+        ``wrapper`` (a picklable callable) if given."""
         return make_vector_env(
-            self.cfg.task, n, seed, subproc=subproc, kind=self.cfg.vector_env, ray_address=self.cfg.ray_address
+            self.cfg.task, n, seed, subproc=subproc, kind=self.cfg.vector_env, ray_address=self.cfg.ray_address,
+            wrapper=wrapper,
         )
 
     def evaluate(self, n_episodes: int, record_plans: int = 0, seed: int = EVAL_SEED) -> EvalResult:

@@ -17,6 +17,7 @@ state only), and benchmarks need a wall-clock training budget that excludes eval
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -31,7 +32,7 @@ from tianshou.utils.torch_utils import policy_within_training_step
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
-from diffplan.agent import OnlineConfig, WarmStartable
+from diffplan.agent import ChunkDecider, OnlineConfig, WarmStartable
 from diffplan.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -42,7 +43,7 @@ from diffplan.checkpoint import (
     write_text_atomic,
 )
 from diffplan.config import ConfigError, RunConfig, config_yaml
-from diffplan.envs import EVAL_SEED
+from diffplan.envs import EVAL_SEED, ActionChunks
 from diffplan.envs.evaluation import EvalResult
 from diffplan.training import distributed
 from diffplan.training.distributed import DistContext
@@ -54,6 +55,7 @@ from diffplan.training.experiment import (
     machine_info,
     setup,
 )
+from diffplan.training.lr import apply_lr_schedule, run_progress
 
 log = logging.getLogger("diffplan")
 
@@ -100,6 +102,10 @@ class OfflineSteps:
 class OnlineSteps:
     """One step = collect ``env_steps_per_update`` env steps with the training policy, then one policy update.
 
+    A :class:`~diffplan.agent.ChunkDecider` policy (DPPO) collects one transition per decided action chunk: its
+    training envs are wrapped in :class:`~diffplan.envs.ActionChunks`, and env steps are counted from the
+    decisions' ``info["env_steps"]``.
+
     The training envs are vector envs (``SubprocVectorEnv`` by default, Tianshou's). They restart, reseeded from
     ``(seed, step)``, after every checkpoint and on resume: an interrupted episode cannot be checkpointed, so
     restarting at the same place in both runs is what makes a resumed run continue exactly.
@@ -111,8 +117,16 @@ class OnlineSteps:
         cfg = exp.cfg
         assert isinstance(cfg, OnlineConfig)
         self.exp, self.cfg = exp, cfg
-        self.venv = exp.make_venv(cfg.train_envs, cfg.seed, subproc=cfg.subproc_envs)
-        buffer = VectorReplayBuffer(2 * max(cfg.env_steps_per_update, cfg.train_envs), cfg.train_envs)
+        wrapper = None
+        self.act_steps = 1
+        """Env steps per collected transition (a chunk decider's decisions execute several)."""
+        if isinstance(exp.agent.policy, ChunkDecider):
+            chunk, self.act_steps = exp.agent.policy.decision_chunk()
+            wrapper = functools.partial(ActionChunks, chunk=chunk, act_steps=self.act_steps)
+        self.transitions = -(-cfg.env_steps_per_update // self.act_steps)
+        """Transitions collected per update: ``env_steps_per_update`` env steps, in decisions."""
+        self.venv = exp.make_venv(cfg.train_envs, cfg.seed, subproc=cfg.subproc_envs, wrapper=wrapper)
+        buffer = VectorReplayBuffer(2 * max(self.transitions, cfg.train_envs), cfg.train_envs)
         self.collector = Collector(exp.agent.policy, self.venv, buffer, exploration_noise=True)
         self.env_steps = 0
         self.restart(0)
@@ -131,17 +145,25 @@ class OnlineSteps:
     def step(self) -> tuple[TrainingStats, int, dict[str, float]]:
         policy, algorithm = self.exp.agent.policy, self.exp.agent.algorithm
         with policy_within_training_step(policy):
-            collected = self.collector.collect(n_step=self.cfg.env_steps_per_update)
+            collected = self.collector.collect(n_step=self.transitions)
+            env_steps = collected.n_collected_steps
+            if self.act_steps > 1:  # decisions: each says how many env steps it took (fewer at an episode's end)
+                buffer = self.collector.buffer
+                env_steps = int(np.sum(buffer[buffer.sample_indices(0)].info["env_steps"]))
             stats = algorithm.update(
                 buffer=self.collector.buffer, batch_size=self.cfg.batch_size, repeat=self.cfg.update_epochs
             )
         self.collector.reset_buffer(keep_statistics=True)
-        self.env_steps += collected.n_collected_steps
+        self.env_steps += env_steps
         extra = {"env_steps": float(self.env_steps)}
         if collected.n_collected_episodes:
             extra["episode_return"] = float(np.mean(collected.returns))
-            extra["episode_length"] = float(np.mean(collected.lens))
-        return stats, collected.n_collected_steps, extra
+            extra["episode_length" if self.act_steps == 1 else "episode_decisions"] = float(np.mean(collected.lens))
+            if self.exp.ref_min is not None and self.exp.ref_max is not None:
+                extra["normalized_score"] = float(
+                    100 * (extra["episode_return"] - self.exp.ref_min) / (self.exp.ref_max - self.exp.ref_min)
+                )
+        return stats, env_steps, extra
 
     def state_dict(self) -> dict[str, Any]:
         return {"env_steps": self.env_steps}
@@ -198,7 +220,20 @@ def _restore(
             generators[name].set_state(gen_state)
     steps.load_state_dict(state.get("loop", {}))
     set_rng_state(state["rng"])
+    if exp.ref_min is None:  # an online run's reference scores came from its init_from run
+        exp.ref_min, exp.ref_max = state.get("ref_min_score"), state.get("ref_max_score")
     return int(state["step"]), float(state["train_time"]), json.loads(state["history"])
+
+
+def _progress(steps: OfflineSteps | OnlineSteps, step: int) -> dict[str, int]:
+    """What a learning curve needs beside the update count: env steps so far for an online run."""
+    return {"env_steps": steps.done(step)} if isinstance(steps, OnlineSteps) else {}
+
+
+def _reference_scores_of(path: str) -> tuple[float | None, float | None]:
+    """The reference scores a run (or checkpoint) was normalized with."""
+    state, _ = load_checkpoint(path)
+    return state.get("ref_min_score"), state.get("ref_max_score")
 
 
 def _log_eval(writer: SummaryWriter, exp: Experiment, result: EvalResult, step: int) -> dict[str, Any]:
@@ -346,6 +381,8 @@ def run_experiment(
         if not isinstance(exp.agent.algorithm, WarmStartable):
             raise ConfigError(f"agent {cfg.agent!r} cannot start from another run (init_from={init_from!r})")
         exp.agent.algorithm.warm_start(init_from)
+        if exp.ref_min is None:  # no dataset loaded: the pre-trained run's reference scores normalize this one's
+            exp.ref_min, exp.ref_max = _reference_scores_of(init_from)
     state = None
     if resume is not None:
         state = _load_resume(resume, cfg, ctx)
@@ -370,10 +407,14 @@ def run_experiment(
         bar = tqdm(total=steps.total(), initial=steps.done(step), desc=f"train {cfg.agent}", disable=not progress,
                    unit=steps.unit)
         time_limit = cfg.max_train_minutes * 60.0 if cfg.max_train_minutes > 0 else float("inf")
+        # CPU time (budget_clock=cpu) makes a minutes budget independent of what else runs on the machine.
+        clock = time.process_time if cfg.budget_clock == "cpu" else time.perf_counter
         while step < cfg.train_steps and train_time < time_limit:
-            t0 = time.perf_counter()
+            if cfg.lr_decay:  # from the saved counters, before the update: a resumed run continues it exactly
+                apply_lr_schedule(exp.agent.algorithm, run_progress(step, cfg.train_steps, train_time, time_limit))
+            t0 = clock()
             stats, advanced, scalars = steps.step()
-            train_time += time.perf_counter() - t0
+            train_time += clock() - t0
             if ctx.enabled and time_limit < float("inf"):  # every rank stops at the same step
                 train_time = distributed.agree_max(train_time, ctx)
             step += 1
@@ -388,7 +429,7 @@ def run_experiment(
             if cfg.eval_every and step % cfg.eval_every == 0 and not last:
                 if ctx.main:
                     summary = _log_eval(writer, exp, exp.evaluate(cfg.eval_episodes, cfg.plot_plans), step)
-                    history.append({"step": step, "train_time_s": train_time, **summary})
+                    history.append({"step": step, "train_time_s": train_time, **_progress(steps, step), **summary})
                     bar.write(_eval_line(step, summary))
                 distributed.barrier(ctx)  # the other ranks wait for rank 0's evaluation here, outside the timing
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and not last:
@@ -410,7 +451,7 @@ def run_experiment(
 
     final = exp.evaluate(cfg.final_eval_episodes, cfg.plot_plans)
     summary = _log_eval(writer, exp, final, step)
-    history.append({"step": step, "train_time_s": train_time, **summary})
+    history.append({"step": step, "train_time_s": train_time, **_progress(steps, step), **summary})
     save_checkpoint(run_dir, step, {**final_state, "history": json.dumps(history, default=float)}, resolved_yaml)
     if cfg.video_frames > 0:
         log_rollout_video(writer, exp, step)
@@ -429,7 +470,9 @@ def run_experiment(
         "ref_min_score": exp.ref_min,
         "ref_max_score": exp.ref_max,
         "eval_seed": EVAL_SEED,
+        "eval_envs": cfg.eval_envs,
         "final": summary,
+        "final_episodes": final.per_episode(),
         "history": history,
         "run_dir": str(run_dir),
         **machine_info(),

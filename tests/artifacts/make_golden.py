@@ -121,13 +121,16 @@ def compute() -> dict[str, torch.Tensor]:
                 unet, sched, shape, cond=data["cond"], model_fn=classifier_free(unet, 1.2, one_call=True),
                 generator=_gen(SAMPLE_SEED),
             )
-            # ValueGuide shifts the step mean by scale * std^2 * grad: DDPM and DDIM eta=1 are guided; DDIM
+            # ValueGuide moves x_t by scale * std^2 * grad (Diffuser's form: the step then runs on the guided x;
+            # mean_shift: the displacement is added to the step's mean): DDPM and DDIM eta=1 are guided; DDIM
             # eta=0 (std 0) is guided only without the std scaling.
-            guide = ValueGuide(value, scale=0.5, n_guide_steps=2, t_stopgrad=1,
-                               scale_grad_by_std=sched_name != "ddim_eta0", inpaint=inpaint)
-            out[f"value_guided/{key}"] = sample(
-                unet, sched, shape, cond=data["cond"], inpaint=inpaint, guide=guide, generator=_gen(SAMPLE_SEED)
-            )
+            for form, family in (("diffuser", "value_guided"), ("mean_shift", "value_guided_mean_shift")):
+                guide = ValueGuide(value, scale=0.5, n_guide_steps=2, t_stopgrad=1,
+                                   scale_grad_by_std=sched_name != "ddim_eta0", inpaint=inpaint, form=form)
+                out[f"{family}/{key}"] = sample(
+                    unet, sched, shape, cond=data["cond"], inpaint=inpaint, guide=guide,
+                    generator=_gen(SAMPLE_SEED),
+                )
         ddpm = schedulers(prediction)["ddpm"]
         _, chain = sample(nets["unet"], ddpm, shape, cond=data["cond"], inpaint=inpaint, num_steps=K,
                           generator=_gen(SAMPLE_SEED), return_chain=True)
