@@ -458,7 +458,7 @@ def _override(command: str, key: str) -> str:
     return match.group(1) if match else ""
 
 
-def _mean_se(values: list[tuple[float, float]]) -> str:
+def _score_se(values: list[tuple[float, float]]) -> str:
     """``mean ± s.e.`` of (score, episode s.e.) pairs: the episode s.e. for one seed, over seeds for more."""
     if len(values) == 1:
         return f"{values[0][0]:.1f} ± {values[0][1]:.1f}"
@@ -516,10 +516,10 @@ def _hierarchical(root: Path) -> _Section | None:
             format_score(row), _num(mean(lambda d: d["planner"]["success_rate"]), 2),
             _num(mean(lambda d: (d.get("planner_hard") or {}).get("normalized_score")), 1) + " / "
             + _num(mean(lambda d: (d.get("planner_hard") or {}).get("success_rate")), 2),
-            "—" if None in end else _mean_se([(e["normalized_score"], e["normalized_score_se"]) for e in end]),
+            "—" if None in end else _score_se([(e["normalized_score"], e["normalized_score_se"]) for e in end]),
             "—" if None in end else _num(statistics.fmean(e["success_rate"] for e in end), 2),
             "—" if None in end else _num(mean(lambda d: (d["plan_to_end"].get("hard") or {}).get("normalized_score")), 1),
-            _mean_se([(d["go_to_goal_baseline"]["normalized_score"], d["go_to_goal_baseline"]["normalized_score_se"])
+            _score_se([(d["go_to_goal_baseline"]["normalized_score"], d["go_to_goal_baseline"]["normalized_score_se"])
                       for d in ds]),
             _num(mean(lambda d: d["go_to_goal_baseline"]["success_rate"]), 2), _int(mean(lambda d: d["hard_episodes"])),
             str(row.first.episodes),
