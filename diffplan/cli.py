@@ -98,9 +98,17 @@ def cmd_data_make(args: argparse.Namespace) -> int:
     wall = time.perf_counter() - start
     print(f"wrote minari:{dataset_id} in {wall:.1f}s")
     if args.json:
+        import datetime
+
         from diffplan.checkpoint import write_text_atomic
 
-        summary = {**dataset_info(f"minari:{dataset_id}"), "wall_s": round(wall, 1), "load_avg": os.getloadavg()}
+        command = f"diffplan data make {args.name}" + "".join(
+            f" {flag} {value}" for flag, value, default in (
+                ("--steps", args.steps, 1_000_000), ("--seed", args.seed, 0), ("--id", args.id, None),
+                ("--time-limit-min", args.time_limit_min, None)) if value != default
+        ) + (" --noisy" if args.noisy else "")
+        summary = {**dataset_info(f"minari:{dataset_id}"), "wall_s": round(wall, 1), "load_avg": os.getloadavg(),
+                   "command": command, "date": datetime.date.today().isoformat()}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(Path(args.json), json.dumps(summary, indent=1, default=float))
     return 0
@@ -187,7 +195,8 @@ def dataset_info(source: str) -> dict[str, Any]:
         "ref_min_score": meta.get("ref_min_score"),
         "ref_max_score": meta.get("ref_max_score"),
         **{k: meta[k] for k in ("recipe", "maze", "task", "seed", "noisy", "kind", "behaviour", "timing", "frame",
-                                "frame_conversion", "ref_scores_from", "d4rl_ref_scores", "dropped_stale_rows")
+                                "frame_conversion", "ref_scores_from", "d4rl_ref_scores", "dropped_stale_rows",
+                                "own_random_return", "own_expert_return", "dataset_returns", "n_envs")
            if k in meta},
     }
 

@@ -140,7 +140,7 @@ def test_shipped_policies_match_numpy_and_are_complete():
 
 
 def test_medium_choice_is_nearest_stochastic_policy():
-    row = lambda m: {"stochastic": {"mean": m}}  # noqa: E731
+    row = lambda m: {"stochastic": {"mean": m}}
     cands = {"hopper": {"random": row(10), "tqc": row(1390), "sac": row(1000), "ppo": row(2000), "ars": row(1400)}}
     assert B.choose_medium(cands, "hopper") == "sac"  # tqc is the expert, ars has no stochastic actions
 
@@ -160,6 +160,26 @@ def test_convert_zoo_ships_only_the_chosen_files(tmp_path):
     info = json.loads((out / "hopper.json").read_text())
     assert info["medium"]["folder"] == "sac/Hopper-v3_1" and info["source"]["repo"] == "DLR-RM/rl-trained-agents"
     assert B.load_actor("hopper", "medium", out).arch.algo == "sac"
+
+
+def test_cli_measure_then_convert(tmp_path):
+    """measure-zoo writes every candidate's returns and the choice; convert-zoo ships that choice."""
+    from diffplan.cli import main
+
+    zoo_dir = tmp_path / "zoo"
+    for i, algo in enumerate(zoo.ZOO_ALGOS):
+        _fake_zoo_npz(zoo_dir, algo, "hopper", seed=i)
+    (zoo_dir / "LICENSE-rl-trained-agents").write_text("MIT License\n")
+    out = tmp_path / "cands.json"
+    assert main(["data", "measure-zoo", str(zoo_dir), "--env", "hopper", "--episodes", "2", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    rows = res["candidates"]["hopper"]
+    assert set(rows) == {"random", *zoo.ZOO_ALGOS} and rows["ars"]["stochastic"] == rows["ars"]["deterministic"]
+    assert res["choice"]["hopper"] == {"expert": "tqc", "medium": B.choose_medium(res["candidates"], "hopper")}
+    assert main(["data", "convert-zoo", str(zoo_dir), "--candidates", str(out), "--policy-dir", str(tmp_path / "p")]) == 0
+    info = B.load_info("hopper", tmp_path / "p")
+    assert info["medium"]["algo"] == res["choice"]["hopper"]["medium"]
+    assert info["medium"]["stochastic"] == rows[info["medium"]["algo"]]["stochastic"]
 
 
 def test_bad_zoo_and_policy_files_fail_with_one_line(tmp_path, capsys):

@@ -72,7 +72,7 @@ def load_info(env: str, policy_dir: str | Path | None = None) -> dict[str, Any]:
     try:
         info = json.loads(path.read_text())
         for kind in POLICY_KINDS:
-            info[kind]["file"]  # noqa: B018 (presence check)
+            info[kind]["file"]
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise BehaviourPolicyError(f"corrupt behaviour-policy summary {path}: {exc!r}") from exc
     return info
