@@ -38,6 +38,8 @@ ZOO_ENV_NAMES = {"hopper": "Hopper", "walker2d": "Walker2d", "halfcheetah": "Hal
 """diffplan env name -> the Zoo's env folder name (``<algo>/<Name>/weights.npz`` in the exported tree)."""
 ENV_DIMS = {"hopper": (11, 3), "walker2d": (17, 6), "halfcheetah": (17, 6)}
 """(observation size, action size) of each env (identical on v3, v4 and v5)."""
+HEADER_KEY = "diffplan_zoo_policy"
+"""The safetensors header key holding a converted policy's architecture and source (JSON)."""
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 """SB3's clip of a squashed Gaussian's log-std (``sb3/sac/policies.py``)."""
 
@@ -148,8 +150,10 @@ def convert_policy(zoo_dir: str | Path, algo: str, env: str, out: str | Path) ->
         if dtype == np.float32 and not np.array_equal(a.astype(np.float32).astype(a.dtype), a):
             raise BehaviourPolicyError(f"{src}: {key} is not float32-exact; refusing a lossy conversion")
         keep[key] = torch.from_numpy(np.array(a, dtype=dtype, order="C"))  # 0-d stays 0-d
-    meta = {**{k: str(v) for k, v in asdict(arch).items()}, "source_repo": ZOO_REPO, "source_commit": ZOO_COMMIT,
-            "source_folder": zoo_folder(algo, env)}
+    # One header key holding sorted JSON: safetensors writes its metadata map in hash order, so several keys
+    # would make every conversion a different file (and its sha256, which the datasets record, with it).
+    meta = {HEADER_KEY: json.dumps({**asdict(arch), "source_repo": ZOO_REPO, "source_commit": ZOO_COMMIT,
+                                    "source_folder": zoo_folder(algo, env)}, sort_keys=True)}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(out, save(keep, metadata=meta))
@@ -289,9 +293,11 @@ def load_policy_file(path: str | Path) -> ZooActor:
     except Exception as exc:  # safetensors raises its own error types for truncated/garbled headers
         raise BehaviourPolicyError(f"corrupt behaviour-policy file {path}: {str(exc).splitlines()[0]}") from exc
     try:
-        arch = ZooArch(meta["algo"], meta["env"], meta["family"], meta["activation"], meta["time_feature"] == "True")
-    except KeyError as exc:
-        raise BehaviourPolicyError(f"behaviour-policy file {path} has no architecture header ({exc})") from exc
+        header = json.loads(meta[HEADER_KEY])
+        arch = ZooArch(header["algo"], header["env"], header["family"], header["activation"],
+                       bool(header["time_feature"]))
+    except (KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise BehaviourPolicyError(f"behaviour-policy file {path} has no architecture header ({exc!r})") from exc
     if arch.family not in _FAMILIES or arch.env not in LOCOMOTION_ENVS:
         raise BehaviourPolicyError(f"behaviour-policy file {path}: unknown architecture {json.dumps(asdict(arch))}")
     return build_actor(tensors, arch, str(path))
