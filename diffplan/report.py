@@ -534,19 +534,23 @@ def _datasets(root: Path) -> _Section:
     sec.add("", "### Locomotion datasets (`diffplan data make <env>-<kind> [--steps N]`)", "",
             "Reference scores are D4RL's (d4rl/infos.py). medium-replay: a Tianshou SAC run from scratch, stopped when",
             "its evaluated return reaches the medium policy's or its budget ends (columns on the right).", "")
-    table, labelled = [], []
+    table, labelled, notes = [], [], []
     for path in sorted((root / "recipes-locomotion").glob("*.json")):
         d = sec.read(f"recipes-locomotion/{path.name}")
         replay = (d.get("behaviour") or {}).get("replay") or {}
         table.append([_short(d["source"]), str(d["steps"]), str(d["episodes"]), _num(d["episode_length_mean"], 0),
                       _num(d["return_mean"], 0), _num(d["ref_min_score"], 1), _num(d["ref_max_score"], 1),
-                      _num(d["wall_s"], 0, " s"),
+                      _num(d["wall_s"], 0, " s"), _num(d["load_avg"][0], 1) if "load_avg" in d else "—",
                       _num(replay["best_return"], 0) + f" / {replay['target_return']:.0f}" if replay else "—",
                       ("yes" if replay["reached_target"] else f"no ({replay['stopped_by']})") if replay else "—"])
         if "command" in d:
             labelled.append((_short(d["source"]), d["command"]))
+        if "note" in d:
+            notes.append(f"* {_short(d['source'])}: {d['note']}")
     sec.add(*_table(["dataset", "steps", "episodes", "mean length", "mean return", "ref_min", "ref_max",
-                     "wall time", "SAC best eval / target", "reached"], table))
+                     "wall time", "load", "SAC best eval / target", "reached"], table))
+    sec.add("", "Wall time on the shared 2-core CPU at the load average shown (one torch thread; medium-expert",
+            "reuses the medium and expert datasets when they exist).", *([""] + notes if notes else []))
     if labelled:
         sec.commands(labelled)
     return sec
