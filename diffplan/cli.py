@@ -79,25 +79,37 @@ def cmd_data_make(args: argparse.Namespace) -> int:
             f"data make --id {args.id}: a Minari dataset with this id already exists at "
             f"{recipes.dataset_dir(args.id)}; choose another --id (nothing was overwritten)"
         )
-    if args.retrain:
-        loco = split_locomotion_task(task)
-        if loco is None:
-            print("diffplan: error: --retrain applies to locomotion datasets only", file=sys.stderr)
-            return 2
-        from diffplan.behaviour import retrain
-        from diffplan.envs.evaluation import evaluate
-
-        retrain(loco[0], evaluate=evaluate)
+    loco = split_locomotion_task(task)
+    if args.time_limit_min is not None and (loco is None or loco[1] != "medium-replay"):
+        raise ConfigError("data make --time-limit-min applies to locomotion medium-replay datasets only")
+    if args.time_limit_min is not None and args.time_limit_min <= 0:
+        raise ConfigError(f"data make --time-limit-min {args.time_limit_min}: give a positive number of minutes")
     start = time.perf_counter()
-    dataset_id = recipes.make(
-        task, steps=args.steps, seed=args.seed, noisy=args.noisy, minari_id=args.id, progress=True
-    )
+    if loco is not None and loco[1] == "medium-replay":
+        from diffplan.data.recipes.locomotion import make_dataset
+
+        # The replay buffer's SAC run takes a wall-time budget the other recipes have no use for.
+        limit = None if args.time_limit_min is None else 60 * args.time_limit_min
+        dataset_id = make_dataset(task, None if args.steps == recipes.DEFAULT_STEPS else args.steps, args.seed,
+                                  args.id, progress=True, replay_time_limit_s=limit)
+    else:
+        dataset_id = recipes.make(
+            task, steps=args.steps, seed=args.seed, noisy=args.noisy, minari_id=args.id, progress=True
+        )
     wall = time.perf_counter() - start
     print(f"wrote minari:{dataset_id} in {wall:.1f}s")
     if args.json:
+        import datetime
+
         from diffplan.checkpoint import write_text_atomic
 
-        summary = {**dataset_info(f"minari:{dataset_id}"), "wall_s": round(wall, 1), "load_avg": os.getloadavg()}
+        command = f"diffplan data make {args.name}" + "".join(
+            f" {flag} {value}" for flag, value, default in (
+                ("--steps", args.steps, 1_000_000), ("--seed", args.seed, 0), ("--id", args.id, None),
+                ("--time-limit-min", args.time_limit_min, None)) if value != default
+        ) + (" --noisy" if args.noisy else "")
+        summary = {**dataset_info(f"minari:{dataset_id}"), "wall_s": round(wall, 1), "load_avg": os.getloadavg(),
+                   "command": command, "date": datetime.date.today().isoformat()}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         write_text_atomic(Path(args.json), json.dumps(summary, indent=1, default=float))
     return 0
@@ -111,17 +123,53 @@ def _check_seed(seed: int, command: str) -> None:
         raise ConfigError(f"{command} --seed {seed}: a seed is a non-negative integer")
 
 
-def cmd_data_train_behaviour(args: argparse.Namespace) -> int:
-    from diffplan.behaviour import SACTrainConfig, retrain
-    from diffplan.envs.evaluation import evaluate
+def cmd_data_measure_zoo(args: argparse.Namespace) -> int:
+    import datetime
+    import platform
+    import time
 
-    _check_seed(args.seed, "data train-behaviour")
-    cfg = SACTrainConfig(
-        seed=args.seed, max_env_steps=args.max_env_steps, epoch_steps=args.epoch_steps,
-        start_steps=min(10_000, args.max_env_steps),
-        time_limit_s=None if args.time_limit_min is None else 60 * args.time_limit_min,
-    )
-    retrain(args.env, args.run_dir, cfg, args.policy_dir, evaluate=evaluate, expert=args.expert)
+    from diffplan.behaviour import EXPERT_ALGO, MEDIUM_TARGETS, choose_medium, measure_zoo
+    from diffplan.checkpoint import write_text_atomic
+
+    _check_seed(args.seed, "data measure-zoo")
+    start = time.perf_counter()
+    candidates = measure_zoo(args.zoo_dir, args.env or None, None, args.episodes, args.seed)
+    result = {
+        "command": f"diffplan data measure-zoo {args.zoo_dir} --episodes {args.episodes} --seed {args.seed}"
+                   + "".join(f" --env {e}" for e in args.env or []),
+        "date": datetime.date.today().isoformat(),
+        "machine": f"{platform.machine()} CPU, 1 torch thread",
+        "load_avg": os.getloadavg(),
+        "wall_s": round(time.perf_counter() - start, 1),
+        "protocol": f"Gymnasium v5, 1000-step limit, {args.episodes} episodes per row from reset seeds "
+                    f"{args.seed}..{args.seed + args.episodes - 1}; stochastic = actions sampled as the datasets "
+                    "sample them, deterministic = the mean action",
+        "medium_targets": MEDIUM_TARGETS,
+        "choice": {env: {"expert": EXPERT_ALGO, "medium": choose_medium(candidates, env)} for env in candidates},
+        "candidates": candidates,
+    }
+    write_text_atomic(Path(args.out), json.dumps(result, indent=1))
+    print(f"wrote {args.out}: medium = {result['choice']}")
+    return 0
+
+
+def cmd_data_convert_zoo(args: argparse.Namespace) -> int:
+    from diffplan.behaviour import convert_zoo
+    from diffplan.config import ConfigError
+
+    path = Path(args.candidates)
+    if not path.exists():
+        raise ConfigError(f"data convert-zoo --candidates {path}: no such file (`diffplan data measure-zoo` writes it)")
+    try:
+        measured = json.loads(path.read_text())
+        candidates, choice = measured["candidates"], measured["choice"]
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ConfigError(f"data convert-zoo --candidates {path}: not a measure-zoo result ({exc!r})") from None
+    infos = convert_zoo(args.zoo_dir, candidates, args.policy_dir,
+                        medium={env: c["medium"] for env, c in choice.items()})
+    for env, info in infos.items():
+        print(f"[{env}] expert {info['expert']['algo']} ({info['expert']['stochastic']['mean']:.0f}), medium "
+              f"{info['medium']['algo']} ({info['medium']['stochastic']['mean']:.0f})")
     return 0
 
 
@@ -148,7 +196,8 @@ def dataset_info(source: str) -> dict[str, Any]:
         "ref_min_score": meta.get("ref_min_score"),
         "ref_max_score": meta.get("ref_max_score"),
         **{k: meta[k] for k in ("recipe", "maze", "task", "seed", "noisy", "kind", "behaviour", "timing", "frame",
-                                "frame_conversion", "ref_scores_from", "d4rl_ref_scores", "dropped_stale_rows")
+                                "frame_conversion", "ref_scores_from", "d4rl_ref_scores", "dropped_stale_rows",
+                                "own_random_return", "own_expert_return", "dataset_returns", "n_envs")
            if k in meta},
     }
 
@@ -316,7 +365,6 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="make or inspect datasets").add_subparsers(dest="data_command", required=True)
-    from diffplan.behaviour import EXPERT_RULES
     from diffplan.data import recipes
     from diffplan.envs import LOCOMOTION_ENVS
 
@@ -325,24 +373,25 @@ def build_parser() -> argparse.ArgumentParser:
     make.add_argument("--steps", type=int, default=1_000_000,
                       help="dataset size in env steps (medium-expert: per policy; medium-replay: at most)")
     make.add_argument("--json", default=None, help="write the dataset summary and wall time here")
-    make.add_argument("--retrain", action="store_true",
-                      help="locomotion: train the behaviour policies again (hours) instead of the shipped ones")
+    make.add_argument("--time-limit-min", type=float, default=None,
+                      help="medium-replay: wall-time budget of its SAC run (default: until the medium return)")
     make.add_argument("--seed", type=int, default=0)
     make.add_argument("--noisy", action="store_true", help="Gaussian action noise 0.5, as D4RL's noisy variant")
     make.add_argument("--id", default=None, help="Minari dataset id (default diffplan/<name>[-noisy][-<N>k]-v0)")
     make.set_defaults(func=cmd_data_make)
-    tb = data.add_parser("train-behaviour", help="train a locomotion env's SAC behaviour policies (slow)")
-    tb.add_argument("env", choices=sorted(LOCOMOTION_ENVS))
-    tb.add_argument("--seed", type=int, default=0)
-    tb.add_argument("--max-env-steps", type=int, default=1_000_000)
-    tb.add_argument("--time-limit-min", type=float, default=None, help="stop at the first evaluation after this")
-    tb.add_argument("--epoch-steps", type=int, default=5_000, help="env steps between checkpoints")
-    tb.add_argument("--run-dir", default=None,
-                    help="default runs/behaviour/<env>-<time>; a finished run there is only finalized")
-    tb.add_argument("--expert", choices=EXPERT_RULES, default="last",
-                    help="expert = last checkpoint (D4RL) or the best-evaluated one (short, unstable runs)")
-    tb.add_argument("--policy-dir", default=None, help="where the policies go (default: the shipped ones)")
-    tb.set_defaults(func=cmd_data_train_behaviour)
+    mz = data.add_parser("measure-zoo", help="measure the RL Zoo's policies on the v5 envs (JSON)")
+    mz.add_argument("zoo_dir", help="the exported Zoo policies: <algo>/<Env>/weights.npz and the license")
+    mz.add_argument("--env", action="append", choices=sorted(LOCOMOTION_ENVS), help="only this env (repeatable)")
+    mz.add_argument("--episodes", type=int, default=5)
+    mz.add_argument("--seed", type=int, default=0)
+    mz.add_argument("--out", default="benchmarks/behaviour/zoo_candidates.json")
+    mz.set_defaults(func=cmd_data_measure_zoo)
+    cz = data.add_parser("convert-zoo", help="ship the chosen Zoo policies as safetensors (+ license, summary)")
+    cz.add_argument("zoo_dir", help="the exported Zoo policies: <algo>/<Env>/weights.npz and the license")
+    cz.add_argument("--candidates", default="benchmarks/behaviour/zoo_candidates.json",
+                    help="measure-zoo's result: the measured returns and the choice")
+    cz.add_argument("--policy-dir", default=None, help="where the policies go (default: the shipped ones)")
+    cz.set_defaults(func=cmd_data_convert_zoo)
     info = data.add_parser("info", help="print size, episodes, returns and reference scores")
     info.add_argument("source", help="minari:<id> | d4rl:<file.hdf5> | <path>")
     info.set_defaults(func=cmd_data_info)

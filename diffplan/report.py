@@ -321,7 +321,7 @@ def _intro(root: Path) -> list[str]:
         "",
         "* **Scores** are normalized: 100 × (return − ref_min) / (ref_max − ref_min), with the reference scores",
         "  stored in each dataset (maze: a uniform random policy and the dataset's own waypoint controller;",
-        "  locomotion: a uniform random policy and the behaviour expert's mean action).",
+        "  locomotion: D4RL's reference scores).",
         "* **mean ± s.e.**: with one training seed, the standard error over the evaluation episodes; with two or",
         "  more, the standard error of the per-seed means over seeds (each seed's score in brackets).",
         f"* **seeds** is the number of training seeds of a row. The project's standard is at least {MIN_SEEDS} seeds",
@@ -651,37 +651,51 @@ def _datasets(root: Path) -> _Section:
     sec.commands([(f"pointmaze-{m}", rec["generation_1M"][f"pointmaze-{m}"]["command"]) for m in MAZES]
                  + [("reference scores", refs["command"])])
 
+    zoo = sec.read("behaviour/zoo_candidates.json")
     sec.add(
-        "", "### Locomotion behaviour policies (Tianshou SAC)", "",
-        "Each env's expert is the last checkpoint (or the best one for a short, unstable run: rule `best`), the",
-        "medium policy the checkpoint whose evaluated return is closest to a third of the expert's. Reference",
-        "scores: a uniform random policy and the expert's mean action, 20 protocol episodes each.",
+        "", "### Locomotion behaviour policies (the RL Baselines3 Zoo's trained agents)", "",
+        "Candidates on the v5 envs, mean return over the same episodes: stochastic = actions sampled as the datasets",
+        "sample them, deterministic = the mean action. Expert: TQC (D4RL's expert level); medium: the candidate",
+        "with a stochastic policy whose stochastic return is nearest D4RL's medium level (**bold**: shipped).",
+        f"Protocol: {zoo['protocol']}.",
         "",
     )
-    table, labelled, curves = [], [], []
-    for env in ("hopper", "walker2d", "halfcheetah"):
-        d = sec.read(f"behaviour/{env}.json")
-        table.append([d["gym_id"], str(d["train_env_steps"]), _num(d["train_wall_s"] / 60, 0, " min"),
-                      f"{d['expert']['env_step']} ({d['expert']['rule']})", _num(d["expert"]["train_return"], 0),
-                      str(d["medium"]["env_step"]), _num(d["medium"]["train_return"], 0),
-                      str(d["medium_replay"]["transitions"]), _num(d["ref_min_score"], 1),
-                      _num(d["ref_max_score"], 1)])
-        labelled.append((env, _command(d)))
-        curves.append(f"* {d['gym_id']}: " + ", ".join(f"{c['env_step']}: {c['return_mean']:.0f}" for c in d["curve"]))
-    sec.add(*_table(["env", "SAC env steps", "wall time", "expert step (rule)", "expert return", "medium step",
-                     "medium return", "medium-replay transitions", "ref_min", "ref_max"], table))
-    sec.add("", "Evaluated return along training (env step: mean return):", "", *curves)
-    sec.commands(labelled)
-
-    sec.add("", "### Locomotion datasets (`diffplan data make <env>-<kind> --steps N`)", "")
     table = []
+    for env, rows in zoo["candidates"].items():
+        chosen = set(zoo["choice"][env].values())
+        target = zoo["medium_targets"][env]
+        for algo, r in rows.items():
+            name = f"**{algo}**" if algo in chosen else algo
+            det = r.get("deterministic")
+            table.append([env, name, _num(r["stochastic"]["mean"], 0) + " ± " + _num(r["stochastic"]["std"], 0),
+                          "—" if det is None else _num(det["mean"], 0) + " ± " + _num(det["std"], 0),
+                          next((k for k, v in zoo["choice"][env].items() if v == algo), ""), _num(target, 0)])
+    sec.add(*_table(["env", "policy", "stochastic return", "deterministic return", "shipped as",
+                     "D4RL medium level"], table))
+    sec.commands([("candidates", zoo["command"])])
+
+    sec.add("", "### Locomotion datasets (`diffplan data make <env>-<kind> [--steps N]`)", "",
+            "Reference scores are D4RL's (d4rl/infos.py). medium-replay: a Tianshou SAC run from scratch, stopped when",
+            "its evaluated return reaches the medium policy's or its budget ends (columns on the right).", "")
+    table, labelled, notes = [], [], []
     for path in sorted((root / "recipes-locomotion").glob("*.json")):
         d = sec.read(f"recipes-locomotion/{path.name}")
+        replay = (d.get("behaviour") or {}).get("replay") or {}
         table.append([_short(d["source"]), str(d["steps"]), str(d["episodes"]), _num(d["episode_length_mean"], 0),
                       _num(d["return_mean"], 0), _num(d["ref_min_score"], 1), _num(d["ref_max_score"], 1),
-                      _num(d["wall_s"], 0, " s")])
+                      _num(d["wall_s"], 0, " s"), _num(d["load_avg"][0], 1) if "load_avg" in d else "—",
+                      _num(replay["best_return"], 0) + f" / {replay['target_return']:.0f}" if replay else "—",
+                      ("yes" if replay["reached_target"] else f"no ({replay['stopped_by']})") if replay else "—"])
+        if "command" in d:
+            labelled.append((_short(d["source"]), d["command"]))
+        if "note" in d:
+            notes.append(f"* {_short(d['source'])}: {d['note']}")
     sec.add(*_table(["dataset", "steps", "episodes", "mean length", "mean return", "ref_min", "ref_max",
-                     "wall time"], table))
+                     "wall time", "load", "SAC best eval / target", "reached"], table))
+    sec.add("", "Wall time on the shared 2-core CPU at the load average shown (one torch thread; medium-expert",
+            "reuses the medium and expert datasets when they exist).", *([""] + notes if notes else []))
+    if labelled:
+        sec.commands(labelled)
     return sec
 
 

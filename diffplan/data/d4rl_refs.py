@@ -40,6 +40,11 @@ for _env, _refs in _LOCOMOTION.items():
 """D4RL dataset name -> (ref_min_score, ref_max_score)."""
 
 
+def d4rl_locomotion_refs(env: str) -> tuple[float, float]:
+    """D4RL's ``(ref_min_score, ref_max_score)`` of a locomotion env (``"hopper"``), the same for every kind."""
+    return _LOCOMOTION[env]
+
+
 def canonical_d4rl_name(stem: str) -> str:
     """Map a D4RL file stem to its env name.
 

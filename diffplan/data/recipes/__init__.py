@@ -156,7 +156,7 @@ class MazeRecipe:
 
 
 class LocomotionRecipe:
-    """D4RL locomotion recipe (:mod:`.locomotion`): rollouts of the shipped SAC behaviour policies."""
+    """D4RL locomotion recipe (:mod:`.locomotion`): rollouts of the shipped RL Zoo policies, medium-replay from SAC."""
 
     name = "locomotion"
     noisy = False
