@@ -570,63 +570,6 @@ def _qactors(root: Path) -> _Section:
     return sec
 
 
-def _locomotion(root: Path) -> _Section:
-    sec = _Section(root, "Locomotion: planners, Q-guided actors and baselines")
-    sec.add(
-        "Agents trained for a fixed CPU budget on the locally made D4RL-style datasets (see Datasets below),",
-        "evaluated on 20 episodes with a 1000-step limit; Tianshou's BC, TD3+BC and CQL are the baselines. The",
-        "decision latency is per env step at batch 1 (`diffplan bench plan`), median / mean: a planner that",
-        "replans every k steps has a near-zero median and pays the plan every k-th step.",
-        "",
-    )
-    folder = root / "locomotion"
-    runs = []
-    for path in sorted(folder.glob("*.json")):
-        if path.stem.endswith("-latency"):
-            continue
-        rel = f"locomotion/{path.name}"
-        data = sec.read(rel)
-        extra: dict[str, float | None] = {}
-        lat_path = path.with_name(path.stem + "-latency.json")
-        if lat_path.exists():
-            lat = sec.read(f"locomotion/{lat_path.name}")
-            extra["decision_median"] = lat.get("decision_ms_median", lat.get("plan_ms_median"))
-            extra["decision_mean"] = lat.get("decision_ms_mean", lat.get("plan_ms_median"))
-        # Results from before the evaluation protocol recorded its seed were evaluated on other episodes
-        # (eval_envs=5 where run.sh uses 20: with the protocol seed, the env count decides the episodes).
-        extra["other_episodes"] = None if "eval_seed" in data else 1.0
-        runs.append(_run_result(rel, data, extra=extra))
-    rows = by_dataset_then_agent(aggregate(runs))
-    labelled: list[tuple[str, str]] = []
-    for dataset in sorted({r.first.dataset for r in rows}):
-        sec.add(f"### {_short(dataset)}", "")
-        these = [r for r in rows if r.first.dataset == dataset]
-        sec.add(*_table(
-            ["agent", "variant", "normalized score", "episodes", "seeds", "episode length", "train time",
-             "gradient steps", "decision ms (median / mean)"],
-            [[r.first.agent, r.first.variant or "—", format_score(r),
-              f"{r.first.episodes} {OTHER_EPISODES}" if r.mean("other_episodes") else str(r.first.episodes),
-              _seeds_cell(r), _int(r.mean("length")), _num(r.mean("train_min"), 1, " min"), _int(r.mean("gradient_steps")),
-              "—" if r.mean("decision_median") is None
-              else f"{_num(r.mean('decision_median'), 1)} / {_num(r.mean('decision_mean'), 1)}"]
-             for r in these],
-        ))
-        if any(r.mean("other_episodes") for r in these):
-            sec.add("", OTHER_EPISODES_NOTE)
-        sec.add("")
-        for r in these:
-            label = f"{_short(dataset)} {r.first.agent}" + (f" ({r.first.variant})" if r.first.variant else "")
-            labelled += _row_commands(label, r)
-    sec.lines.pop()
-    sec.add(
-        "",
-        "`benchmarks/locomotion/run.sh <agent> <task> <minutes> [key=value ...]` trains, evaluates and measures",
-        "the latency of one row, writing `<agent>-<task>${RUN_TAG}.json` and its `-latency.json` here.",
-    )
-    sec.commands(labelled)
-    return sec
-
-
 def _datasets(root: Path) -> _Section:
     sec = _Section(root, "Datasets and behaviour policies")
     rec = sec.read("recipes.json")
@@ -1145,7 +1088,7 @@ def _finetune(root: Path) -> _Section:
 
 
 SECTIONS: tuple[Callable[[Path], _Section | None], ...] = (
-    _quickstart, _maze, _hierarchical, _qactors, _locomotion, _suites, _datasets, _robot, _fastgen, _finetune,
+    _quickstart, _maze, _hierarchical, _qactors, _suites, _datasets, _robot, _fastgen, _finetune,
     _scaleout,
 )
 """Page sections in order; a section function returns None while it has no results to show."""

@@ -5,7 +5,7 @@ budget (CPU minutes of training and/or gradient steps: the same for every run, s
 same budget) and one evaluation (the task's protocol seed, ``eval.episodes`` final episodes over ``eval.envs``
 envs: the same episodes for every run of a table). The suite sets those keys itself; an agent's overrides may
 not (one error line names the key). Where ``configs/experiments/<agent>-<task>.yaml`` exists it is the run's
-config (the agent's per-dataset paper settings), as ``benchmarks/locomotion/run.sh`` does.
+config (the agent's per-dataset paper settings).
 
 Each run trains in ``<runs>/<task>/<agent>-s<seed>`` and, when it has finished, writes one JSON,
 ``<out>/<task>/<agent>-s<seed>.json``: agent, task, dataset and its metadata, seed, budget, gradient steps

@@ -77,19 +77,25 @@ def test_missing_field_names_the_file():
         _run_result("broken.json", broken)
 
 
-def test_a_second_seed_file_changes_the_page(tmp_path):
-    """A per-seed JSON dropped next to the committed one lands in the same row, with seeds=2."""
+def test_a_third_seed_file_changes_the_page(tmp_path):
+    """A per-seed JSON dropped beside a suite's runs lands in the same row: mean ± s.e. over the three seeds, the
+    seed listed, and the "fewer than 3" warning gone."""
     import shutil
+    import statistics
 
     root = tmp_path / "benchmarks"
     shutil.copytree(ROOT / "benchmarks", root)
-    src = json.loads((root / "locomotion" / "cql-walker2d-medium-200k.json").read_text())
-    second = {**src, "seed": 1, "final": {**src["final"], "normalized_score": src["final"]["normalized_score"] + 2}}
-    (root / "locomotion" / "cql-walker2d-medium-200k-s1.json").write_text(json.dumps(second))
+    shutil.copytree(ROOT / "tests" / "artifacts" / "suite-fixture" / "suites" / "tiny", root / "suites" / "tiny")
+    folder = root / "suites" / "tiny" / "hopper-medium"
+    src = json.loads((folder / "bc-s1.json").read_text())
+    third = {**src, "seed": 2, "eval": {**src["eval"], "normalized_score": src["eval"]["normalized_score"] + 3}}
+    (folder / "bc-s2.json").write_text(json.dumps(third))
+    scores = [json.loads((folder / f"bc-s{s}.json").read_text())["eval"]["normalized_score"] for s in range(3)]
     page = generate(root)
-    mean = src["final"]["normalized_score"] + 1
-    row = next(line for line in page.splitlines() if line.startswith("| cql |") and f"{mean:.1f} ± 1.0" in line)
-    assert "| 2 ⚠ |" in row and math.isclose(mean, float(row.split("|")[3].split("±")[0]), abs_tol=0.05)
+    row = next(line for line in page.splitlines() if line.startswith("| bc | tiny |"))
+    mean, se = statistics.fmean(scores), statistics.stdev(scores) / math.sqrt(3)
+    assert f"| {mean:.1f} ± {se:.1f} |" in row and f"s2 {scores[2]:.1f}" in row, row
+    assert "fewer than 3" not in row
 
 
 def test_cli_writes_the_page(tmp_path):
