@@ -534,6 +534,8 @@ def _hierarchical(root: Path) -> _Section | None:
         table,
     ))
     sec.add("", "Execution of each row:", "", *executions)
+    for picture in sorted((root / "hierarchical").glob("*.png")):  # plans drawn by the runs (subgoals marked)
+        sec.add("", f"![{picture.stem}](hierarchical/{picture.name})")
     sec.commands(labelled)
     return sec
 
