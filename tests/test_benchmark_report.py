@@ -152,6 +152,7 @@ def test_hierarchical_section_aggregates_seeds_and_shows_the_plan_to_end_score(t
 
     root = tmp_path / "benchmarks"
     shutil.copytree(ROOT / "benchmarks", root)
+    shutil.rmtree(root / "hierarchical", ignore_errors=True)
     assert "hierarchical vs flat" not in generate(root)  # no results: no section
     (root / "hierarchical").mkdir(exist_ok=True)
     for name, d in {"h0": _hier_json("hierarchical", 0, 80.0, 70.0), "h1": _hier_json("hierarchical", 1, 70.0, 60.0),
@@ -166,6 +167,8 @@ def test_hierarchical_section_aggregates_seeds_and_shows_the_plan_to_end_score(t
     assert cells[7] == "75.0 ± 5.0 (s0 80.0, s1 70.0)" and cells[10] == "65.0 ± 5.0"  # over seeds, both scores
     assert [c.strip() for c in rows[0].strip("|").split("|")][10] == "—"  # not measured: a dash, not a zero
     assert "hierarchical execution; plan to end: then brake" in section
+
+
 def test_a_finetuning_result_renders_as_curves_beside_the_baseline(tmp_path):
     """``diffplan bench dppo`` JSON: a pre-training row and one row per evaluation point for each method."""
     root = tmp_path / "benchmarks"
