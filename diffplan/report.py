@@ -507,7 +507,9 @@ def _hierarchical(root: Path) -> _Section | None:
             return statistics.fmean(values) if values else None
 
         end = [d.get("plan_to_end") for d in ds]
-        budget = f"{row.first.budget_min:.0f} {'CPU-' if row.first.extra.get('cpu_clock') else 'wall-'}min"
+        # A run budgeted in gradient steps names its budget itself (its wall time on a shared machine is not one)
+        budget = ds[0].get("budget_label") or (
+            f"{row.first.budget_min:.0f} {'CPU-' if row.first.extra.get('cpu_clock') else 'wall-'}min")
         label = f"{row.first.dataset} {row.first.agent}, {budget}"
         table.append([
             row.first.dataset, row.first.agent, budget, _seeds_cell(row),
