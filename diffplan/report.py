@@ -458,12 +458,18 @@ def _override(command: str, key: str) -> str:
     return match.group(1) if match else ""
 
 
+def _mean_se(values: Sequence[float]) -> str:
+    """mean ± s.e. over seeds (a single value: no ±)."""
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.fmean(values):.1f} ± {statistics.stdev(values) / math.sqrt(len(values)):.1f}"
+
+
 def _score_se(values: list[tuple[float, float]]) -> str:
     """``mean ± s.e.`` of (score, episode s.e.) pairs: the episode s.e. for one seed, over seeds for more."""
     if len(values) == 1:
         return f"{values[0][0]:.1f} ± {values[0][1]:.1f}"
-    scores = [v for v, _ in values]
-    return f"{statistics.fmean(scores):.1f} ± {statistics.stdev(scores) / math.sqrt(len(scores)):.1f}"
+    return _mean_se([v for v, _ in values])
 
 
 def _hierarchical(root: Path) -> _Section | None:
@@ -1013,13 +1019,6 @@ def _suites(root: Path) -> _Section:
         sec.commands([(name, runs[0][1].get("command", ""))]
                      + [(f"{d['task']} {d['agent']} seed {d['seed']}", d.get("train_command", "")) for _, d in runs])
     return sec
-
-
-def _mean_se(values: Sequence[float]) -> str:
-    """mean ± s.e. over seeds (a single value: no ±)."""
-    if len(values) == 1:
-        return f"{values[0]:.1f}"
-    return f"{statistics.fmean(values):.1f} ± {statistics.stdev(values) / math.sqrt(len(values)):.1f}"
 
 
 def _finetune(root: Path) -> _Section:
