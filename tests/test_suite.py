@@ -184,11 +184,11 @@ def test_only_matching_nothing_is_refused(tmp_path):
 
 
 def test_the_shipped_suite_file_composes_every_run(tmp_path):
-    """benchmarks/suites/locomotion-medium.yaml: 7 agents x 3 tasks x 3 seeds, each config valid, one budget."""
+    """benchmarks/suites/locomotion-medium.yaml: 8 agents x 3 tasks x 3 seeds, each config valid, one budget."""
     suite = load_suite(ROOT / "benchmarks" / "suites" / "locomotion-medium.yaml")
     assert (suite.train_minutes, suite.eval_episodes, suite.seeds) == (15, 20, [0, 1, 2])
     result = run_suite(suite.path, out=tmp_path / "o", runs_dir=tmp_path / "r", dry_run=True, echo=None)
-    assert len(result["runs"]) == 63 and set(result["runs"].values()) == {"new"}
+    assert len(result["runs"]) == 72 and set(result["runs"].values()) == {"new"}
 
 
 def test_report_refuses_runs_on_other_episodes_in_one_table(tmp_path):
