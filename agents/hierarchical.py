@@ -50,7 +50,7 @@ from diffplan.data import (
     split_observation_space,
 )
 from diffplan.data.conditioning import fit_normalizers
-from diffplan.diffusion import Inpaint, ValueGuide, denoising_loss, loss_weights, sample
+from diffplan.diffusion import SCHEDULERS, Inpaint, ValueGuide, denoising_loss, loss_weights, sample
 from diffplan.nets import TemporalUnet1d, TemporalValueNet
 
 
@@ -70,6 +70,10 @@ class HierarchicalConfig(DiffuserConfig):
     """Base channel width of the low-level U-Net."""
     low_dim_mults: list[int] = field(default_factory=lambda: [1, 2, 4])
     """Channel multipliers of the low-level U-Net's levels."""
+    low_sampling_steps: int = 0
+    """Solver steps of the low level when acting (0: ``sampling_steps``, as the high level). The segments are
+    short with both ends inpainted, so they need fewer steps than the subgoals: this is the planner's main
+    latency knob (strided samplers only: ddim, dpmsolver++, euler, heun)."""
 
     def validate(self) -> None:
         super().validate()
@@ -85,6 +89,12 @@ class HierarchicalConfig(DiffuserConfig):
                 f"jump + 1 = {self.jump + 1} (the low level's horizon) must be divisible by {divisor} "
                 f"(2**(len(low_dim_mults)-1) with low_dim_mults={list(self.low_dim_mults)})"
             )
+        if self.low_sampling_steps < 0:
+            raise ConfigError(f"low_sampling_steps={self.low_sampling_steps} must be >= 0 (0: sampling_steps)")
+        if self.low_sampling_steps and not SCHEDULERS[self.sampler].strided:
+            raise ConfigError(f"low_sampling_steps needs a strided sampler (sampler={self.sampler!r} runs all T steps)")
+        if self.low_sampling_steps > self.diffusion_steps:
+            raise ConfigError(f"low_sampling_steps={self.low_sampling_steps} > diffusion_steps={self.diffusion_steps}")
         if self.warm_start_level > 0 or self.latency_budget_ms > 0:
             raise ConfigError(
                 "warm_start_level and latency_budget_ms are the flat diffuser's; the hierarchical planner needs 0"
@@ -111,6 +121,9 @@ class HierarchicalPolicy(DiffuserPolicy):
         assert isinstance(cfg, HierarchicalConfig)
         self.jump = cfg.jump
         self.plan_horizon = (cfg.horizon - 1) * cfg.jump + 1
+        self.low_scheduler = (
+            self.make_sampling_scheduler(cfg.low_sampling_steps) if cfg.low_sampling_steps else self.sampling_scheduler
+        )
 
     def set_latency_budget(self, budget_ms: float | None) -> None:
         if budget_ms:
@@ -192,7 +205,7 @@ class HierarchicalPolicy(DiffuserPolicy):
                 values[:, seg, step, :A], mask[:, seg, step, :A] = committed[:, j], True
         values, mask = values.reshape(M * S, L, D), mask.reshape(M * S, L, D)
         return sample(
-            self.ema.model.low, self.sampling_scheduler, values.shape,
+            self.ema.model.low, self.low_scheduler, values.shape,
             cond=self.low_condition(values) if self.cfg.embed_conditions else None,
             inpaint=Inpaint(mask, values), generator=self.generator, device=subgoals.device,
         ).reshape(M, S, L, D)
@@ -226,9 +239,9 @@ class HierarchicalPolicy(DiffuserPolicy):
             plan_obs = self.obs_norm.unnormalize(x[..., A:]).cpu().numpy().astype(np.float32)
             goal_cond = goal is not None and self.cfg.goal_conditioned
             lengths = self.park_lengths(plan_obs, goal if goal_cond else None)
-        calls = self.sampling_scheduler.model_calls
-        self.last_plan = {"steps": self.sampling_scheduler.num_steps, "candidates": self.cfg.n_candidates,
-                          "calls": 2 * calls, "warm": 0}
+        self.last_plan = {"steps": self.sampling_scheduler.num_steps, "low_steps": self.low_scheduler.num_steps,
+                          "candidates": self.cfg.n_candidates,
+                          "calls": self.sampling_scheduler.model_calls + self.low_scheduler.model_calls, "warm": 0}
         self.record(plan_obs, lengths, goal, subgoals=self.obs_norm.unnormalize(subgoals).cpu().numpy())
         return plan_obs, plan_act, lengths
 

@@ -99,6 +99,25 @@ def test_segments_meet_their_subgoals_and_the_plan_is_continuous(tiny_maze_datas
     np.testing.assert_allclose(recorded["subgoals"][-1, :2], goal[0], atol=1e-5)
 
 
+def test_the_low_level_runs_its_own_solver_steps(tiny_maze_dataset):
+    """low_sampling_steps: the segments take that many model calls, the subgoals keep sampling_steps, and the
+    segments still meet their subgoals exactly."""
+    cfg, agent, _ = _build(TINY_HIERARCHICAL, tiny_maze_dataset, ["sampler=ddim", "sampling_steps=4", "low_sampling_steps=2"])
+    policy = agent.policy
+    calls = {"high": 0, "low": 0}
+    for name in calls:
+        getattr(policy.ema.model, name).register_forward_hook(lambda *_, n=name: calls.__setitem__(n, calls[n] + 1))
+    obs = np.array([[-1.0, 1.0, 0.2, -0.1]], np.float32)
+    with torch.inference_mode():
+        subgoals = policy.plan_subgoals(obs, np.array([[1.0, 1.0]], np.float32))
+        segments = policy.segments(subgoals)
+    assert calls == {"high": 4, "low": 2}
+    assert torch.equal(segments[:, :, 0, policy.act_dim :], subgoals[:, :-1])
+    assert torch.equal(segments[:, :, -1, policy.act_dim :], subgoals[:, 1:])
+    policy.plan(obs, np.array([[1.0, 1.0]], np.float32))
+    assert (policy.last_plan["steps"], policy.last_plan["low_steps"], policy.last_plan["calls"]) == (4, 2, 6)
+
+
 def test_value_guidance_moves_the_high_level_toward_higher_value(tiny_hopper_dataset):
     values = {}
     for scale in (0.0, 1.0):
@@ -142,11 +161,14 @@ def test_after_plan_stop_brakes_instead_of_driving_to_the_goal(tiny_maze_dataset
         ("warm_start_level=0.5", "hierarchical planner needs 0"),
         ("after_plan=coast", "after_plan='coast'"),
         ("low_dim_mults=[]", "low_dim_mults must not be empty"),
+        ("low_sampling_steps=-1", "low_sampling_steps=-1 must be >= 0"),
+        ("low_sampling_steps=1000", "low_sampling_steps=1000 > diffusion_steps"),
+        ("sampler=ddpm low_sampling_steps=2", "needs a strided sampler"),
     ],
 )
 def test_bad_hierarchical_config_is_one_clear_error(override, message):
     with pytest.raises(ConfigError, match=message):
-        load_config(None, [*TINY_HIERARCHICAL, override])
+        load_config(None, [*TINY_HIERARCHICAL, *override.split()])
 
 
 def test_plans_are_drawn_with_their_subgoals():
