@@ -334,6 +334,8 @@ def bench_fastgen(args: argparse.Namespace) -> dict[str, Any]:
                             + ([f"--out {args.out}"] if args.out else [])),
         "run": str(args.path),
         "task": trained.get("task"),
+        "agent": trained.get("agent"),
+        "seed": trained.get("seed"),
         "gradient_steps": trained.get("gradient_steps", trained.get("updates")),
         "repeats": args.repeats,
         "settings": rows,
