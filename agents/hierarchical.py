@@ -90,17 +90,11 @@ class HierarchicalConfig(DiffuserConfig):
                 f"(2**(len(low_dim_mults)-1) with low_dim_mults={list(self.low_dim_mults)})"
             )
         if self.low_sampling_steps < 0:
-            raise ConfigError(
-                f"low_sampling_steps={self.low_sampling_steps} must be >= 0 (0: sampling_steps)"
-            )
+            raise ConfigError(f"low_sampling_steps={self.low_sampling_steps} must be >= 0 (0: sampling_steps)")
         if self.low_sampling_steps and not SCHEDULERS[self.sampler].strided:
-            raise ConfigError(
-                f"low_sampling_steps needs a strided sampler (sampler={self.sampler!r} runs all T steps)"
-            )
+            raise ConfigError(f"low_sampling_steps needs a strided sampler (sampler={self.sampler!r} runs all T steps)")
         if self.low_sampling_steps > self.diffusion_steps:
-            raise ConfigError(
-                f"low_sampling_steps={self.low_sampling_steps} > diffusion_steps={self.diffusion_steps}"
-            )
+            raise ConfigError(f"low_sampling_steps={self.low_sampling_steps} > diffusion_steps={self.diffusion_steps}")
         if self.warm_start_level > 0 or self.latency_budget_ms > 0:
             raise ConfigError(
                 "warm_start_level and latency_budget_ms are the flat diffuser's; the hierarchical planner needs 0"
@@ -128,9 +122,7 @@ class HierarchicalPolicy(DiffuserPolicy):
         self.jump = cfg.jump
         self.plan_horizon = (cfg.horizon - 1) * cfg.jump + 1
         self.low_scheduler = (
-            self.make_sampling_scheduler(cfg.low_sampling_steps)
-            if cfg.low_sampling_steps
-            else self.sampling_scheduler
+            self.make_sampling_scheduler(cfg.low_sampling_steps) if cfg.low_sampling_steps else self.sampling_scheduler
         )
 
     def set_latency_budget(self, budget_ms: float | None) -> None:
@@ -169,23 +161,13 @@ class HierarchicalPolicy(DiffuserPolicy):
         guide = None
         if self.value_net is not None and cfg.guide_scale and cfg.n_guide_steps:
             guide = ValueGuide(  # the value net's EMA copy guides and ranks, as in the flat planner
-                self.averaged("value_net"),
-                cfg.guide_scale,
-                cfg.n_guide_steps,
-                cfg.t_stopgrad,
-                cfg.scale_grad_by_std,
-                inpaint=inpaint,
-                form=cfg.guidance_form,  # type: ignore[arg-type]
+                self.averaged("value_net"), cfg.guide_scale, cfg.n_guide_steps, cfg.t_stopgrad,
+                cfg.scale_grad_by_std, inpaint=inpaint, form=cfg.guidance_form,  # type: ignore[arg-type]
             )
         x = sample(
-            self.ema.model.high,
-            self.sampling_scheduler,
-            values.shape,
+            self.ema.model.high, self.sampling_scheduler, values.shape,
             cond=self.condition_vector(values) if cfg.embed_conditions else None,
-            inpaint=inpaint,
-            guide=guide,
-            generator=self.generator,
-            device=device,
+            inpaint=inpaint, guide=guide, generator=self.generator, device=device,
         )
         if self.value_net is not None:
             value = self.averaged("value_net")
@@ -218,29 +200,21 @@ class HierarchicalPolicy(DiffuserPolicy):
         values[:, :, 0, A:], mask[:, :, 0, A:] = subgoals[:, :-1], True
         values[:, :, -1, A:], mask[:, :, -1, A:] = subgoals[:, 1:], True
         if committed is not None:
-            for j in range(
-                min(committed.shape[1], S * K + 1)
-            ):  # the plan's last step is the last segment's end
+            for j in range(min(committed.shape[1], S * K + 1)):  # the plan's last step is the last segment's end
                 seg, step = (j // K, j % K) if j < S * K else (S - 1, K)
                 values[:, seg, step, :A], mask[:, seg, step, :A] = committed[:, j], True
         values, mask = values.reshape(M * S, L, D), mask.reshape(M * S, L, D)
         return sample(
-            self.ema.model.low,
-            self.low_scheduler,
-            values.shape,
+            self.ema.model.low, self.low_scheduler, values.shape,
             cond=self.low_condition(values) if self.cfg.embed_conditions else None,
-            inpaint=Inpaint(mask, values),
-            generator=self.generator,
-            device=subgoals.device,
+            inpaint=Inpaint(mask, values), generator=self.generator, device=subgoals.device,
         ).reshape(M, S, L, D)
 
     def stitch(self, segments: torch.Tensor) -> torch.Tensor:
         """Segments (M, S, K+1, D) -> one plan (M, S K + 1, D): steps 0..K-1 of every segment, then the last
         segment's end. Segment i's end and segment i+1's start are both subgoal i+1, so plan step iK is it."""
         M, S, L, D = segments.shape
-        return torch.cat(
-            [segments[:, :, : L - 1].reshape(M, S * (L - 1), D), segments[:, -1, L - 1 :]], dim=1
-        )
+        return torch.cat([segments[:, :, : L - 1].reshape(M, S * (L - 1), D), segments[:, -1, L - 1 :]], dim=1)
 
     # ----------------------------------------------------------------------------------------------------- plan
     @torch.inference_mode()
@@ -265,13 +239,9 @@ class HierarchicalPolicy(DiffuserPolicy):
             plan_obs = self.obs_norm.unnormalize(x[..., A:]).cpu().numpy().astype(np.float32)
             goal_cond = goal is not None and self.cfg.goal_conditioned
             lengths = self.park_lengths(plan_obs, goal if goal_cond else None)
-        self.last_plan = {
-            "steps": self.sampling_scheduler.num_steps,
-            "low_steps": self.low_scheduler.num_steps,
-            "candidates": self.cfg.n_candidates,
-            "calls": self.sampling_scheduler.model_calls + self.low_scheduler.model_calls,
-            "warm": 0,
-        }
+        high, low = self.sampling_scheduler, self.low_scheduler
+        self.last_plan = {"steps": high.num_steps, "low_steps": low.num_steps, "candidates": self.cfg.n_candidates,
+                          "calls": high.model_calls + low.model_calls, "warm": 0}
         self.record(plan_obs, lengths, goal, subgoals=self.obs_norm.unnormalize(subgoals).cpu().numpy())
         return plan_obs, plan_act, lengths
 
@@ -279,18 +249,12 @@ class HierarchicalPolicy(DiffuserPolicy):
     def plan_chunk(self, obs: Any, committed: np.ndarray) -> np.ndarray:
         """Chunk-planning protocol of the robot bridge: (P, A) planned actions in env units for the next P ticks,
         rows :k equal to ``committed`` (k, A), which is inpainted into the low level's first action slots."""
-        batch = (
-            {key: np.asarray(v)[None] for key, v in obs.items()}
-            if isinstance(obs, dict)
-            else np.asarray(obs)[None]
-        )
+        batch = {key: np.asarray(v)[None] for key, v in obs.items()} if isinstance(obs, dict) else np.asarray(obs)[None]
         o, goal = observation_arrays(batch)  # (1, O), (1, G) | None
         k = min(len(committed), self.plan_horizon)
         prefix = None
         if k:
-            prefix = self.act_norm.normalize(
-                torch.as_tensor(np.asarray(committed[:k], np.float32), device=self.device)
-            )
+            prefix = self.act_norm.normalize(torch.as_tensor(np.asarray(committed[:k], np.float32), device=self.device))
         with self.latency.time(1):
             x = self.fill_segments(self.plan_subgoals(o, goal), None if prefix is None else prefix[None])
         actions = self.act_norm.unnormalize(x[0, :, : self.act_dim]).cpu().numpy().astype(np.float32)
@@ -323,12 +287,8 @@ class TwoLevelWindows:
         hi = self.high.sample(batch_size, generator)
         lo = self.low.sample(batch_size, generator)
         return {
-            "traj": hi["traj"][..., self.high.action_dim :],
-            "mask": hi["mask"],
-            "returns": hi["returns"],
-            "low_traj": lo["traj"],
-            "low_mask": lo["mask"],
-            "indices": hi["indices"],
+            "traj": hi["traj"][..., self.high.action_dim :], "mask": hi["mask"], "returns": hi["returns"],
+            "low_traj": lo["traj"], "low_mask": lo["mask"], "indices": hi["indices"],
         }
 
 
@@ -344,8 +304,7 @@ class HierarchicalAlgorithm(DiffuserAlgorithm):
         # The high level has no actions: per-step weights over its (N, O) subgoal states only.
         self.weights = loss_weights(cfg.horizon, O, 0, 1.0, cfg.loss_discount).float()
         self.register_buffer(
-            "low_weights",
-            loss_weights(policy.jump + 1, A + O, A, cfg.action_weight, cfg.loss_discount).float(),
+            "low_weights", loss_weights(policy.jump + 1, A + O, A, cfg.action_weight, cfg.loss_discount).float()
         )
 
     def train_step(self, batch: Batch, step: int) -> HierarchicalTrainingStats:
@@ -360,25 +319,15 @@ class HierarchicalAlgorithm(DiffuserAlgorithm):
         low_mask[:, 0, A:] = low_mask[:, -1, A:] = True
         valid = not cfg.loss_on_padding
         high_loss, _ = denoising_loss(
-            policy.model.high,
-            policy.train_scheduler,
-            high,
-            cond=policy.condition_vector(high) if cfg.embed_conditions else None,
-            inpaint=high_inpaint,
-            weights=self.weights,
-            mask=torch.as_tensor(batch.mask) if valid else None,
-            generator=self.generator,
+            policy.model.high, policy.train_scheduler, high,
+            cond=policy.condition_vector(high) if cfg.embed_conditions else None, inpaint=high_inpaint,
+            weights=self.weights, mask=torch.as_tensor(batch.mask) if valid else None, generator=self.generator,
         )
         low_loss, info = denoising_loss(
-            policy.model.low,
-            policy.train_scheduler,
-            low,
-            cond=policy.low_condition(low) if cfg.embed_conditions else None,
-            inpaint=Inpaint(low_mask, low),
-            weights=self.low_weights,
-            mask=torch.as_tensor(batch.low_mask) if valid else None,
-            generator=self.generator,
-            action_dim=A,
+            policy.model.low, policy.train_scheduler, low,
+            cond=policy.low_condition(low) if cfg.embed_conditions else None, inpaint=Inpaint(low_mask, low),
+            weights=self.low_weights, mask=torch.as_tensor(batch.low_mask) if valid else None,
+            generator=self.generator, action_dim=A,
         )
         loss = high_loss + low_loss
         self.optim.step(loss)
@@ -386,11 +335,8 @@ class HierarchicalAlgorithm(DiffuserAlgorithm):
         if policy.value_net is not None and self.value_optim is not None:
             value_loss = float(self.value_update(high, torch.as_tensor(batch.returns), high_inpaint))
         return HierarchicalTrainingStats(
-            loss=float(loss.detach()),
-            high_loss=float(high_loss.detach()),
-            low_loss=float(low_loss.detach()),
-            a0_loss=float(info.get("a0_loss", 0.0)),
-            value_loss=value_loss,
+            loss=float(loss.detach()), high_loss=float(high_loss.detach()), low_loss=float(low_loss.detach()),
+            a0_loss=float(info.get("a0_loss", 0.0)), value_loss=value_loss,
         )
 
 
@@ -413,39 +359,19 @@ def build(
     high_cond = (2 if goal_cond else 1) * obs_dim if cfg.embed_conditions else 0
     low_cond = 2 * obs_dim if cfg.embed_conditions else 0
     model = TwoLevelDenoiser(
-        TemporalUnet1d(
-            obs_dim,
-            dim=cfg.dim,
-            dim_mults=tuple(cfg.dim_mults),
-            cond_dim=high_cond,
-            activation=cfg.activation,
-        ),
-        TemporalUnet1d(
-            act_dim + obs_dim,
-            dim=cfg.low_dim,
-            dim_mults=tuple(cfg.low_dim_mults),
-            cond_dim=low_cond,
-            activation=cfg.activation,
-        ),
+        TemporalUnet1d(obs_dim, dim=cfg.dim, dim_mults=tuple(cfg.dim_mults), cond_dim=high_cond,
+                       activation=cfg.activation),
+        TemporalUnet1d(act_dim + obs_dim, dim=cfg.low_dim, dim_mults=tuple(cfg.low_dim_mults), cond_dim=low_cond,
+                       activation=cfg.activation),
     ).to(cfg.device)
     value_net = None
     if cfg.value_guided:  # HD-DA: the value of the jumpy trajectory (B, N, O)
         value_net = TemporalValueNet(
-            obs_dim,
-            cfg.horizon,
-            dim=cfg.value_dim,
-            dim_mults=tuple(cfg.value_dim_mults),
-            activation=cfg.activation,
+            obs_dim, cfg.horizon, dim=cfg.value_dim, dim_mults=tuple(cfg.value_dim_mults), activation=cfg.activation,
         ).to(cfg.device)
     policy = HierarchicalPolicy(
-        model=model,
-        value_net=value_net,
-        cfg=cfg,
-        obs_norm=obs_norm,
-        act_norm=act_norm,
-        observation_space=observation_space,
-        action_space=action_space,
-        goal_dim=goal_dim if goal_cond else 0,
+        model=model, value_net=value_net, cfg=cfg, obs_norm=obs_norm, act_norm=act_norm,
+        observation_space=observation_space, action_space=action_space, goal_dim=goal_dim if goal_cond else 0,
     ).to(cfg.device)
     generator = torch.Generator().manual_seed(cfg.seed)
     algorithm = HierarchicalAlgorithm(policy=policy, generator=generator)
@@ -453,14 +379,8 @@ def build(
     if episodes is not None:
         common: dict[str, Any] = {"use_padding": cfg.use_padding, "device": cfg.device}
         high = SequenceDataset(
-            episodes,
-            cfg.horizon,
-            obs_norm.normalizer,
-            act_norm.normalizer,
-            stride=cfg.jump,
-            discount=cfg.value_discount,
-            termination_penalty=cfg.termination_penalty,
-            **common,
+            episodes, cfg.horizon, obs_norm.normalizer, act_norm.normalizer, stride=cfg.jump,
+            discount=cfg.value_discount, termination_penalty=cfg.termination_penalty, **common,
         )
         low = SequenceDataset(episodes, cfg.jump + 1, obs_norm.normalizer, act_norm.normalizer, **common)
         if value_net is not None:  # every step starts a window (with padding): these are the value targets

@@ -24,35 +24,15 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "MIN_SEEDS",
-    "PUBLISHED",
-    "ReportError",
-    "Row",
-    "RunResult",
-    "aggregate",
-    "by_dataset_then_agent",
-    "format_score",
-    "generate",
-    "suite_results",
-    "suite_tables",
-    "sweep_table",
-    "truncated",
-    "write",
+    "MIN_SEEDS", "PUBLISHED", "ReportError", "Row", "RunResult", "aggregate", "by_dataset_then_agent", "format_score",
+    "generate", "suite_results", "suite_tables", "sweep_table", "truncated", "write",
 ]
 
 MIN_SEEDS = 3
 """Training seeds a result needs to meet the project's standard; rows with fewer are flagged on the page."""
 
 AGENT_ORDER = (
-    "bc",
-    "td3bc",
-    "cql",
-    "diffusion_bc",
-    "diffusion_ql",
-    "idql",
-    "diffuser",
-    "hierarchical",
-    "decision_diffuser",
+    "bc", "td3bc", "cql", "diffusion_bc", "diffusion_ql", "idql", "diffuser", "hierarchical", "decision_diffuser",
 )
 """Baselines first, then the diffusion agents, so each table reads baseline -> agent."""
 
@@ -144,9 +124,7 @@ def aggregate(runs: Iterable[RunResult]) -> list[Row]:
         seeds = [r.seed for r in members]
         if len(set(seeds)) != len(seeds):
             files = ", ".join(r.file for r in members)
-            raise ReportError(
-                f"{files}: same agent, dataset, variant and budget with a repeated seed {seeds}"
-            )
+            raise ReportError(f"{files}: same agent, dataset, variant and budget with a repeated seed {seeds}")
         rows.append(Row(tuple(members)))
     return rows
 
@@ -154,9 +132,7 @@ def aggregate(runs: Iterable[RunResult]) -> list[Row]:
 def by_dataset_then_agent(rows: list[Row]) -> list[Row]:
     """Rows sorted by dataset, then baselines before diffusion agents (``AGENT_ORDER``), then variant."""
     order = {a: i for i, a in enumerate(AGENT_ORDER)}
-    return sorted(
-        rows, key=lambda row: (row.first.dataset, order.get(row.first.agent, len(order)), row.first.variant)
-    )
+    return sorted(rows, key=lambda row: (row.first.dataset, order.get(row.first.agent, len(order)), row.first.variant))
 
 
 def format_score(row: Row) -> str:
@@ -368,28 +344,11 @@ def _quickstart(root: Path) -> _Section:
         "small Diffuser and evaluates it.",
         "",
         *_table(
-            [
-                "normalized score",
-                "success",
-                "episodes",
-                "seeds",
-                "gradient steps",
-                "train time",
-                "plan ms (median)",
-                "wall time in all",
-            ],
-            [
-                [
-                    format_score(Row((run,))),
-                    _success_cell(Row((run,))),
-                    str(run.episodes),
-                    _seeds_cell(Row((run,))),
-                    _int(run.extra["gradient_steps"]),
-                    _num(run.extra["train_min"], 1, " min"),
-                    _num(run.extra["plan_ms"], 0),
-                    _num(data.get("wall_time_total_s", 0) / 60, 1, " min"),
-                ]
-            ],
+            ["normalized score", "success", "episodes", "seeds", "gradient steps", "train time", "plan ms (median)",
+             "wall time in all"],
+            [[format_score(Row((run,))), _success_cell(Row((run,))), str(run.episodes), _seeds_cell(Row((run,))),
+              _int(run.extra["gradient_steps"]), _num(run.extra["train_min"], 1, " min"),
+              _num(run.extra["plan_ms"], 0), _num(data.get("wall_time_total_s", 0) / 60, 1, " min")]],
         ),
     )
     _truncation_note(sec, [Row((run,))])
@@ -407,80 +366,37 @@ def _maze(root: Path) -> _Section:
         "",
     )
     short = sec.read("umaze_6min.json")
-    runs = [
-        _run_result(f"umaze_6min.json:{name}", d, variant=_override(d.get("command", ""), "lr"))
-        for name, d in short.items()
-    ]
+    runs = [_run_result(f"umaze_6min.json:{name}", d, variant=_override(d.get("command", ""), "lr"))
+            for name, d in short.items()]
     rows = aggregate(runs)
-    sec.add(
-        *_table(
-            [
-                "lr",
-                "normalized score",
-                "success",
-                "episodes",
-                "seeds",
-                "gradient steps",
-                "train time",
-                "steps/s",
-                "plan ms (median)",
-            ],
-            [
-                [
-                    r.first.variant,
-                    format_score(r),
-                    _success_cell(r),
-                    str(r.first.episodes),
-                    _seeds_cell(r),
-                    _int(r.mean("gradient_steps")),
-                    _num(r.mean("train_min"), 1, " min"),
-                    _num(r.mean("steps_per_s"), 2),
-                    _num(r.mean("plan_ms"), 0),
-                ]
-                for r in rows
-            ],
-        )
-    )
+    sec.add(*_table(
+        ["lr", "normalized score", "success", "episodes", "seeds", "gradient steps", "train time", "steps/s",
+         "plan ms (median)"],
+        [[r.first.variant, format_score(r), _success_cell(r), str(r.first.episodes), _seeds_cell(r),
+          _int(r.mean("gradient_steps")), _num(r.mean("train_min"), 1, " min"), _num(r.mean("steps_per_s"), 2),
+          _num(r.mean("plan_ms"), 0)] for r in rows],
+    ))
     _truncation_note(sec, rows)
     for d in short.values():
         sec.note_machine(d)
     sec.commands(c for r in rows for c in _row_commands(f"lr {r.first.variant}", r))
 
     sec.add("", "### Full-size (1M-step) datasets: training runs", "")
-    files = {
-        "umaze": ["umaze_results.json"],
-        "medium": ["medium_75min_results.json", "medium_results.json"],
-        "large": ["large_90min_results.json", "large_results.json"],
-    }
+    files = {"umaze": ["umaze_results.json"], "medium": ["medium_75min_results.json", "medium_results.json"],
+             "large": ["large_90min_results.json", "large_results.json"]}
     rows = aggregate(_run_result(f, sec.read(f)) for maze in MAZES for f in files[maze])
-    sec.add(
-        *_table(
-            ["dataset", "train time", "gradient steps", "normalized score", "success", "episodes", "seeds"],
-            [
-                [
-                    _short(r.first.dataset),
-                    _num(r.mean("train_min"), 0, " min"),
-                    _int(r.mean("gradient_steps")),
-                    format_score(r),
-                    _success_cell(r),
-                    str(r.first.episodes),
-                    _seeds_cell(r),
-                ]
-                for r in rows
-            ],
-        )
-    )
+    sec.add(*_table(
+        ["dataset", "train time", "gradient steps", "normalized score", "success", "episodes", "seeds"],
+        [[_short(r.first.dataset), _num(r.mean("train_min"), 0, " min"), _int(r.mean("gradient_steps")),
+          format_score(r), _success_cell(r), str(r.first.episodes), _seeds_cell(r)] for r in rows],
+    ))
     _truncation_note(sec, rows)
-    sec.commands(
-        c for r in rows for c in _row_commands(_short(r.first.dataset) + f", {r.first.budget_min:.0f} min", r)
-    )
+    sec.commands(c for r in rows for c in _row_commands(_short(r.first.dataset) + f", {r.first.budget_min:.0f} min", r))
 
     sec.add(
-        "",
-        "### Against a planner-free baseline",
-        "",
+        "", "### Against a planner-free baseline", "",
         "`diffplan bench maze` evaluates a trained planner and a go-to-goal PD controller (no path planning) on the",
-        'same episodes; "hard" episodes are those the baseline fails.',
+        "same episodes; \"hard\" episodes are those the baseline fails.",
         "",
     )
     bench = [(f"{m}{s}.json") for m in MAZES for s in (("", "_kp10", "_best16") if m == "umaze" else ("",))]
@@ -493,46 +409,21 @@ def _maze(root: Path) -> _Section:
         hard = d.get("planner_hard"), d.get("baseline_hard")
         # "hard" episodes are the baseline's failures: with a truncated success they are not the right set.
         cut = truncated(planner, d["task"]) or truncated(base, d["task"])
-        table.append(
-            [
-                d["task"],
-                settings,
-                _num(d.get("train_time_s", 0) / 60, 0, " min"),
-                _int(d.get("gradient_steps")),
-                f"{planner['normalized_score']:.1f} ± {planner['normalized_score_se']:.1f}",
-                TRUNCATED if cut else _num(planner["success_rate"], 2),
-                str(planner["episodes"]),
-                "1 ⚠",
-                f"{base['normalized_score']:.1f} ± {base['normalized_score_se']:.1f}",
-                TRUNCATED if cut else _num(base["success_rate"], 2),
-                TRUNCATED if cut else str(d["hard_episodes"]),
-                TRUNCATED
-                if cut
-                else "—"
-                if hard[0] is None
-                else f"{hard[0]['normalized_score']:.1f} / {hard[1]['normalized_score']:.1f}",
-            ]
-        )
+        table.append([
+            d["task"], settings, _num(d.get("train_time_s", 0) / 60, 0, " min"), _int(d.get("gradient_steps")),
+            f"{planner['normalized_score']:.1f} ± {planner['normalized_score_se']:.1f}",
+            TRUNCATED if cut else _num(planner["success_rate"], 2), str(planner["episodes"]), "1 ⚠",
+            f"{base['normalized_score']:.1f} ± {base['normalized_score_se']:.1f}",
+            TRUNCATED if cut else _num(base["success_rate"], 2), TRUNCATED if cut else str(d["hard_episodes"]),
+            TRUNCATED if cut else
+            "—" if hard[0] is None else f"{hard[0]['normalized_score']:.1f} / {hard[1]['normalized_score']:.1f}",
+        ])
         labelled.append((f"{d['task']}, {settings}", _command(d)))
-    sec.add(
-        *_table(
-            [
-                "task",
-                "evaluation settings",
-                "train time",
-                "gradient steps",
-                "planner score",
-                "success",
-                "episodes",
-                "seeds",
-                "go-to-goal score",
-                "go-to-goal success",
-                "hard episodes",
-                "hard: planner / baseline",
-            ],
-            table,
-        )
-    )
+    sec.add(*_table(
+        ["task", "evaluation settings", "train time", "gradient steps", "planner score", "success", "episodes",
+         "seeds", "go-to-goal score", "go-to-goal success", "hard episodes", "hard: planner / baseline"],
+        table,
+    ))
     sec.add("", TRUNCATED_NOTE)
     sec.commands(labelled)
 
@@ -540,46 +431,24 @@ def _maze(root: Path) -> _Section:
     table, labelled = [], []
     for rel in ("umaze_plan.json", "umaze_plan_best16.json"):
         d = sec.read(rel)
-        table.append(
-            [
-                d["run"],
-                str(d["n_candidates"]),
-                str(d["horizon"]),
-                str(d["sampling_steps"]),
-                _num(d["plan_ms_median"], 0),
-                _num(d["plan_ms_p90"], 0),
-                str(d["repeats"]),
-            ]
-        )
+        table.append([d["run"], str(d["n_candidates"]), str(d["horizon"]), str(d["sampling_steps"]),
+                      _num(d["plan_ms_median"], 0), _num(d["plan_ms_p90"], 0), str(d["repeats"])])
         labelled.append((f"{d['n_candidates']} candidate(s)", _command(d)))
-    sec.add(
-        *_table(
-            ["run", "candidates", "horizon", "sampling steps", "plan ms (median)", "p90", "repeats"], table
-        )
-    )
+    sec.add(*_table(["run", "candidates", "horizon", "sampling steps", "plan ms (median)", "p90", "repeats"], table))
     sec.commands(labelled)
 
     curves = sec.read("maze_curves.json")
     sec.add(
-        "",
-        "### Learning curves and plans",
-        "",
+        "", "### Learning curves and plans", "",
         "Evaluation score and success against training minutes of the three full-size runs"
         f" ({', '.join(curves['runs'])}):",
-        "",
-        "![learning curves](maze_curves.png)",
-        "",
-        "Plans of the medium-maze planner drawn over the maze:",
-        "",
-        "![medium plans](medium_plans.png)",
+        "", "![learning curves](maze_curves.png)", "",
+        "Plans of the medium-maze planner drawn over the maze:", "", "![medium plans](medium_plans.png)",
     )
     cut = [label for label, run in curves["runs"].items() if truncated(run["final"], label)]
     if cut:
-        sec.add(
-            "",
-            f"The success curve of {', '.join(cut)} in the figure comes from the truncated evaluator "
-            f"({TRUNCATED} above): read only its scores.",
-        )
+        sec.add("", f"The success curve of {', '.join(cut)} in the figure comes from the truncated evaluator "
+                f"({TRUNCATED} above): read only its scores.")
     sec.commands([("curves", _command(curves))])
     return sec
 
@@ -614,7 +483,7 @@ def _hierarchical(root: Path) -> _Section | None:
         "Hierarchical Diffuser (subgoals every 15 steps, a 16-step low level between them) beside the flat",
         "Diffuser, each trained for the same budget (CPU- or wall-minutes of training, as the row says) by",
         "`benchmarks/hierarchical/run.sh`, and scored by `diffplan bench maze` on the same protocol episodes.",
-        '"as trained": the shipped execution (plan tracked, then PD to the goal near its end); "plan to end": the',
+        "\"as trained\": the shipped execution (plan tracked, then PD to the goal near its end); \"plan to end\": the",
         "plan followed to its end, then the agent brakes (no goal-directed PD switch: what the planner alone",
         "reaches). Hard episodes: those the go-to-goal PD baseline fails. Plan ms: one plan at batch 1 (median).",
         "",
@@ -626,21 +495,13 @@ def _hierarchical(root: Path) -> _Section | None:
         d = data[rel] = sec.read(rel)
         try:
             planner = d["planner"]
-            runs.append(
-                RunResult(
-                    file=rel,
-                    agent=d["agent"],
-                    dataset=d["task"],
-                    seed=int(d["seed"]),
-                    score=float(planner["normalized_score"]),
-                    score_se=float(planner["normalized_score_se"]),
-                    episodes=int(planner["episodes"]),
-                    variant=d.get("execution", ""),
-                    budget_min=round(float(d["train_time_s"]) / 60),
-                    command=_command(d),
-                    extra={"cpu_clock": 1.0 if d.get("budget_clock") == "cpu" else 0.0},
-                )
-            )
+            runs.append(RunResult(
+                file=rel, agent=d["agent"], dataset=d["task"], seed=int(d["seed"]),
+                score=float(planner["normalized_score"]), score_se=float(planner["normalized_score_se"]),
+                episodes=int(planner["episodes"]), variant=d.get("execution", ""),
+                budget_min=round(float(d["train_time_s"]) / 60), command=_command(d),
+                extra={"cpu_clock": 1.0 if d.get("budget_clock") == "cpu" else 0.0},
+            ))
         except (KeyError, TypeError) as exc:
             raise ReportError(f"{rel}: missing field {exc}") from exc
     table, executions, labelled = [], [], []
@@ -654,73 +515,32 @@ def _hierarchical(root: Path) -> _Section | None:
         end = [d.get("plan_to_end") for d in ds]
         # A run budgeted in gradient steps names its budget itself (its wall time on a shared machine is not one)
         budget = ds[0].get("budget_label") or (
-            f"{row.first.budget_min:.0f} {'CPU-' if row.first.extra.get('cpu_clock') else 'wall-'}min"
-        )
+            f"{row.first.budget_min:.0f} {'CPU-' if row.first.extra.get('cpu_clock') else 'wall-'}min")
         label = f"{row.first.dataset} {row.first.agent}, {budget}"
-        table.append(
-            [
-                row.first.dataset,
-                row.first.agent,
-                budget,
-                _seeds_cell(row),
-                _int(mean(lambda d: d.get("gradient_steps"))),
-                _num(mean(lambda d: d.get("steps_per_s")), 2),
-                _num(mean(lambda d: (d.get("plan_latency") or {}).get("plan_ms_median")), 0),
-                format_score(row),
-                _num(mean(lambda d: d["planner"]["success_rate"]), 2),
-                _num(mean(lambda d: (d.get("planner_hard") or {}).get("normalized_score")), 1)
-                + " / "
-                + _num(mean(lambda d: (d.get("planner_hard") or {}).get("success_rate")), 2),
-                "—"
-                if None in end
-                else _score_se([(e["normalized_score"], e["normalized_score_se"]) for e in end]),
-                "—" if None in end else _num(statistics.fmean(e["success_rate"] for e in end), 2),
-                "—"
-                if None in end
-                else _num(mean(lambda d: (d["plan_to_end"].get("hard") or {}).get("normalized_score")), 1),
-                _score_se(
-                    [
-                        (
-                            d["go_to_goal_baseline"]["normalized_score"],
-                            d["go_to_goal_baseline"]["normalized_score_se"],
-                        )
-                        for d in ds
-                    ]
-                ),
-                _num(mean(lambda d: d["go_to_goal_baseline"]["success_rate"]), 2),
-                _int(mean(lambda d: d["hard_episodes"])),
-                str(row.first.episodes),
-            ]
-        )
-        executions.append(
-            f"* {label}: as trained: {row.first.variant or '—'}"
-            + ("" if None in end else f"; plan to end: {end[0].get('execution', '—')}")
-        )
+        table.append([
+            row.first.dataset, row.first.agent, budget, _seeds_cell(row),
+            _int(mean(lambda d: d.get("gradient_steps"))), _num(mean(lambda d: d.get("steps_per_s")), 2),
+            _num(mean(lambda d: (d.get("plan_latency") or {}).get("plan_ms_median")), 0),
+            format_score(row), _num(mean(lambda d: d["planner"]["success_rate"]), 2),
+            _num(mean(lambda d: (d.get("planner_hard") or {}).get("normalized_score")), 1) + " / "
+            + _num(mean(lambda d: (d.get("planner_hard") or {}).get("success_rate")), 2),
+            "—" if None in end else _score_se([(e["normalized_score"], e["normalized_score_se"]) for e in end]),
+            "—" if None in end else _num(statistics.fmean(e["success_rate"] for e in end), 2),
+            "—" if None in end else _num(mean(lambda d: (d["plan_to_end"].get("hard") or {}).get("normalized_score")), 1),
+            _score_se([(d["go_to_goal_baseline"]["normalized_score"], d["go_to_goal_baseline"]["normalized_score_se"])
+                      for d in ds]),
+            _num(mean(lambda d: d["go_to_goal_baseline"]["success_rate"]), 2), _int(mean(lambda d: d["hard_episodes"])),
+            str(row.first.episodes),
+        ])
+        executions.append(f"* {label}: as trained: {row.first.variant or '—'}"
+                          + ("" if None in end else f"; plan to end: {end[0].get('execution', '—')}"))
         labelled += _row_commands(label, row)
-    sec.add(
-        *_table(
-            [
-                "task",
-                "agent",
-                "train budget",
-                "seeds",
-                "gradient steps",
-                "steps/s",
-                "plan ms",
-                "score (as trained)",
-                "success",
-                "hard: score / success",
-                "score (plan to end)",
-                "success (plan to end)",
-                "hard (plan to end)",
-                "go-to-goal score",
-                "go-to-goal success",
-                "hard episodes",
-                "episodes",
-            ],
-            table,
-        )
-    )
+    sec.add(*_table(
+        ["task", "agent", "train budget", "seeds", "gradient steps", "steps/s", "plan ms", "score (as trained)",
+         "success", "hard: score / success", "score (plan to end)", "success (plan to end)", "hard (plan to end)",
+         "go-to-goal score", "go-to-goal success", "hard episodes", "episodes"],
+        table,
+    ))
     sec.add("", "Execution of each row:", "", *executions)
     for picture in sorted((root / "hierarchical").glob("*.png")):  # plans drawn by the runs (subgoals marked)
         sec.add("", f"![{picture.stem}](hierarchical/{picture.name})")
@@ -731,8 +551,8 @@ def _hierarchical(root: Path) -> _Section | None:
 def _qactors(root: Path) -> _Section:
     sec = _Section(root, "Maze: diffusion actors on pointmaze-umaze")
     sec.add(
-        'Q-guided diffusion actors and their behaviour-cloning counterpart on the 1M-step umaze dataset. "plan" is',
-        'one sampling call; "decision" is one `policy(obs, state)` call per env step (a chunk-executing agent',
+        "Q-guided diffusion actors and their behaviour-cloning counterpart on the 1M-step umaze dataset. \"plan\" is",
+        "one sampling call; \"decision\" is one `policy(obs, state)` call per env step (a chunk-executing agent",
         "samples only every few steps).",
         "",
     )
@@ -741,47 +561,18 @@ def _qactors(root: Path) -> _Section:
         rel = f"qactors/{agent}-umaze-train.json"
         lat = sec.read(f"qactors/{agent}-umaze-plan.json")
         latency[agent] = lat
-        runs.append(
-            _run_result(
-                rel,
-                sec.read(rel),
-                extra={
-                    "decision_median": lat["decision_ms_median"],
-                    "decision_mean": lat["decision_ms_mean"],
-                    "lat_plan_ms": lat["plan_ms_median"],
-                },
-            )
-        )
+        runs.append(_run_result(rel, sec.read(rel), extra={
+            "decision_median": lat["decision_ms_median"], "decision_mean": lat["decision_ms_mean"],
+            "lat_plan_ms": lat["plan_ms_median"],
+        }))
     rows = aggregate(runs)
-    sec.add(
-        *_table(
-            [
-                "agent",
-                "normalized score",
-                "success",
-                "episodes",
-                "seeds",
-                "gradient steps",
-                "train time",
-                "plan ms (median)",
-                "decision ms (median / mean)",
-            ],
-            [
-                [
-                    r.first.agent,
-                    format_score(r),
-                    _success_cell(r),
-                    str(r.first.episodes),
-                    _seeds_cell(r),
-                    _int(r.mean("gradient_steps")),
-                    _num(r.mean("train_min"), 0, " min"),
-                    _num(r.mean("lat_plan_ms"), 1),
-                    f"{_num(r.mean('decision_median'), 1)} / {_num(r.mean('decision_mean'), 1)}",
-                ]
-                for r in rows
-            ],
-        )
-    )
+    sec.add(*_table(
+        ["agent", "normalized score", "success", "episodes", "seeds", "gradient steps", "train time",
+         "plan ms (median)", "decision ms (median / mean)"],
+        [[r.first.agent, format_score(r), _success_cell(r), str(r.first.episodes), _seeds_cell(r),
+          _int(r.mean("gradient_steps")), _num(r.mean("train_min"), 0, " min"), _num(r.mean("lat_plan_ms"), 1),
+          f"{_num(r.mean('decision_median'), 1)} / {_num(r.mean('decision_mean'), 1)}"] for r in rows],
+    ))
     _truncation_note(sec, rows)
     labelled = [c for r in rows for c in _row_commands(f"{r.first.agent} training", r)]
     labelled += [(f"{a} latency", _command(d)) for a, d in latency.items()]
@@ -793,8 +584,7 @@ def _datasets(root: Path) -> _Section:
     sec = _Section(root, "Datasets and behaviour policies")
     rec = sec.read("recipes.json")
     sec.add(
-        "### Maze datasets (1M steps, `diffplan data make pointmaze-<maze>`)",
-        "",
+        "### Maze datasets (1M steps, `diffplan data make pointmaze-<maze>`)", "",
         "Reference scores: the dataset's waypoint controller (ref_max) and a uniform random policy (ref_min), each",
         "over 100 episodes of the evaluation protocol.",
         "",
@@ -806,43 +596,17 @@ def _datasets(root: Path) -> _Section:
         gen, ref = rec["generation_1M"][task], refs[task]
         ref_max = next(v for k, v in ref.items() if k.startswith("ref_max_score"))
         ref_min = next(v for k, v in ref.items() if k.startswith("ref_min_score"))
-        table.append(
-            [
-                task,
-                _num(ref_min, 2),
-                _num(ref_max, 2),
-                _num(ref["controller_success_rate"], 2),
-                str(gen["episodes"]),
-                _num(gen["mean_episode_length"], 1),
-                _num(gen["dataset_size_MB"], 0),
-                _num(gen["wall_seconds"], 0, " s"),
-            ]
-        )
-    sec.add(
-        *_table(
-            [
-                "task",
-                "ref_min (random)",
-                "ref_max (controller)",
-                "controller success",
-                "episodes",
-                "mean length",
-                "size MB",
-                "generation wall time",
-            ],
-            table,
-        )
-    )
-    sec.commands(
-        [(f"pointmaze-{m}", rec["generation_1M"][f"pointmaze-{m}"]["command"]) for m in MAZES]
-        + [("reference scores", refs["command"])]
-    )
+        table.append([task, _num(ref_min, 2), _num(ref_max, 2), _num(ref["controller_success_rate"], 2),
+                      str(gen["episodes"]), _num(gen["mean_episode_length"], 1), _num(gen["dataset_size_MB"], 0),
+                      _num(gen["wall_seconds"], 0, " s")])
+    sec.add(*_table(["task", "ref_min (random)", "ref_max (controller)", "controller success", "episodes",
+                     "mean length", "size MB", "generation wall time"], table))
+    sec.commands([(f"pointmaze-{m}", rec["generation_1M"][f"pointmaze-{m}"]["command"]) for m in MAZES]
+                 + [("reference scores", refs["command"])])
 
     zoo = sec.read("behaviour/zoo_candidates.json")
     sec.add(
-        "",
-        "### Locomotion behaviour policies (the RL Baselines3 Zoo's trained agents)",
-        "",
+        "", "### Locomotion behaviour policies (the RL Baselines3 Zoo's trained agents)", "",
         "Candidates on the v5 envs, mean return over the same episodes: stochastic = actions sampled as the datasets",
         "sample them, deterministic = the mean action. Expert: TQC (D4RL's expert level); medium: the candidate",
         "with a stochastic policy whose stochastic return is nearest D4RL's medium level (**bold**: shipped).",
@@ -856,79 +620,33 @@ def _datasets(root: Path) -> _Section:
         for algo, r in rows.items():
             name = f"**{algo}**" if algo in chosen else algo
             det = r.get("deterministic")
-            table.append(
-                [
-                    env,
-                    name,
-                    _num(r["stochastic"]["mean"], 0) + " ± " + _num(r["stochastic"]["std"], 0),
-                    "—" if det is None else _num(det["mean"], 0) + " ± " + _num(det["std"], 0),
-                    next((k for k, v in zoo["choice"][env].items() if v == algo), ""),
-                    _num(target, 0),
-                ]
-            )
-    sec.add(
-        *_table(
-            ["env", "policy", "stochastic return", "deterministic return", "shipped as", "D4RL medium level"],
-            table,
-        )
-    )
+            table.append([env, name, _num(r["stochastic"]["mean"], 0) + " ± " + _num(r["stochastic"]["std"], 0),
+                          "—" if det is None else _num(det["mean"], 0) + " ± " + _num(det["std"], 0),
+                          next((k for k, v in zoo["choice"][env].items() if v == algo), ""), _num(target, 0)])
+    sec.add(*_table(["env", "policy", "stochastic return", "deterministic return", "shipped as",
+                     "D4RL medium level"], table))
     sec.commands([("candidates", zoo["command"])])
 
-    sec.add(
-        "",
-        "### Locomotion datasets (`diffplan data make <env>-<kind> [--steps N]`)",
-        "",
-        "Reference scores are D4RL's (d4rl/infos.py). medium-replay: a Tianshou SAC run from scratch, stopped when",
-        "its evaluated return reaches the medium policy's or its budget ends (columns on the right).",
-        "",
-    )
+    sec.add("", "### Locomotion datasets (`diffplan data make <env>-<kind> [--steps N]`)", "",
+            "Reference scores are D4RL's (d4rl/infos.py). medium-replay: a Tianshou SAC run from scratch, stopped when",
+            "its evaluated return reaches the medium policy's or its budget ends (columns on the right).", "")
     table, labelled, notes = [], [], []
     for path in sorted((root / "recipes-locomotion").glob("*.json")):
         d = sec.read(f"recipes-locomotion/{path.name}")
         replay = (d.get("behaviour") or {}).get("replay") or {}
-        table.append(
-            [
-                _short(d["source"]),
-                str(d["steps"]),
-                str(d["episodes"]),
-                _num(d["episode_length_mean"], 0),
-                _num(d["return_mean"], 0),
-                _num(d["ref_min_score"], 1),
-                _num(d["ref_max_score"], 1),
-                _num(d["wall_s"], 0, " s"),
-                _num(d["load_avg"][0], 1) if "load_avg" in d else "—",
-                _num(replay["best_return"], 0) + f" / {replay['target_return']:.0f}" if replay else "—",
-                ("yes" if replay["reached_target"] else f"no ({replay['stopped_by']})") if replay else "—",
-            ]
-        )
+        table.append([_short(d["source"]), str(d["steps"]), str(d["episodes"]), _num(d["episode_length_mean"], 0),
+                      _num(d["return_mean"], 0), _num(d["ref_min_score"], 1), _num(d["ref_max_score"], 1),
+                      _num(d["wall_s"], 0, " s"), _num(d["load_avg"][0], 1) if "load_avg" in d else "—",
+                      _num(replay["best_return"], 0) + f" / {replay['target_return']:.0f}" if replay else "—",
+                      ("yes" if replay["reached_target"] else f"no ({replay['stopped_by']})") if replay else "—"])
         if "command" in d:
             labelled.append((_short(d["source"]), d["command"]))
         if "note" in d:
             notes.append(f"* {_short(d['source'])}: {d['note']}")
-    sec.add(
-        *_table(
-            [
-                "dataset",
-                "steps",
-                "episodes",
-                "mean length",
-                "mean return",
-                "ref_min",
-                "ref_max",
-                "wall time",
-                "load",
-                "SAC best eval / target",
-                "reached",
-            ],
-            table,
-        )
-    )
-    sec.add(
-        "",
-        "Wall time on the shared 2-core CPU at the load average shown (one torch thread; medium-expert",
-        "reuses the medium and expert datasets when they exist).",
-        *([""] + notes if notes else []),
-    )
+    sec.add(*_table(["dataset", "steps", "episodes", "mean length", "mean return", "ref_min", "ref_max",
+                     "wall time", "load", "SAC best eval / target", "reached"], table))
+    sec.add("", "Wall time on the shared 2-core CPU at the load average shown (one torch thread; medium-expert",
+            "reuses the medium and expert datasets when they exist).", *([""] + notes if notes else []))
     if labelled:
         sec.commands(labelled)
     return sec
@@ -938,48 +656,22 @@ def _robot(root: Path) -> _Section:
     sec = _Section(root, "Robot bridge")
     rtt, jitter = sec.read("robot_rtt.json"), sec.read("robot_jitter.json")
     sec.add("### Transport and tick clock", "")
-    table = [
-        [
-            "request round trip (" + rtt["transport"] + ")",
-            str(rtt["n"]),
-            _num(rtt["p50_ms"], 2),
-            _num(rtt["p99_ms"], 1),
-            _num(rtt["max_ms"], 1),
-            "—",
-        ]
-    ]
+    table = [["request round trip (" + rtt["transport"] + ")", str(rtt["n"]), _num(rtt["p50_ms"], 2),
+              _num(rtt["p99_ms"], 1), _num(rtt["max_ms"], 1), "—"]]
     if "curve" in rtt:  # the same requests with CURVE authentication and encryption (diffplan serve --keys)
         curve = rtt["curve"]
-        table.append(
-            [
-                f"request round trip, {curve['auth']}",
-                str(curve["n"]),
-                _num(curve["p50_ms"], 2),
-                _num(curve["p99_ms"], 1),
-                _num(curve["max_ms"], 1),
-                "—",
-            ]
-        )
+        table.append([f"request round trip, {curve['auth']}", str(curve["n"]), _num(curve["p50_ms"], 2),
+                      _num(curve["p99_ms"], 1), _num(curve["max_ms"], 1), "—"])
     for rate in jitter["rates"]:
         lat = rate["lateness"]
-        table.append(
-            [
-                f"tick lateness, {jitter['env']} at {rate['hz']:.0f} Hz",
-                str(rate["ticks"]),
-                _num(lat["p50_ms"], 3),
-                _num(lat["p99_ms"], 1),
-                _num(lat["max_ms"], 1),
-                str(rate["overruns"]),
-            ]
-        )
+        table.append([f"tick lateness, {jitter['env']} at {rate['hz']:.0f} Hz", str(rate["ticks"]),
+                      _num(lat["p50_ms"], 3), _num(lat["p99_ms"], 1), _num(lat["max_ms"], 1), str(rate["overruns"])])
     sec.add(*_table(["measurement", "samples", "p50 ms", "p99 ms", "max ms", "overruns"], table))
     sec.add("", f"Lateness: {jitter['definition']}.")
     sec.commands([("round trip", _command(rtt)), ("tick lateness", _command(jitter))])
 
     sec.add(
-        "",
-        "### A planner through the bridge",
-        "",
+        "", "### A planner through the bridge", "",
         "The quickstart Diffuser driving a served PointMaze: returns (mean ± s.e. over the same episodes and",
         "planner seeds) through the bridge, in the plain simulator with the same committed-prefix lead, and in the",
         "plain simulator planning synchronously.",
@@ -992,42 +684,19 @@ def _robot(root: Path) -> _Section:
         def ret(key: str, d: dict[str, Any] = d) -> str:
             return f"{d[key]['mean']:.1f} ± {d[key]['se']:.1f}"
 
-        table.append(
-            [
-                f"{d['task']} at {d['control_hz']:.0f} Hz",
-                str(d["episodes"]),
-                f"{d['plan_ms']['p50']:.0f} / {d['plan_ms']['p95']:.0f}",
-                str(d["lead_ticks_median"]),
-                ret("bridged_return"),
-                ret("in_process_with_same_lead_return"),
-                ret("in_process_return"),
-                f"{d['bridged_vs_in_process_pct']:.0f}%",
-                str(d["starved_ticks_total"]),
-                str(d["misses_total"]),
-                str(d["ticks_total"]),
-                str(d["server_unsafe_blocked"]),
-            ]
-        )
+        table.append([
+            f"{d['task']} at {d['control_hz']:.0f} Hz", str(d["episodes"]),
+            f"{d['plan_ms']['p50']:.0f} / {d['plan_ms']['p95']:.0f}", str(d["lead_ticks_median"]),
+            ret("bridged_return"), ret("in_process_with_same_lead_return"), ret("in_process_return"),
+            f"{d['bridged_vs_in_process_pct']:.0f}%", str(d["starved_ticks_total"]), str(d["misses_total"]),
+            str(d["ticks_total"]), str(d["server_unsafe_blocked"]),
+        ])
         labelled.append((f"{hz} Hz", _command(d)))
-    sec.add(
-        *_table(
-            [
-                "robot",
-                "episodes",
-                "plan ms p50 / p95",
-                "lead ticks",
-                "bridged return",
-                "same lead, in process",
-                "synchronous, in process",
-                "bridged vs synchronous",
-                "starved ticks",
-                "missed plans",
-                "ticks",
-                "unsafe commands blocked",
-            ],
-            table,
-        )
-    )
+    sec.add(*_table(
+        ["robot", "episodes", "plan ms p50 / p95", "lead ticks", "bridged return", "same lead, in process",
+         "synchronous, in process", "bridged vs synchronous", "starved ticks", "missed plans", "ticks",
+         "unsafe commands blocked"], table,
+    ))
     sec.commands(labelled)
     return sec
 
@@ -1039,21 +708,10 @@ def sweep_table(summary: dict[str, Any]) -> list[str]:
     rows = []
     try:
         for g in summary["groups"]:
-            per_seed = ", ".join(
-                f"s{seed} {v:.1f}" for seed, v in zip(g["seeds"], g["per_seed"], strict=True)
-            )
+            per_seed = ", ".join(f"s{seed} {v:.1f}" for seed, v in zip(g["seeds"], g["per_seed"], strict=True))
             seeds = f"{len(g['seeds'])}" + ("" if len(g["seeds"]) >= MIN_SEEDS else " ⚠")
-            rows.append(
-                [
-                    g["agent"],
-                    str(g["task"]),
-                    g["setting"] or "—",
-                    g["metric"].replace("_", " "),
-                    f"{g['mean']:.1f} ± {g['se']:.1f}",
-                    per_seed,
-                    seeds,
-                ]
-            )
+            rows.append([g["agent"], str(g["task"]), g["setting"] or "—", g["metric"].replace("_", " "),
+                         f"{g['mean']:.1f} ± {g['se']:.1f}", per_seed, seeds])
     except KeyError as exc:
         raise ReportError(f"sweep summary: missing field {exc}") from exc
     failed = [r["name"] for r in summary.get("runs", []) if r.get("status") == "failed"]
@@ -1064,8 +722,7 @@ def sweep_table(summary: dict[str, Any]) -> list[str]:
 def _scaleout(root: Path) -> _Section:
     sec = _Section(root, "Scaling out")
     sec.add(
-        "### Data-parallel training (`torchrun`, gloo on CPU)",
-        "",
+        "### Data-parallel training (`torchrun`, gloo on CPU)", "",
         "Samples per second of the global batch (gradient steps × batch size / training time; start-up and the",
         "final evaluation excluded), one torch thread per rank, mean ± s.e. over repeated runs interleaved across",
         "rank counts. On this shared 2-core machine two ranks share the two cores with whatever else ran then (the",
@@ -1088,52 +745,26 @@ def _scaleout(root: Path) -> _Section:
         for row in d["summary"]:
             trials = [t for t in d["trials"] if t["ranks"] == row["ranks"]]
             load = statistics.fmean(t["load_1min_before"] for t in trials)
-            table.append(
-                [
-                    d["config"],
-                    str(trials[0]["batch_size"]),
-                    str(row["ranks"]),
-                    f"{row['samples_per_s']:.0f} ± {row['samples_per_s_se']:.0f}",
-                    f"{row['speedup']:.2f}",
-                    str(row["runs"]),
-                    f"{load:.1f}",
-                ]
-            )
+            table.append([d["config"], str(trials[0]["batch_size"]), str(row["ranks"]),
+                          f"{row['samples_per_s']:.0f} ± {row['samples_per_s_se']:.0f}", f"{row['speedup']:.2f}",
+                          str(row["runs"]), f"{load:.1f}"])
         labelled.append((f"{d['config']} ({name})", _command(d)))
-    sec.add(
-        *_table(
-            ["agent", "global batch", "ranks", "samples/s", "vs 1 rank", "runs", "load before (1 min)"], table
-        )
-    )
+    sec.add(*_table(["agent", "global batch", "ranks", "samples/s", "vs 1 rank", "runs", "load before (1 min)"],
+                    table))
     sec.commands(labelled)
     d = sec.read("scaleout/sweep_overhead.json")
     sec.add(
-        "",
-        "### Sweep overhead (`diffplan sweep` on a local Ray)",
-        "",
+        "", "### Sweep overhead (`diffplan sweep` on a local Ray)", "",
         f"{d['runs']} tiny runs as Ray tasks, one CPU each, on {d['cpu_slots']} CPU slots. Overhead per run: (sweep wall",
         "time × slots − the time `train` ran in all tasks) / runs, the slot time a run costs beyond its training",
         "(worker start, imports, config, scheduling); part of it is inside the task (imports, config).",
         "",
         *_table(
-            [
-                "ray.init",
-                "overhead per run",
-                "of which inside the task",
-                "`train` per run (data, final eval)",
-                "sweep wall time",
-                "re-run (all finished: skipped)",
-            ],
-            [
-                [
-                    _num(d["ray_init_s"], 1, " s"),
-                    _num(d["overhead_s_per_run"], 1, " s"),
-                    _num(d["in_task_setup_s_mean"], 1, " s"),
-                    _num(d["train_s_mean"], 1, " s"),
-                    _num(d["sweep_wall_s"], 1, " s"),
-                    _num(d["rerun_wall_s"], 3, " s"),
-                ]
-            ],
+            ["ray.init", "overhead per run", "of which inside the task", "`train` per run (data, final eval)", "sweep wall time",
+             "re-run (all finished: skipped)"],
+            [[_num(d["ray_init_s"], 1, " s"), _num(d["overhead_s_per_run"], 1, " s"),
+              _num(d["in_task_setup_s_mean"], 1, " s"), _num(d["train_s_mean"], 1, " s"),
+              _num(d["sweep_wall_s"], 1, " s"), _num(d["rerun_wall_s"], 3, " s")]],
         ),
     )
     sec.commands([("sweep overhead", _command(d))])
@@ -1161,48 +792,21 @@ def _fastgen(root: Path) -> _Section:
         data = sec.read(rel)
         if data.get("benchmark") != "fastgen":
             continue
-        sec.add(
-            f"### {data['task']}: run `{data['run']}`, {data['gradient_steps']} gradient steps (`{rel}`)", ""
-        )
+        sec.add(f"### {data['task']}: run `{data['run']}`, {data['gradient_steps']} gradient steps (`{rel}`)", "")
         rows = []
         for name, r in data["settings"].items():
             calls = r["model_calls"]
-            warm = (
-                f"{r['warm_plan_ms_median']:.0f} / {r['warm_plan_ms_p95']:.0f}"
-                if "warm_plan_ms_median" in r
-                else "—"
-            )
-            score = (
-                f"{r['normalized_score']:.1f} ± {r['normalized_score_se']:.1f}"
-                if r.get("normalized_score") is not None
-                else "—"
-            )
-            rows.append(
-                [
-                    name,
-                    str(calls.get("cold", "")) + (f" / {calls['warm']}" if "warm" in calls else ""),
-                    f"{r['plan_ms_median']:.0f} / {r['plan_ms_p95']:.0f}",
-                    warm,
-                    score,
-                    _num(r["success_rate"], 2),
-                    str(r["episodes"]),
-                ]
-            )
-        sec.add(
-            *_table(
-                [
-                    "setting",
-                    "model calls (cold / warm)",
-                    "plan ms p50 / p95",
-                    "warm replan ms p50 / p95",
-                    "normalized score",
-                    "success",
-                    "episodes",
-                ],
-                rows,
-            ),
-            "",
-        )
+            warm = (f"{r['warm_plan_ms_median']:.0f} / {r['warm_plan_ms_p95']:.0f}"
+                    if "warm_plan_ms_median" in r else "—")
+            score = (f"{r['normalized_score']:.1f} ± {r['normalized_score_se']:.1f}"
+                     if r.get("normalized_score") is not None else "—")
+            rows.append([
+                name, str(calls.get("cold", "")) + (f" / {calls['warm']}" if "warm" in calls else ""),
+                f"{r['plan_ms_median']:.0f} / {r['plan_ms_p95']:.0f}", warm, score, _num(r["success_rate"], 2),
+                str(r["episodes"]),
+            ])
+        sec.add(*_table(["setting", "model calls (cold / warm)", "plan ms p50 / p95", "warm replan ms p50 / p95",
+                         "normalized score", "success", "episodes"], rows), "")
         if data.get("note"):
             sec.add(str(data["note"]), "")
         labelled.append((rel, _command(data)))
@@ -1213,67 +817,31 @@ def _fastgen(root: Path) -> _Section:
         data = sec.read(rel)
         if data.get("benchmark") != "fastgen-timing":
             continue
-        sec.add(
-            f"### Model and sampling time beside jannerm/diffuser (`{rel}`)", "", str(data["description"]), ""
-        )
-        sec.add(
-            *_table(
-                ["implementation", "setting", "ms per model call", "ms per plan p50 / p95"],
-                [
-                    [
-                        r["impl"],
-                        r["setting"],
-                        _num(r["model_call_ms"], 2),
-                        f"{r['plan_ms_median']:.0f} / {r['plan_ms_p95']:.0f}",
-                    ]
-                    for r in data["rows"]
-                ],
-            ),
-            "",
-        )
+        sec.add(f"### Model and sampling time beside jannerm/diffuser (`{rel}`)", "", str(data["description"]), "")
+        sec.add(*_table(
+            ["implementation", "setting", "ms per model call", "ms per plan p50 / p95"],
+            [[r["impl"], r["setting"], _num(r["model_call_ms"], 2),
+              f"{r['plan_ms_median']:.0f} / {r['plan_ms_p95']:.0f}"] for r in data["rows"]],
+        ), "")
         labelled.append((rel, _command(data)))
     deploys = [sec.read(str(p.relative_to(root))) for p in sorted((root / "fastgen").glob("*.json"))]
     deploys = [d for d in deploys if d.get("benchmark") == "robot_deploy"]
     if deploys:
-        sec.add(
-            "### Through the robot bridge with the fast settings",
-            "",
-            "As the Robot bridge section's table, the planner's execution settings overridden (`overrides`).",
-            "",
-        )
+        sec.add("### Through the robot bridge with the fast settings", "",
+                "As the Robot bridge section's table, the planner's execution settings overridden (`overrides`).", "")
         table = []
         for d in deploys:
-            table.append(
-                [
-                    f"{d['task']} at {d['control_hz']:.0f} Hz",
-                    " ".join(d.get("overrides", [])) or "—",
-                    str(d["episodes"]),
-                    f"{d['plan_ms']['p50']:.0f} / {d['plan_ms']['p95']:.0f}",
-                    str(d["lead_ticks_median"]),
-                    f"{d['bridged_return']['mean']:.1f} ± {d['bridged_return']['se']:.1f}",
-                    f"{d['in_process_return']['mean']:.1f} ± {d['in_process_return']['se']:.1f}",
-                    f"{d['bridged_vs_in_process_pct']:.0f}%",
-                    str(d["misses_total"]),
-                ]
-            )
+            table.append([
+                f"{d['task']} at {d['control_hz']:.0f} Hz", " ".join(d.get("overrides", [])) or "—",
+                str(d["episodes"]), f"{d['plan_ms']['p50']:.0f} / {d['plan_ms']['p95']:.0f}",
+                str(d["lead_ticks_median"]),
+                f"{d['bridged_return']['mean']:.1f} ± {d['bridged_return']['se']:.1f}",
+                f"{d['in_process_return']['mean']:.1f} ± {d['in_process_return']['se']:.1f}",
+                f"{d['bridged_vs_in_process_pct']:.0f}%", str(d["misses_total"]),
+            ])
             labelled.append((f"{d['control_hz']:.0f} Hz", _command(d)))
-        sec.add(
-            *_table(
-                [
-                    "robot",
-                    "overrides",
-                    "episodes",
-                    "plan ms p50 / p95",
-                    "lead ticks",
-                    "bridged return",
-                    "synchronous, in process",
-                    "bridged vs synchronous",
-                    "missed plans",
-                ],
-                table,
-            ),
-            "",
-        )
+        sec.add(*_table(["robot", "overrides", "episodes", "plan ms p50 / p95", "lead ticks", "bridged return",
+                         "synchronous, in process", "bridged vs synchronous", "missed plans"], table), "")
     while sec.lines[-1] == "":
         sec.lines.pop()  # the commands list opens with its own blank line
     sec.commands(labelled)
@@ -1300,17 +868,11 @@ def _fastgen_group(sec: _Section, root: Path, group: Path) -> list[tuple[str, st
             cells.setdefault((data["agent"], name), []).append((int(data["seed"]), r, data))
         labelled.append((rel, _command(data)))
     if len(tasks) != 1:
-        raise ReportError(
-            f"fastgen/{group.name}: runs of different tasks {sorted(map(str, tasks))} in one table"
-        )
+        raise ReportError(f"fastgen/{group.name}: runs of different tasks {sorted(map(str, tasks))} in one table")
+    order = {a: i for i, a in enumerate(AGENT_ORDER)}
+    first_seen = {key: i for i, key in enumerate(cells)}
     rows = []
-    for (agent, name), runs in sorted(
-        cells.items(),
-        key=lambda item: (
-            AGENT_ORDER.index(item[0][0]) if item[0][0] in AGENT_ORDER else 99,
-            list(cells).index(item[0]),
-        ),
-    ):
+    for (agent, name), runs in sorted(cells.items(), key=lambda kv: (order.get(kv[0][0], len(order)), first_seen[kv[0]])):
         seeds = [seed for seed, _, _ in runs]
         if len(set(seeds)) != len(seeds):
             raise ReportError(f"fastgen/{group.name}: {agent} {name}: seed repeated {seeds}")
@@ -1324,51 +886,21 @@ def _fastgen_group(sec: _Section, root: Path, group: Path) -> list[tuple[str, st
             return statistics.fmean(values) if len(values) == len(res) else None
 
         calls = res[0]["model_calls"]
-        scores = [
-            (r["normalized_score"], r["normalized_score_se"])
-            for r in res
-            if r.get("normalized_score") is not None
-        ]
-        rows.append(
-            [
-                agent,
-                name,
-                ", ".join(map(str, seeds)) + ("" if len(seeds) >= MIN_SEEDS else " ⚠"),
-                _int(statistics.fmean(d["gradient_steps"] for _, _, d in runs)),
-                str(calls.get("cold", "")) + (f" / {calls['warm']}" if "warm" in calls else ""),
-                f"{mean('plan_ms_median'):.0f} / {mean('plan_ms_p95'):.0f}",
-                "—"
-                if mean("warm_plan_ms_median") is None
-                else f"{mean('warm_plan_ms_median'):.0f} / {mean('warm_plan_ms_p95'):.0f}",
-                _score_se(scores) if len(scores) == len(res) else "—",
-                _num(mean("success_rate"), 2),
-                str(res[0]["episodes"]),
-            ]
-        )
-    sec.add(
-        f"### {tasks.pop()}: `{group.name}`, {len(labelled)} trained runs (`fastgen/{group.name}/`)",
-        "",
-        "Latencies: the mean over runs of each run's median / p95; score: mean ± s.e. over the runs (seeds).",
-        "",
-    )
-    sec.add(
-        *_table(
-            [
-                "agent",
-                "setting",
-                "seeds",
-                "gradient steps",
-                "model calls (cold / warm)",
-                "plan ms p50 / p95",
-                "warm replan ms p50 / p95",
-                "normalized score",
-                "success",
-                "episodes",
-            ],
-            rows,
-        ),
-        "",
-    )
+        scores = [(r["normalized_score"], r["normalized_score_se"]) for r in res if r.get("normalized_score") is not None]
+        warm_ms = mean("warm_plan_ms_median")
+        rows.append([
+            agent, name, ", ".join(map(str, seeds)) + ("" if len(seeds) >= MIN_SEEDS else " ⚠"),
+            _int(statistics.fmean(d["gradient_steps"] for _, _, d in runs)),
+            str(calls.get("cold", "")) + (f" / {calls['warm']}" if "warm" in calls else ""),
+            f"{mean('plan_ms_median'):.0f} / {mean('plan_ms_p95'):.0f}",
+            "—" if warm_ms is None else f"{warm_ms:.0f} / {mean('warm_plan_ms_p95'):.0f}",
+            _score_se(scores) if len(scores) == len(res) else "—", _num(mean("success_rate"), 2),
+            str(res[0]["episodes"]),
+        ])
+    sec.add(f"### {tasks.pop()}: `{group.name}`, {len(labelled)} trained runs (`fastgen/{group.name}/`)", "",
+            "Latencies: the mean over runs of each run's median / p95; score: mean ± s.e. over the runs (seeds).", "")
+    sec.add(*_table(["agent", "setting", "seeds", "gradient steps", "model calls (cold / warm)", "plan ms p50 / p95",
+                     "warm replan ms p50 / p95", "normalized score", "success", "episodes"], rows), "")
     return labelled
 
 
@@ -1378,36 +910,22 @@ SUITE_RUN = "suite-run"
 """``kind`` of a run JSON written by ``diffplan bench suite`` (:mod:`diffplan.suite`)."""
 
 PUBLISHED: dict[str, tuple[str, dict[str, float]]] = {
-    "bc": (
-        "BC as tabulated by Diffusion-QL (Wang et al. 2023) and Decision Diffuser (Ajay et al. 2023), D4RL -v2",
-        {"hopper-medium": 52.9, "walker2d-medium": 75.3, "halfcheetah-medium": 42.6},
-    ),
-    "td3bc": (
-        "TD3+BC (Fujimoto & Gu 2021), D4RL -v2",
-        {"hopper-medium": 59.3, "walker2d-medium": 83.7, "halfcheetah-medium": 48.3},
-    ),
-    "cql": (
-        "CQL(H) (Kumar et al. 2020, Table 1), D4RL -v0",
-        {"hopper-medium": 58.0, "walker2d-medium": 79.2, "halfcheetah-medium": 44.4},
-    ),
-    "diffusion_ql": (
-        "Diffusion-QL (Wang et al. 2023), D4RL -v2",
-        {"hopper-medium": 90.5, "walker2d-medium": 87.0, "halfcheetah-medium": 51.1},
-    ),
-    "idql": (
-        "IDQL (Hansen-Estruch et al. 2023, the one-setting IDQL row), D4RL -v2",
-        {"hopper-medium": 63.1, "walker2d-medium": 80.2, "halfcheetah-medium": 49.7},
-    ),
+    "bc": ("BC as tabulated by Diffusion-QL (Wang et al. 2023) and Decision Diffuser (Ajay et al. 2023), D4RL -v2",
+           {"hopper-medium": 52.9, "walker2d-medium": 75.3, "halfcheetah-medium": 42.6}),
+    "td3bc": ("TD3+BC (Fujimoto & Gu 2021), D4RL -v2",
+              {"hopper-medium": 59.3, "walker2d-medium": 83.7, "halfcheetah-medium": 48.3}),
+    "cql": ("CQL(H) (Kumar et al. 2020, Table 1), D4RL -v0",
+            {"hopper-medium": 58.0, "walker2d-medium": 79.2, "halfcheetah-medium": 44.4}),
+    "diffusion_ql": ("Diffusion-QL (Wang et al. 2023), D4RL -v2",
+                     {"hopper-medium": 90.5, "walker2d-medium": 87.0, "halfcheetah-medium": 51.1}),
+    "idql": ("IDQL (Hansen-Estruch et al. 2023, the one-setting IDQL row), D4RL -v2",
+             {"hopper-medium": 63.1, "walker2d-medium": 80.2, "halfcheetah-medium": 49.7}),
     # HalfCheetah: 42.8 in the authors' own table (jannerm/diffuser scripts/table.py); the Decision Diffuser
     # paper quotes Diffuser at 44.2 there.
-    "diffuser": (
-        "Diffuser (Janner et al. 2022, the authors' table), D4RL -v2",
-        {"hopper-medium": 74.3, "walker2d-medium": 79.6, "halfcheetah-medium": 42.8},
-    ),
-    "decision_diffuser": (
-        "Decision Diffuser (Ajay et al. 2023), D4RL -v2",
-        {"hopper-medium": 79.3, "walker2d-medium": 82.5, "halfcheetah-medium": 49.1},
-    ),
+    "diffuser": ("Diffuser (Janner et al. 2022, the authors' table), D4RL -v2",
+                 {"hopper-medium": 74.3, "walker2d-medium": 79.6, "halfcheetah-medium": 42.8}),
+    "decision_diffuser": ("Decision Diffuser (Ajay et al. 2023), D4RL -v2",
+                          {"hopper-medium": 79.3, "walker2d-medium": 82.5, "halfcheetah-medium": 49.1}),
 }
 """The papers' D4RL-normalized scores on the -medium datasets (agent -> (source, task -> score)). They were
 measured on D4RL's own files; ours are same-level behaviour policies on Gymnasium's v5 envs: set beside, not
@@ -1439,22 +957,13 @@ def _suite_run(rel: str, data: dict[str, Any]) -> RunResult:
         ev = data["eval"]
         scored = ev.get("normalized_score") is not None
         return RunResult(
-            file=rel,
-            agent=data["agent"],
-            dataset=data["task"],
-            seed=int(data["seed"]),
+            file=rel, agent=data["agent"], dataset=data["task"], seed=int(data["seed"]),
             score=float(ev["normalized_score"] if scored else ev["return_mean"]),
             score_se=float(ev["normalized_score_se"] if scored else ev["return_se"]),
-            episodes=int(ev["episodes"]),
-            variant=str(data.get("settings", "")),
-            extra={
-                "gradient_steps": data["gradient_steps"],
-                "train_min": float(data["train_time_s"]) / 60,
-                "return": ev["return_mean"],
-                "decision_median": data["decision_ms"]["median"],
-                "decision_p95": data["decision_ms"]["p95"],
-                "scored": 1.0 if scored else 0.0,
-            },
+            episodes=int(ev["episodes"]), variant=str(data.get("settings", "")),
+            extra={"gradient_steps": data["gradient_steps"], "train_min": float(data["train_time_s"]) / 60,
+                   "return": ev["return_mean"], "decision_median": data["decision_ms"]["median"],
+                   "decision_p95": data["decision_ms"]["p95"], "scored": 1.0 if scored else 0.0},
             command=data.get("train_command", ""),
         )
     except (KeyError, TypeError) as exc:
@@ -1492,10 +1001,8 @@ def suite_tables(runs: list[tuple[str, dict[str, Any]]]) -> list[str]:
         tasks.setdefault(data["task"], []).append((rel, data))
     for task in sorted(tasks):
         members = tasks[task]
-        for what, key in (
-            ("episodes (protocol seed, eval envs, episodes)", _episodes_key),
-            ("budgets", lambda d: json.dumps(d["budget"], sort_keys=True)),
-        ):
+        for what, key in (("episodes (protocol seed, eval envs, episodes)", _episodes_key),
+                          ("budgets", lambda d: json.dumps(d["budget"], sort_keys=True))):
             try:
                 keys = {key(d): rel for rel, d in members}
             except KeyError as exc:
@@ -1507,68 +1014,35 @@ def suite_tables(runs: list[tuple[str, dict[str, Any]]]) -> list[str]:
         first = members[0][1]
         seed, envs, episodes = _episodes_key(first)
         dataset = first.get("dataset", "")
-        lines += [
-            f"### {task}",
-            "",
-            (
-                f"Dataset `{_short(dataset)}`; budget {_budget_text(first['budget'])} per run; {episodes} final "
-                f"episodes per run from the protocol seed {seed} over {envs} envs (the same episodes in every row)."
-            ),
-            "",
-        ]
+        lines += [f"### {task}", "",
+                  (f"Dataset `{_short(dataset)}`; budget {_budget_text(first['budget'])} per run; {episodes} final "
+                  f"episodes per run from the protocol seed {seed} over {envs} envs (the same episodes in every row)."),
+                  ""]
         table = []
         for r in rows:
             paper = PUBLISHED.get(r.first.agent, ("", {}))[1].get(task)
             scored = bool(r.mean("scored"))
-            table.append(
-                [
-                    r.first.agent,
-                    r.first.variant or "—",
-                    f"{r.score_mean:.1f} ± {r.score_se:.1f}" + ("" if scored else " (return)"),
-                    ", ".join(f"s{x.seed} {x.score:.1f}" for x in r.runs),
-                    _mean_se([float(x.extra["return"]) for x in r.runs]),  # type: ignore[arg-type]
-                    f"{_num(r.mean('decision_median'), 1)} / {_num(r.mean('decision_p95'), 1)}",
-                    _int(r.mean("gradient_steps")),
-                    _num(r.mean("train_min"), 1, " min"),
-                    _budget_text(first["budget"]),
-                    str(len(r.runs))
-                    if len(r.runs) >= MIN_SEEDS
-                    else f"{len(r.runs)} ⚠ (fewer than {MIN_SEEDS})",
-                    _num(paper, 1),
-                ]
-            )
-        lines += _table(
-            [
-                "agent",
-                "settings",
-                "D4RL-normalized (mean ± s.e. over seeds)",
-                "per seed",
-                "raw return",
-                "decision ms (median / p95)",
-                "gradient steps",
-                "training time",
-                "budget",
-                "seeds",
-                "paper (D4RL's file)",
-            ],
-            table,
-        )
+            table.append([
+                r.first.agent, r.first.variant or "—",
+                f"{r.score_mean:.1f} ± {r.score_se:.1f}" + ("" if scored else " (return)"),
+                ", ".join(f"s{x.seed} {x.score:.1f}" for x in r.runs),
+                _mean_se([float(x.extra["return"]) for x in r.runs]),  # type: ignore[arg-type]
+                f"{_num(r.mean('decision_median'), 1)} / {_num(r.mean('decision_p95'), 1)}",
+                _int(r.mean("gradient_steps")), _num(r.mean("train_min"), 1, " min"), _budget_text(first["budget"]),
+                str(len(r.runs)) if len(r.runs) >= MIN_SEEDS else f"{len(r.runs)} ⚠ (fewer than {MIN_SEEDS})",
+                _num(paper, 1),
+            ])
+        lines += _table(["agent", "settings", "D4RL-normalized (mean ± s.e. over seeds)", "per seed",
+                         "raw return", "decision ms (median / p95)", "gradient steps", "training time", "budget", "seeds",
+                         "paper (D4RL's file)"], table)
         lines += [""]
     cited = sorted({PUBLISHED[a][0] for a in {d["agent"] for _, d in runs} if a in PUBLISHED})
     if cited:
-        lines += [
-            '"paper" is the published score on D4RL\'s own -medium file, from: ' + "; ".join(cited) + ". "
-            "Ours are trained on datasets from same-level behaviour policies on Gymnasium's v5 envs, so the "
-            "columns sit side by side, not on the same data.",
-            "",
-        ]
-    lines += [
-        (
-            "With one seed the ± is the standard error over that seed's episodes; with two or more, over the "
-            "per-seed means (raw return likewise)."
-        ),
-        "",
-    ]
+        lines += ["\"paper\" is the published score on D4RL's own -medium file, from: " + "; ".join(cited) + ". "
+                  "Ours are trained on datasets from same-level behaviour policies on Gymnasium's v5 envs, so the "
+                  "columns sit side by side, not on the same data.", ""]
+    lines += [("With one seed the ± is the standard error over that seed's episodes; with two or more, over the "
+              "per-seed means (raw return likewise)."), ""]
     return lines
 
 
@@ -1582,41 +1056,27 @@ def _suites(root: Path) -> _Section:
     )
     suites = suite_results(root)
     if not suites:
-        sec.add(
-            "No suite results are committed yet: `diffplan bench suite benchmarks/suites/locomotion-medium.yaml`",
-            "writes them to `benchmarks/suites/locomotion-medium/`. The papers' -medium scores they will stand",
-            "beside (D4RL's own files):",
-            "",
-        )
+        sec.add("No suite results are committed yet: `diffplan bench suite benchmarks/suites/locomotion-medium.yaml`",
+                "writes them to `benchmarks/suites/locomotion-medium/`. The papers' -medium scores they will stand",
+                "beside (D4RL's own files):", "")
         tasks = ("hopper-medium", "walker2d-medium", "halfcheetah-medium")
-        sec.add(
-            *_table(
-                ["agent", *tasks, "source"],
-                [[a, *(_num(v.get(t), 1) for t in tasks), src] for a, (src, v) in PUBLISHED.items()],
-            )
-        )
+        sec.add(*_table(["agent", *tasks, "source"],
+                        [[a, *(_num(v.get(t), 1) for t in tasks), src] for a, (src, v) in PUBLISHED.items()]))
         sec.files.append("suites/")
         return sec
     for name, runs in suites.items():
         for rel, data in runs:
             sec.files.append(rel)
-            sec.note_machine(
-                {
-                    "date": data.get("date"),
-                    "machine": data.get("machine"),
-                    "load_avg": data.get("load_avg_start"),
-                }
-            )
+            sec.note_machine({"date": data.get("date"), "machine": data.get("machine"),
+                              "load_avg": data.get("load_avg_start")})
         sec.add(f"### Suite `{name}` (`{runs[0][1].get('suite_file', '')}`)", "")
         sec.add(*suite_tables(runs))
         if any(d.get("curve") for _, d in runs):
             sec.add(f"![learning curves of {name}](suites/{name}/curves.png)", "")
         commits = sorted({str(d.get("git_commit")) for _, d in runs})
         sec.add(f"Git commit(s): {', '.join(commits)}.")
-        sec.commands(
-            [(name, runs[0][1].get("command", ""))]
-            + [(f"{d['task']} {d['agent']} seed {d['seed']}", d.get("train_command", "")) for _, d in runs]
-        )
+        sec.commands([(name, runs[0][1].get("command", ""))]
+                     + [(f"{d['task']} {d['agent']} seed {d['seed']}", d.get("train_command", "")) for _, d in runs])
     return sec
 
 
@@ -1640,48 +1100,29 @@ def _finetune(root: Path) -> _Section:
         sec.add(f"### {data['task']} (`{rel}`)", "")
         rows = []
         for agent, pre in (("dppo", "diffusion_bc"), ("ppo", "bc")):
-            pre_scores = [
-                r["normalized_score"]
-                for r in data["pretrained"][pre]
-                if r.get("normalized_score") is not None
-            ]
-            rows.append(
-                [
-                    f"{pre} (pre-training)",
-                    "—",
-                    "—",
-                    _mean_se(pre_scores) if pre_scores else "—",
-                    str(len(pre_scores)) + ("" if len(pre_scores) >= MIN_SEEDS else " ⚠"),
-                ]
-            )
+            pre_scores = [r["normalized_score"] for r in data["pretrained"][pre] if r.get("normalized_score") is not None]
+            rows.append([f"{pre} (pre-training)", "—", "—", _mean_se(pre_scores) if pre_scores else "—",
+                         str(len(pre_scores)) + ("" if len(pre_scores) >= MIN_SEEDS else " ⚠")])
             curves = data["curves"][agent]
             for i in range(min((len(c["points"]) for c in curves), default=0)):
                 points = [c["points"][i] for c in curves]
                 scores = [p["normalized_score"] for p in points if p.get("normalized_score") is not None]
-                rows.append(
-                    [
-                        agent,
-                        _int(statistics.fmean(p["env_steps"] for p in points)),
-                        _num(statistics.fmean(p["train_time_s"] for p in points) / 60, 1, " min"),
-                        _mean_se(scores) if scores else "—",
-                        str(len(points)) + ("" if len(points) >= MIN_SEEDS else " ⚠"),
-                    ]
-                )
+                rows.append([agent, _int(statistics.fmean(p["env_steps"] for p in points)),
+                             _num(statistics.fmean(p["train_time_s"] for p in points) / 60, 1, " min"),
+                             _mean_se(scores) if scores else "—",
+                             str(len(points)) + ("" if len(points) >= MIN_SEEDS else " ⚠")])
         sec.add(*_table(["agent", "env steps", "training time", "normalized score", "seeds"], rows), "")
         labelled.append((data["task"], _command(data)))
     if not labelled:
-        sec.add(
-            "No fine-tuning results are committed yet (`diffplan bench dppo` trains them: hours on a 2-core CPU).",
-            "",
-        )
+        sec.add("No fine-tuning results are committed yet (`diffplan bench dppo` trains them: hours on a 2-core CPU).",
+                "")
     path = root / "dppo" / "throughput.json"
     if path.exists():
         d = sec.read("dppo/throughput.json")
         shapes, ours, loop = d["shapes"], d["ours"]["model"], d["ours"]["loop"]
         ref = d.get("reference", {}).get("model", {})
         sec.add(
-            "### Throughput beside irom-lab/dppo",
-            "",
+            "### Throughput beside irom-lab/dppo", "",
             f"Our training loop on {d['task']} ({loop['train_envs']} Subproc envs, {loop['env_steps_per_update']} env "
             f"steps per update, mean of {loop['iterations']} updates):",
             f"collection {loop['collect_env_steps_per_s']:.0f} env steps/s, {loop['update_s_per_iteration']:.1f} s per "
@@ -1694,31 +1135,13 @@ def _finetune(root: Path) -> _Section:
             "",
         )
         commit = d.get("reference", {}).get("commit", "")
-        rows = [
-            [
-                "exploring sample (ms)",
-                _num(ours["sample_ms"], 1),
-                _num(ref.get("sample_ms"), 1),
-                _num(d.get("speedup", {}).get("sample"), 2, "x"),
-            ],
-            [
-                "PPO minibatch step (ms)",
-                _num(ours["update_minibatch_ms"], 0),
-                _num(ref.get("update_minibatch_ms"), 0),
-                _num(d.get("speedup", {}).get("update_minibatch"), 2, "x"),
-            ],
-            [
-                "actor / critic parameters",
-                f"{ours['actor_parameters']} / {ours['critic_parameters']}",
-                f"{ref['actor_parameters']} / {ref['critic_parameters']}" if ref else "—",
-                "",
-            ],
-        ]
-        sec.add(
-            *_table(
-                ["", "diffplan", f"irom-lab/dppo{' @ ' + commit[:8] if commit else ''}", "speed-up"], rows
-            )
-        )
+        rows = [["exploring sample (ms)", _num(ours["sample_ms"], 1), _num(ref.get("sample_ms"), 1),
+                 _num(d.get("speedup", {}).get("sample"), 2, "x")],
+                ["PPO minibatch step (ms)", _num(ours["update_minibatch_ms"], 0), _num(ref.get("update_minibatch_ms"), 0),
+                 _num(d.get("speedup", {}).get("update_minibatch"), 2, "x")],
+                ["actor / critic parameters", f"{ours['actor_parameters']} / {ours['critic_parameters']}",
+                 f"{ref['actor_parameters']} / {ref['critic_parameters']}" if ref else "—", ""]]
+        sec.add(*_table(["", "diffplan", f"irom-lab/dppo{' @ ' + commit[:8] if commit else ''}", "speed-up"], rows))
         labelled.append(("throughput", _command(d)))
     while sec.lines[-1] == "":
         sec.lines.pop()
@@ -1727,15 +1150,7 @@ def _finetune(root: Path) -> _Section:
 
 
 SECTIONS: tuple[Callable[[Path], _Section | None], ...] = (
-    _quickstart,
-    _maze,
-    _hierarchical,
-    _qactors,
-    _suites,
-    _datasets,
-    _robot,
-    _fastgen,
-    _finetune,
+    _quickstart, _maze, _hierarchical, _qactors, _suites, _datasets, _robot, _fastgen, _finetune,
     _scaleout,
 )
 """Page sections in order; a section function returns None while it has no results to show."""
@@ -1746,10 +1161,7 @@ def generate(root: Path | str = "benchmarks") -> str:
     root = Path(root)
     lines = _intro(root)
     sections = [sec for make in SECTIONS if (sec := make(root)) is not None]
-    lines += [
-        "Contents: " + " · ".join(f"[{s.lines[0][3:]}](#{_anchor(s.lines[0][3:])})" for s in sections),
-        "",
-    ]
+    lines += ["Contents: " + " · ".join(f"[{s.lines[0][3:]}](#{_anchor(s.lines[0][3:])})" for s in sections), ""]
     for sec in sections:
         lines += sec.render()
     return "\n".join(lines).rstrip("\n") + "\n"

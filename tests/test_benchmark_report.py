@@ -22,12 +22,8 @@ def test_committed_page_equals_the_generated_one():
 def _result(seed: int, score: float, se: float = 1.0, **kw) -> dict:
     """A results.json as a training run writes it (only the fields the report reads)."""
     return {
-        "agent": "diffuser",
-        "task": "hopper-medium",
-        "dataset": "minari:diffplan/hopper-medium-v0",
-        "seed": seed,
-        "gradient_steps": 100 * (seed + 1),
-        "train_time_s": 480.0 + seed,
+        "agent": "diffuser", "task": "hopper-medium", "dataset": "minari:diffplan/hopper-medium-v0",
+        "seed": seed, "gradient_steps": 100 * (seed + 1), "train_time_s": 480.0 + seed,
         "final": {"episodes": 20, "normalized_score": score, "normalized_score_se": se, "length_mean": 100.0},
         **kw,
     }
@@ -89,20 +85,12 @@ def test_a_third_seed_file_changes_the_page(tmp_path):
 
     root = tmp_path / "benchmarks"
     shutil.copytree(ROOT / "benchmarks", root)
-    shutil.copytree(
-        ROOT / "tests" / "artifacts" / "suite-fixture" / "suites" / "tiny", root / "suites" / "tiny"
-    )
+    shutil.copytree(ROOT / "tests" / "artifacts" / "suite-fixture" / "suites" / "tiny", root / "suites" / "tiny")
     folder = root / "suites" / "tiny" / "hopper-medium"
     src = json.loads((folder / "bc-s1.json").read_text())
-    third = {
-        **src,
-        "seed": 2,
-        "eval": {**src["eval"], "normalized_score": src["eval"]["normalized_score"] + 3},
-    }
+    third = {**src, "seed": 2, "eval": {**src["eval"], "normalized_score": src["eval"]["normalized_score"] + 3}}
     (folder / "bc-s2.json").write_text(json.dumps(third))
-    scores = [
-        json.loads((folder / f"bc-s{s}.json").read_text())["eval"]["normalized_score"] for s in range(3)
-    ]
+    scores = [json.loads((folder / f"bc-s{s}.json").read_text())["eval"]["normalized_score"] for s in range(3)]
     page = generate(root)
     row = next(line for line in page.splitlines() if line.startswith("| bc | tiny |"))
     mean, se = statistics.fmean(scores), statistics.stdev(scores) / math.sqrt(3)
@@ -124,34 +112,14 @@ def test_a_sweep_summary_groups_seeds_by_setting_and_renders_as_a_table(tmp_path
     from diffplan.sweep import SweepRun, summarize
 
     def run(setting: str, seed: int, score: float) -> SweepRun:
-        r = SweepRun(
-            name=f"{setting},seed={seed}",
-            overrides=[],
-            setting=setting,
-            run_dir=tmp_path / f"{setting}{seed}",
-            config_yaml="",
-            num_cpus=1,
-            num_gpus=0,
-            seed=seed,
-        )
-        r.result = {
-            "status": "trained",
-            "results": {**_result(seed, score), "task": "hopper-medium", "updates": 1},
-        }
+        r = SweepRun(name=f"{setting},seed={seed}", overrides=[], setting=setting, run_dir=tmp_path / f"{setting}{seed}",
+                     config_yaml="", num_cpus=1, num_gpus=0, seed=seed)
+        r.result = {"status": "trained", "results": {**_result(seed, score), "task": "hopper-medium", "updates": 1}}
         return r
 
     runs = [run("lr=0.001", 0, 10.0), run("lr=0.001", 1, 20.0), run("lr=0.0003", 0, 40.0)]
-    failed = SweepRun(
-        name="lr=0.0003,seed=1",
-        overrides=[],
-        setting="lr=0.0003",
-        run_dir=tmp_path / "f",
-        config_yaml="",
-        num_cpus=1,
-        num_gpus=0,
-        seed=1,
-        result={"status": "failed", "error": "boom"},
-    )
+    failed = SweepRun(name="lr=0.0003,seed=1", overrides=[], setting="lr=0.0003", run_dir=tmp_path / "f",
+                      config_yaml="", num_cpus=1, num_gpus=0, seed=1, result={"status": "failed", "error": "boom"})
     summary = summarize([*runs, failed], "diffplan sweep diffuser lr=0.001,0.0003 seed=0,1")
     assert summary["failed"] == 1
     first, second = summary["groups"]
@@ -159,10 +127,7 @@ def test_a_sweep_summary_groups_seeds_by_setting_and_renders_as_a_table(tmp_path
     assert first["mean"] == pytest.approx(15.0) and first["se"] == pytest.approx(5.0)
     assert second["seeds"] == [0] and second["se"] == pytest.approx(1.0)  # one seed: the episode s.e.
     lines = sweep_table(summary)
-    assert (
-        "| diffuser | hopper-medium | lr=0.001 | normalized score | 15.0 ± 5.0 | s0 10.0, s1 20.0 | 2 ⚠ |"
-        in lines
-    )
+    assert "| diffuser | hopper-medium | lr=0.001 | normalized score | 15.0 ± 5.0 | s0 10.0, s1 20.0 | 2 ⚠ |" in lines
     assert lines[-1] == "Failed runs (not in the rows): lr=0.0003,seed=1."
 
 
@@ -170,28 +135,15 @@ def _hier_json(agent: str, seed: int, score: float, end: float | None) -> dict:
     """A ``bench maze --plan-to-end --plan-latency`` result (the fields the report reads)."""
     ev = {"episodes": 100, "normalized_score": score, "normalized_score_se": 4.0, "success_rate": score / 100}
     out = {
-        "benchmark": "maze",
-        "task": "pointmaze-medium",
-        "agent": agent,
-        "seed": seed,
-        "train_time_s": 3600.0,
-        "gradient_steps": 9000,
-        "steps_per_s": 2.5,
-        "execution": f"{agent} execution",
-        "planner": ev,
+        "benchmark": "maze", "task": "pointmaze-medium", "agent": agent, "seed": seed, "train_time_s": 3600.0,
+        "gradient_steps": 9000, "steps_per_s": 2.5, "execution": f"{agent} execution", "planner": ev,
         "planner_hard": {"normalized_score": score / 2, "success_rate": 0.25},
-        "go_to_goal_baseline": {**ev, "normalized_score": 60.9, "success_rate": 0.52},
-        "hard_episodes": 48,
+        "go_to_goal_baseline": {**ev, "normalized_score": 60.9, "success_rate": 0.52}, "hard_episodes": 48,
         "plan_latency": {"plan_ms_median": 40.0 if agent == "hierarchical" else 120.0},
         "command": f"diffplan bench maze runs/{agent}-s{seed}",
     }
     if end is not None:
-        out["plan_to_end"] = {
-            **ev,
-            "normalized_score": end,
-            "execution": "then brake",
-            "hard": {"normalized_score": 1.0},
-        }
+        out["plan_to_end"] = {**ev, "normalized_score": end, "execution": "then brake", "hard": {"normalized_score": 1.0}}
     return out
 
 
@@ -203,23 +155,16 @@ def test_hierarchical_section_aggregates_seeds_and_shows_the_plan_to_end_score(t
     shutil.rmtree(root / "hierarchical", ignore_errors=True)
     assert "hierarchical vs flat" not in generate(root)  # no results: no section
     (root / "hierarchical").mkdir(exist_ok=True)
-    for name, d in {
-        "h0": _hier_json("hierarchical", 0, 80.0, 70.0),
-        "h1": _hier_json("hierarchical", 1, 70.0, 60.0),
-        "d0": _hier_json("diffuser", 0, 65.0, None),
-    }.items():
+    for name, d in {"h0": _hier_json("hierarchical", 0, 80.0, 70.0), "h1": _hier_json("hierarchical", 1, 70.0, 60.0),
+                    "d0": _hier_json("diffuser", 0, 65.0, None)}.items():
         (root / "hierarchical" / f"{name}.json").write_text(json.dumps(d))
     page = generate(root)
     section = page.split("## Maze: hierarchical vs flat planner")[1].split("\n## ")[0]
     rows = [line for line in section.splitlines() if line.startswith("| pointmaze-medium")]
-    assert (
-        len(rows) == 2 and "| diffuser |" in rows[0] and "| hierarchical |" in rows[1]
-    )  # flat planner first
+    assert len(rows) == 2 and "| diffuser |" in rows[0] and "| hierarchical |" in rows[1]  # flat planner first
     cells = [c.strip() for c in rows[1].strip("|").split("|")]
     assert cells[3] == "2 ⚠" and cells[6] == "40"  # two seeds; plan ms
-    assert (
-        cells[7] == "75.0 ± 5.0 (s0 80.0, s1 70.0)" and cells[10] == "65.0 ± 5.0"
-    )  # over seeds, both scores
+    assert cells[7] == "75.0 ± 5.0 (s0 80.0, s1 70.0)" and cells[10] == "65.0 ± 5.0"  # over seeds, both scores
     assert [c.strip() for c in rows[0].strip("|").split("|")][10] == "—"  # not measured: a dash, not a zero
     assert "hierarchical execution; plan to end: then brake" in section
 
@@ -230,48 +175,18 @@ def test_a_finetuning_result_renders_as_curves_beside_the_baseline(tmp_path):
     shutil.copytree(ROOT / "benchmarks", root)
 
     def point(steps, minutes, score):
-        return {
-            "env_steps": steps,
-            "train_time_s": 60.0 * minutes,
-            "normalized_score": score,
-            "normalized_score_se": 1.0,
-            "return_mean": 0.0,
-            "episodes": 10,
-        }
+        return {"env_steps": steps, "train_time_s": 60.0 * minutes, "normalized_score": score,
+                "normalized_score_se": 1.0, "return_mean": 0.0, "episodes": 10}
 
-    curves = {
-        agent: [
-            {
-                "seed": s,
-                "updates": 2,
-                "env_steps": 2000,
-                "points": [
-                    point(0, 0, base),
-                    point(1000, 1, base + gain + s),
-                    point(2000, 2, base + 2 * gain + s),
-                ],
-            }
-            for s in (0, 1, 2)
-        ]
-        for agent, base, gain in (("dppo", 40.0, 10.0), ("ppo", 45.0, -5.0))
-    }
-    pretrained = {
-        a: [{"seed": s, "normalized_score": v + s} for s in (0, 1, 2)]
-        for a, v in (("diffusion_bc", 40.0), ("bc", 45.0))
-    }
-    (root / "dppo" / "walker2d-medium.json").write_text(
-        json.dumps(
-            {
-                "benchmark": "dppo",
-                "task": "walker2d-medium",
-                "pretrained": pretrained,
-                "curves": curves,
-                "command": "diffplan bench dppo task=walker2d-medium",
-                "date": "2026-12-01",
-                "machine": "test",
-            }
-        )
-    )
+    curves = {agent: [{"seed": s, "updates": 2, "env_steps": 2000,
+                       "points": [point(0, 0, base), point(1000, 1, base + gain + s), point(2000, 2, base + 2 * gain + s)]}
+                      for s in (0, 1, 2)] for agent, base, gain in (("dppo", 40.0, 10.0), ("ppo", 45.0, -5.0))}
+    pretrained = {a: [{"seed": s, "normalized_score": v + s} for s in (0, 1, 2)] for a, v in (("diffusion_bc", 40.0),
+                                                                                           ("bc", 45.0))}
+    (root / "dppo" / "walker2d-medium.json").write_text(json.dumps({
+        "benchmark": "dppo", "task": "walker2d-medium", "pretrained": pretrained, "curves": curves,
+        "command": "diffplan bench dppo task=walker2d-medium", "date": "2026-12-01", "machine": "test",
+    }))
     page = generate(root)
     assert "### walker2d-medium (`dppo/walker2d-medium.json`)" in page
     assert "| diffusion_bc (pre-training) | — | — | 41.0 ± 0.6 | 3 |" in page
@@ -281,32 +196,13 @@ def test_a_finetuning_result_renders_as_curves_beside_the_baseline(tmp_path):
 
 def _fastgen_json(agent, seed, task="pointmaze-large", scores=(60.0, 50.0), episodes=50):
     settings = {}
-    for (name, overrides), score in zip(
-        [("ddim-10", ["torch_threads=1"]), ("dpm-3", ["sampler=dpmsolver++"])], scores
-    ):
-        settings[name] = {
-            "overrides": overrides,
-            "plan_ms_median": 40.0 + seed,
-            "plan_ms_p95": 50.0 + seed,
-            "model_calls": {"cold": 10},
-            "normalized_score": score,
-            "normalized_score_se": 3.0,
-            "success_rate": 0.5,
-            "episodes": episodes,
-        }
-    return {
-        "benchmark": "fastgen",
-        "command": f"diffplan bench fastgen runs/{agent}-s{seed}",
-        "run": f"runs/{agent}-s{seed}",
-        "task": task,
-        "agent": agent,
-        "seed": seed,
-        "gradient_steps": 1000,
-        "repeats": 20,
-        "settings": settings,
-        "date": "2026-12-01",
-        "machine": "test",
-    }
+    for (name, overrides), score in zip([("ddim-10", ["torch_threads=1"]), ("dpm-3", ["sampler=dpmsolver++"])], scores):
+        settings[name] = {"overrides": overrides, "plan_ms_median": 40.0 + seed, "plan_ms_p95": 50.0 + seed,
+                          "model_calls": {"cold": 10}, "normalized_score": score, "normalized_score_se": 3.0,
+                          "success_rate": 0.5, "episodes": episodes}
+    return {"benchmark": "fastgen", "command": f"diffplan bench fastgen runs/{agent}-s{seed}", "run": f"runs/{agent}-s{seed}",
+            "task": task, "agent": agent, "seed": seed, "gradient_steps": 1000, "repeats": 20, "settings": settings,
+            "date": "2026-12-01", "machine": "test"}
 
 
 def test_a_fastgen_folder_is_one_table_averaged_over_seeds(tmp_path):
@@ -314,27 +210,16 @@ def test_a_fastgen_folder_is_one_table_averaged_over_seeds(tmp_path):
     shutil.copytree(ROOT / "benchmarks", root)
     group = root / "fastgen" / "large-sweep"
     group.mkdir()
-    for name, d in {
-        "h0": _fastgen_json("hierarchical", 0, scores=(80.0, 70.0)),
-        "h1": _fastgen_json("hierarchical", 1, scores=(90.0, 60.0)),
-        "d0": _fastgen_json("diffuser", 0),
-    }.items():
+    for name, d in {"h0": _fastgen_json("hierarchical", 0, scores=(80.0, 70.0)),
+                    "h1": _fastgen_json("hierarchical", 1, scores=(90.0, 60.0)), "d0": _fastgen_json("diffuser", 0)}.items():
         (group / f"{name}.json").write_text(json.dumps(d))
     section = generate(root).split("### pointmaze-large: `large-sweep`, 3 trained runs")[1].split("\n### ")[0]
-    rows = [
-        [c.strip() for c in line.strip("|").split("|")]
-        for line in section.splitlines()
-        if line.startswith("| ")
-    ]
-    assert [r[:3] for r in rows[1:]] == [
-        ["diffuser", "ddim-10", "0 ⚠"],
-        ["diffuser", "dpm-3", "0 ⚠"],
-        ["hierarchical", "ddim-10", "0, 1 ⚠"],
-        ["hierarchical", "dpm-3", "0, 1 ⚠"],
-    ]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in section.splitlines() if line.startswith("| ")]
+    assert [r[:3] for r in rows[1:]] == [["diffuser", "ddim-10", "0 ⚠"], ["diffuser", "dpm-3", "0 ⚠"],
+                                         ["hierarchical", "ddim-10", "0, 1 ⚠"], ["hierarchical", "dpm-3", "0, 1 ⚠"]]
     assert rows[3][5] == "40 / 50" and rows[3][7] == "85.0 ± 5.0"  # latency and score averaged over the seeds
     assert rows[4][5] == "40 / 50" and rows[4][7] == "65.0 ± 5.0" and rows[1][7] == "60.0 ± 3.0"
-    # bad folders are one clear error naming the folder
+    # bad folders are one clear error naming the folder or the file
     (group / "h1.json").write_text(json.dumps(_fastgen_json("hierarchical", 1, episodes=20)))
     with pytest.raises(ReportError, match="hierarchical ddim-10: runs differ in overrides or episodes"):
         generate(root)

@@ -32,12 +32,8 @@ def test_strided_windows_are_every_kth_state_of_a_real_window(tiny_maze_dataset,
     env = make_env("pointmaze-umaze")
     obs_norm, act_norm = fit_normalizers("limits", env.observation_space, env.action_space, episodes)
     N, K = 5, 7
-    strided = SequenceDataset(
-        episodes, N, obs_norm.normalizer, act_norm.normalizer, stride=K, use_padding=padding
-    )
-    dense = SequenceDataset(
-        episodes, (N - 1) * K + 1, obs_norm.normalizer, act_norm.normalizer, use_padding=padding
-    )
+    strided = SequenceDataset(episodes, N, obs_norm.normalizer, act_norm.normalizer, stride=K, use_padding=padding)
+    dense = SequenceDataset(episodes, (N - 1) * K + 1, obs_norm.normalizer, act_norm.normalizer, use_padding=padding)
     assert len(strided) == len(dense)  # the same windows: the span decides which starts exist
     ids = torch.randperm(len(dense), generator=torch.Generator().manual_seed(0))[:64]
     ids = torch.cat([ids, torch.tensor([len(dense) - 1])])  # the last window: padded past its episode's end
@@ -106,32 +102,26 @@ def test_segments_meet_their_subgoals_and_the_plan_is_continuous(tiny_maze_datas
 def test_the_low_level_runs_its_own_solver_steps(tiny_maze_dataset):
     """low_sampling_steps: the segments take that many model calls, the subgoals keep sampling_steps, and the
     segments still meet their subgoals exactly."""
-    _, agent, _ = _build(
-        TINY_HIERARCHICAL, tiny_maze_dataset, ["sampler=ddim", "sampling_steps=4", "low_sampling_steps=2"]
-    )
-    policy = agent.policy
+    _, agent, _ = _build(TINY_HIERARCHICAL, tiny_maze_dataset, ["sampler=ddim", "sampling_steps=4", "low_sampling_steps=2"])
+    policy, goal = agent.policy, np.array([[1.0, 1.0]], np.float32)
     calls = {"high": 0, "low": 0}
     for name in calls:
-        getattr(policy.ema.model, name).register_forward_hook(
-            lambda *_, n=name: calls.__setitem__(n, calls[n] + 1)
-        )
+        getattr(policy.ema.model, name).register_forward_hook(lambda *_, n=name: calls.__setitem__(n, calls[n] + 1))
     obs = np.array([[-1.0, 1.0, 0.2, -0.1]], np.float32)
     with torch.inference_mode():
-        subgoals = policy.plan_subgoals(obs, np.array([[1.0, 1.0]], np.float32))
+        subgoals = policy.plan_subgoals(obs, goal)
         segments = policy.segments(subgoals)
     assert calls == {"high": 4, "low": 2}
     assert torch.equal(segments[:, :, 0, policy.act_dim :], subgoals[:, :-1])
     assert torch.equal(segments[:, :, -1, policy.act_dim :], subgoals[:, 1:])
-    policy.plan(obs, np.array([[1.0, 1.0]], np.float32))
+    policy.plan(obs, goal)
     assert (policy.last_plan["steps"], policy.last_plan["low_steps"], policy.last_plan["calls"]) == (4, 2, 6)
 
 
 def test_value_guidance_moves_the_high_level_toward_higher_value(tiny_hopper_dataset):
     values = {}
     for scale in (0.0, 1.0):
-        _, agent, _ = _build(
-            TINY_VALUE_HIERARCHICAL, tiny_hopper_dataset, [f"guide_scale={scale}", "n_candidates=16"]
-        )
+        _, agent, _ = _build(TINY_VALUE_HIERARCHICAL, tiny_hopper_dataset, [f"guide_scale={scale}", "n_candidates=16"])
         policy = agent.policy
         policy.reseed(0)
         obs = np.zeros((2, policy.obs_dim), np.float32)
