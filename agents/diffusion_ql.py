@@ -35,7 +35,7 @@ from tianshou.data import Batch
 
 from diffplan.agent import Agent, DiffusionAgentConfig, DiffusionAlgorithm, DiffusionPolicy
 from diffplan.config import ConfigError
-from diffplan.data import Episodes, NormalizerModule, observation_arrays
+from diffplan.data import NORMALIZERS, Episodes, NormalizerModule, observation_arrays
 from diffplan.data.conditioning import ConditionEncoder, action_level_data
 from diffplan.diffusion import denoising_loss, sample
 from diffplan.nets import MLPDenoiser, TwinQ, ValueNet
@@ -85,7 +85,14 @@ class DiffusionQLConfig(DiffusionAgentConfig):
     activation: str = "silu"
     """MLP activation: silu | mish (the paper's) | gelu. PyTorch's CPU Mish made a training step ~2x slower."""
     normalizer: str = "limits"
-    """Normalizer of observations, goals and actions: limits (to [-1, 1]) | gaussian."""
+    """Normalizer of actions, and of observations and goals unless ``obs_normalizer`` is set: limits (to
+    [-1, 1]) | gaussian."""
+    obs_normalizer: str = ""
+    """Normalizer of observations and goals (the actor's and critics' condition) when it should differ from
+    ``normalizer``: '' (the same) | limits | gaussian. gaussian with limits actions is closest to the paper's code
+    (raw states, actions clamped to the action bounds): min-max scaling squeezes states whose dimensions have
+    rare extremes (Hopper's velocities) into a fraction of [-1, 1], while standardised states keep their spread;
+    ``clip_sample`` still bounds the sampled actions to the data's range."""
     goal_conditioned: bool = True
     """Condition actor and critics on the goal (needs a Dict observation with desired_goal)."""
     grad_clip: float = 1.0
@@ -115,6 +122,8 @@ class DiffusionQLConfig(DiffusionAgentConfig):
             raise ConfigError(f"expectile={self.expectile} must be in (0, 1)")
         if self.n_candidates < 1 or self.max_q_samples < 1 or self.diffusion_steps < 1:
             raise ConfigError("n_candidates, max_q_samples and diffusion_steps must be >= 1")
+        if self.obs_normalizer not in ("", *NORMALIZERS):
+            raise ConfigError(f"obs_normalizer={self.obs_normalizer!r}; valid: '' (as normalizer), {sorted(NORMALIZERS)}")
         if self.temperature <= 0:
             raise ConfigError(f"temperature={self.temperature} must be > 0")
 
@@ -351,7 +360,10 @@ def build(
 ) -> Agent:
     """Build the Diffusion-QL (or IDQL) policy and algorithm; ``episodes=None`` builds a shell for weights."""
     torch.manual_seed(cfg.seed)
-    data = action_level_data(cfg, observation_space, action_space, episodes, goal_conditioned=cfg.goal_conditioned)
+    data = action_level_data(
+        cfg, observation_space, action_space, episodes, goal_conditioned=cfg.goal_conditioned,
+        obs_normalizer=cfg.obs_normalizer or None,
+    )
     cond_dim, act_dim = data.encoder.dim, data.act_dim
     model = MLPDenoiser(
         act_dim, cond_dim, hidden=cfg.hidden, depth=cfg.depth, time_dim=cfg.time_dim, activation=cfg.activation

@@ -375,12 +375,34 @@ def test_transitions_pad_history_and_chunks_inside_episodes():
         ("diffusion_bc", "denoiser=transformer", "denoiser"),
         ("diffusion_ql", "selection=expectile", "critic=iql"),
         ("diffusion_ql", "critic=cql", "critic"),
+        ("diffusion_ql", "obs_normalizer=minmax", "obs_normalizer"),
         ("idql", "critic=td", "needs critic=iql"),
     ],
 )
 def test_bad_config_is_refused_with_the_key(name, override, match):
     with pytest.raises(ConfigError, match=match):
         load_config(None, [*TINY[name], override])
+
+
+def test_obs_normalizer_standardises_states_and_keeps_limits_actions(tiny_maze_dataset):
+    """obs_normalizer=gaussian: the condition (states, goals) is standardised on the dataset, actions stay
+    min-max scaled (so x0 clipping still bounds them to the data's range), training batches agree with the
+    encoder, and a shell built without data loads the weights back with the same normalizers."""
+    cfg, env, agent = _build("diffusion_ql", tiny_maze_dataset, ["obs_normalizer=gaussian"])
+    episodes = load_episodes(tiny_maze_dataset)
+    enc = agent.policy.encoder
+    assert enc.obs_norm.kind == "gaussian" and enc.goal_norm is not None and enc.goal_norm.kind == "gaussian"
+    assert agent.policy.act_norm.kind == "limits"
+    obs_n = enc.obs_norm.normalize(torch.as_tensor(episodes.obs))
+    torch.testing.assert_close(obs_n.mean(0), torch.zeros(obs_n.shape[1]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(obs_n.std(0, unbiased=False), torch.ones(obs_n.shape[1]), atol=1e-3, rtol=0)
+    act_n = agent.policy.act_norm.normalize(torch.as_tensor(episodes.act))
+    assert float(act_n.min()) == pytest.approx(-1.0, abs=1e-5) and float(act_n.max()) == pytest.approx(1.0, abs=1e-5)
+    batch, ids = agent.batch_source.sample(8)
+    torch.testing.assert_close(batch.obs[:, 0], enc.obs_norm.normalize(torch.as_tensor(episodes.obs[ids])))
+    shell = AGENTS["diffusion_ql"].build(cfg, env.observation_space, env.action_space, None)
+    shell.policy.load_state_dict(agent.policy.state_dict())
+    torch.testing.assert_close(shell.policy.encoder.obs_norm.normalize(torch.as_tensor(episodes.obs)), obs_n)
 
 
 def test_goal_conditioned_policy_without_goal_is_refused(tiny_maze_dataset):

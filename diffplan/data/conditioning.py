@@ -89,17 +89,22 @@ def action_level_data(
     goal_conditioned: bool,
     history: int = 1,
     chunk: int = 1,
+    obs_normalizer: str | None = None,
 ) -> ActionLevelData:
     """Condition encoder and action normalizer fitted on ``episodes`` (placeholders when None: a shell to load
     weights into) and a :class:`~diffplan.data.TransitionDataset` batch source with ``history`` observations
-    and ``chunk`` actions per sample. ``cfg`` needs ``normalizer``, ``seed`` and ``device``."""
+    and ``chunk`` actions per sample. ``cfg`` needs ``normalizer``, ``seed`` and ``device``; observations and
+    goals get the ``obs_normalizer`` kind instead when it is given (actions keep ``cfg.normalizer``, e.g. limits
+    so that x0 clipping bounds sampled actions to the data's range while states are standardised)."""
     from diffplan.data.transitions import TransitionDataset
 
     obs_dim, goal_dim = split_observation_space(observation_space)
     act_dim = int(action_space.shape[0])
     if episodes is not None:
         episodes.check_spaces(observation_space, action_space)
-    encoder = ConditionEncoder.fit(cfg.normalizer, episodes, obs_dim, goal_dim if goal_conditioned else 0, history)
+    encoder = ConditionEncoder.fit(
+        obs_normalizer or cfg.normalizer, episodes, obs_dim, goal_dim if goal_conditioned else 0, history
+    )
     act_norm = NormalizerModule(cfg.normalizer, None if episodes is None else episodes.act, dim=act_dim)
     generator = torch.Generator().manual_seed(cfg.seed)
     source = None
