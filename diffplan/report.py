@@ -527,8 +527,9 @@ def _hierarchical(root: Path) -> _Section | None:
             "—" if None in end else _score_se([(e["normalized_score"], e["normalized_score_se"]) for e in end]),
             "—" if None in end else _num(statistics.fmean(e["success_rate"] for e in end), 2),
             "—" if None in end else _num(mean(lambda d: (d["plan_to_end"].get("hard") or {}).get("normalized_score")), 1),
-            _score_se([(d["go_to_goal_baseline"]["normalized_score"], d["go_to_goal_baseline"]["normalized_score_se"])
-                      for d in ds]),
+            # one controller on the same episodes for every seed: its episode s.e., not a zero s.e. over seeds
+            _score_se(list({(d["go_to_goal_baseline"]["normalized_score"], d["go_to_goal_baseline"]["normalized_score_se"])
+                            for d in ds})),
             _num(mean(lambda d: d["go_to_goal_baseline"]["success_rate"]), 2), _int(mean(lambda d: d["hard_episodes"])),
             str(row.first.episodes),
         ])

@@ -165,6 +165,7 @@ def test_hierarchical_section_aggregates_seeds_and_shows_the_plan_to_end_score(t
     cells = [c.strip() for c in rows[1].strip("|").split("|")]
     assert cells[3] == "2 ⚠" and cells[6] == "40"  # two seeds; plan ms
     assert cells[7] == "75.0 ± 5.0 (s0 80.0, s1 70.0)" and cells[10] == "65.0 ± 5.0"  # over seeds, both scores
+    assert cells[13] == "60.9 ± 4.0"  # the one baseline on the same episodes: its episode s.e., not 0 over seeds
     assert [c.strip() for c in rows[0].strip("|").split("|")][10] == "—"  # not measured: a dash, not a zero
     assert "hierarchical execution; plan to end: then brake" in section
 
