@@ -529,6 +529,7 @@ def main(argv: list[str] | None = None) -> int:
     from diffplan.checkpoint import CheckpointError
     from diffplan.config import ConfigError
     from diffplan.data import DatasetError
+    from diffplan.report import ReportError
 
     _quiet_import_notices()
     parser = build_parser()
@@ -543,7 +544,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MPLBACKEND", "Agg")
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, DatasetError, CheckpointError, BehaviourPolicyError) as exc:
+    except (ConfigError, DatasetError, CheckpointError, BehaviourPolicyError, ReportError) as exc:
         print(f"diffplan: error: {exc}", file=sys.stderr)
         return 2
     except (PermissionError, NotADirectoryError, FileExistsError) as exc:

@@ -868,6 +868,8 @@ def _fastgen_group(sec: _Section, root: Path, group: Path) -> list[tuple[str, st
         for name, r in data["settings"].items():
             cells.setdefault((data["agent"], name), []).append((int(data["seed"]), r, data))
         labelled.append((rel, _command(data)))
+    if not labelled:  # a folder a benchmark script is still filling: no table yet
+        return []
     if len(tasks) != 1:
         raise ReportError(f"fastgen/{group.name}: runs of different tasks {sorted(map(str, tasks))} in one table")
     order = {a: i for i, a in enumerate(AGENT_ORDER)}

@@ -206,7 +206,9 @@ def _fastgen_json(agent, seed, task="pointmaze-large", scores=(60.0, 50.0), epis
             "date": "2026-12-01", "machine": "test"}
 
 
-def test_a_fastgen_folder_is_one_table_averaged_over_seeds(tmp_path):
+def test_a_fastgen_folder_is_one_table_averaged_over_seeds(tmp_path, capsys):
+    from diffplan.cli import main
+
     root = tmp_path / "benchmarks"
     shutil.copytree(ROOT / "benchmarks", root)
     group = root / "fastgen" / "large-sweep"
@@ -233,3 +235,13 @@ def test_a_fastgen_folder_is_one_table_averaged_over_seeds(tmp_path):
     (group / "h1.json").write_text(json.dumps({**_fastgen_json("hierarchical", 1), "seed": None}))
     with pytest.raises(ReportError, match="h1.json: not a `bench fastgen` result naming its agent and seed"):
         generate(root)
+    # ... and from the command line one line, no traceback, the page untouched
+    page = (root / "README.md").read_text()
+    assert main(["bench", "report", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("diffplan: error: ") and "h1.json: not a `bench fastgen` result" in err
+    assert len(err.strip().splitlines()) == 1 and (root / "README.md").read_text() == page
+    # an empty folder (a benchmark still filling it) makes no table
+    for path in group.glob("*.json"):
+        path.unlink()
+    assert "large-sweep" not in generate(root)
