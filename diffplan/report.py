@@ -776,6 +776,11 @@ def _scaleout(root: Path) -> _Section:
     return sec
 
 
+def _calls_cell(calls: dict[str, int]) -> str:
+    """Model calls of a fastgen setting: ``cold`` [`` / warm``]."""
+    return str(calls.get("cold", "")) + (f" / {calls['warm']}" if "warm" in calls else "")
+
+
 def _fastgen(root: Path) -> _Section:
     sec = _Section(root, "Fast generation")
     sec.add(
@@ -802,7 +807,7 @@ def _fastgen(root: Path) -> _Section:
             score = (f"{r['normalized_score']:.1f} ± {r['normalized_score_se']:.1f}"
                      if r.get("normalized_score") is not None else "—")
             rows.append([
-                name, str(calls.get("cold", "")) + (f" / {calls['warm']}" if "warm" in calls else ""),
+                name, _calls_cell(calls),
                 f"{r['plan_ms_median']:.0f} / {r['plan_ms_p95']:.0f}", warm, score, _num(r["success_rate"], 2),
                 str(r["episodes"]),
             ])
@@ -894,7 +899,7 @@ def _fastgen_group(sec: _Section, root: Path, group: Path) -> list[tuple[str, st
         rows.append([
             agent, name, ", ".join(map(str, seeds)) + ("" if len(seeds) >= MIN_SEEDS else " ⚠"),
             _int(statistics.fmean(d["gradient_steps"] for _, _, d in runs)),
-            str(calls.get("cold", "")) + (f" / {calls['warm']}" if "warm" in calls else ""),
+            _calls_cell(calls),
             f"{mean('plan_ms_median'):.0f} / {mean('plan_ms_p95'):.0f}",
             "—" if warm_ms is None else f"{warm_ms:.0f} / {mean('warm_plan_ms_p95'):.0f}",
             _score_se(scores) if len(scores) == len(res) else "—", _num(mean("success_rate"), 2),
