@@ -55,7 +55,6 @@ from diffplan.data import (
 from diffplan.data.conditioning import fit_normalizers
 from diffplan.diffusion import (
     GUIDANCE_FORMS,
-    SCHEDULERS,
     Inpaint,
     NoiseScheduler,
     ValueGuide,
@@ -234,10 +233,11 @@ class DiffuserConfig(DiffusionAgentConfig):
                 raise ConfigError(
                     f"value_guided plans are executed by their actions: set tracking=action (got {self.tracking!r})"
                 )
-            if SCHEDULERS[self.sampler].deterministic and self.scale_grad_by_std and self.guide_scale:
+            if not self.stochastic_steps and self.scale_grad_by_std and self.guide_scale:
                 raise ConfigError(
                     f"value guidance with scale_grad_by_std needs stochastic steps, but sampler={self.sampler!r} "
-                    "steps have std 0 (no guidance at all); use sampler=ddpm or scale_grad_by_std=false"
+                    "steps have std 0 (no guidance at all); use sampler=ddpm, sampler=ddim with ddim_eta > 0, "
+                    "or scale_grad_by_std=false"
                 )
             if self.guidance_form not in GUIDANCE_FORMS:
                 raise ConfigError(f"guidance_form={self.guidance_form!r}; valid: {list(GUIDANCE_FORMS)}")

@@ -287,6 +287,14 @@ class DiffusionAgentConfig(RunConfig):
             raise ConfigError(f"sampling_steps={self.sampling_steps} > diffusion_steps={self.diffusion_steps}")
         if self.clip_sample < 0:
             raise ConfigError(f"clip_sample={self.clip_sample} must be >= 0 (0: no clipping)")
+        if not 0.0 <= self.ddim_eta <= 1.0:
+            raise ConfigError(f"ddim_eta={self.ddim_eta} must be in [0, 1]")
+
+    @property
+    def stochastic_steps(self) -> bool:
+        """Whether the acting sampler's reverse steps (but the last) add noise: DDPM, and DDIM with ddim_eta > 0.
+        Std-scaled value guidance (Diffuser's ``scale_grad_by_std``) needs them."""
+        return not SCHEDULERS[self.sampler].deterministic or (self.sampler == "ddim" and self.ddim_eta > 0)
 
 
 OBJECTIVES: dict[str, str] = {"diffusion": "ddpm", "flow": "euler"}

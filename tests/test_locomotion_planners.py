@@ -78,6 +78,11 @@ def test_diffuser_locomotion_recipe_is_the_papers():
 def test_bad_planner_settings_are_one_line_errors():
     with pytest.raises(ConfigError, match="sampler=ddpm"):
         load_config(None, [*TINY_VALUE_DIFFUSER, "sampler=ddim"])
+    # DDIM with eta > 0 has stochastic steps (eta 1: the strided DDPM posterior), so std-scaled guidance applies
+    cfg = load_config(None, [*TINY_VALUE_DIFFUSER, "sampler=ddim", "ddim_eta=1", "sampling_steps=3"])
+    assert cfg.stochastic_steps and cfg.scale_grad_by_std
+    with pytest.raises(ConfigError, match="ddim_eta=1.5 must be in"):
+        load_config(None, [*TINY_VALUE_DIFFUSER, "sampler=ddim", "ddim_eta=1.5"])
     with pytest.raises(ConfigError, match="tracking=action"):
         load_config(None, [*TINY_VALUE_DIFFUSER, "tracking=pd"])
     with pytest.raises(ConfigError, match="history \\+ 2"):
