@@ -18,12 +18,17 @@ DIFFPLAN=${DIFFPLAN:-diffplan}
 export OMP_NUM_THREADS=1
 
 # DPM-Solver++ steps are deterministic (std 0): Diffuser's std-scaled guidance would vanish, so those settings
-# guide with the unscaled shift (scale_grad_by_std=false); the DDPM row keeps Diffuser's scaled form.
+# guide with the unscaled shift (scale_grad_by_std=false); the DDPM row keeps Diffuser's scaled form, and so do
+# the few-step stochastic rows: DDIM with eta 1 is the strided DDPM posterior, whose larger per-step std scales
+# the guidance shift (0.1 std^2 grad) up as the steps get fewer.
 SETTINGS=(
   "ddpm-20:sampler=ddpm,replan_every=1,torch_threads=1"
   "dpmsolver++-5:sampler=dpmsolver++,sampling_steps=5,replan_every=1,scale_grad_by_std=false,torch_threads=1"
   "dpmsolver++-3:sampler=dpmsolver++,sampling_steps=3,replan_every=1,scale_grad_by_std=false,torch_threads=1"
   "dpmsolver++-3-warm:sampler=dpmsolver++,sampling_steps=3,replan_every=1,warm_start_level=0.34,scale_grad_by_std=false,torch_threads=1"
+  "ddim-eta1-5:sampler=ddim,ddim_eta=1,sampling_steps=5,replan_every=1,torch_threads=1"
+  "ddim-eta1-3:sampler=ddim,ddim_eta=1,sampling_steps=3,replan_every=1,torch_threads=1"
+  "ddim-eta1-3-warm:sampler=ddim,ddim_eta=1,sampling_steps=3,replan_every=1,warm_start_level=0.34,torch_threads=1"
 )
 mkdir -p "$OUT"
 for seed in $SEEDS; do
