@@ -854,6 +854,24 @@ def _fastgen(root: Path) -> _Section:
     return sec
 
 
+FASTGEN_GROUP_NOTES: dict[str, str] = {
+    "hopper-medium-replan1": (
+        "The value-guided Diffusers of the `locomotion-medium` suite (one per training seed; 15 CPU-minutes, U-Net "
+        "dim 16, 8 candidates, horizon 32), replanning at every env step as in the paper, so the plan latency is the "
+        "decision latency; in a warm row every decision after an episode's first is a warm replan (the previous "
+        "plan shifted one step, re-noised to 0.34 of the way, one solver step). Guidance: ddpm-20 and the ddim-eta1 "
+        "rows use Diffuser's std-scaled shift (0.1 std² ∇J, 2 guide steps, t ≥ 2). DDIM with eta 1 over K steps "
+        "is the DDPM posterior between the kept steps; its std is larger than a single step's, so each guide step "
+        "moves the plan further (a likely reason for their higher scores, not isolated here). DPM-Solver++ steps "
+        "have std 0, so its rows guide with the unscaled shift 0.1 ∇J (`scale_grad_by_std=false`)."),
+    "large-hd-vs-flat": (
+        "The runs of the hierarchical benchmark (60 CPU-minutes each), one plan per episode, the shipped "
+        "execution. Hierarchical settings `a/b`: a solver steps for the subgoals, b for the segments "
+        "(`low_sampling_steps`); its model calls count both levels."),
+}
+"""Caption under a ``fastgen/<group>/`` table: how the runs were made and what the settings mean."""
+
+
 def _fastgen_group(sec: _Section, root: Path, group: Path) -> list[tuple[str, str]]:
     """One table for a folder ``fastgen/<group>/`` of ``bench fastgen`` results, one JSON per trained run: a
     row per (agent, setting), latencies and scores averaged over the runs (training seeds) that share them.
@@ -909,6 +927,8 @@ def _fastgen_group(sec: _Section, root: Path, group: Path) -> list[tuple[str, st
             "Latencies: the mean over runs of each run's median / p95; score: mean ± s.e. over the runs (seeds).", "")
     sec.add(*_table(["agent", "setting", "seeds", "gradient steps", "model calls (cold / warm)", "plan ms p50 / p95",
                      "warm replan ms p50 / p95", "normalized score", "success", "episodes"], rows), "")
+    if group.name in FASTGEN_GROUP_NOTES:
+        sec.add(FASTGEN_GROUP_NOTES[group.name], "")
     return labelled
 
 
