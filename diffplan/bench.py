@@ -518,14 +518,32 @@ def _bench_settings(items: list[str]) -> tuple[dict[str, str], dict[str, list[st
 
 
 def _train_or_resume(cfg: Any, run_dir: Path) -> dict[str, Any]:
-    """A finished run's results; an interrupted one resumed from its last checkpoint; otherwise a new run."""
+    """A finished run's results; an interrupted one resumed from its last checkpoint; otherwise a new run.
+
+    The run directory is locked while it trains (``<run_dir>.lock``), so two ``bench dppo`` processes given
+    different seeds share a runs folder safely, and one given a run another is training stops with one line.
+
+    Raises:
+        CheckpointError: another process is training this run.
+    """
+    import fcntl
+
     from diffplan.training import train
 
     if (run_dir / "results.json").exists():
         return json.loads((run_dir / "results.json").read_text())
-    if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
-        return train(cfg, resume=run_dir, progress=True)
-    return train(cfg, progress=True, overwrite=True)  # a run that died before its first checkpoint: moved aside
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(run_dir.with_name(run_dir.name + ".lock"), "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when this block or the process ends
+        except BlockingIOError:
+            raise CheckpointError(f"{run_dir}: another process is training this run (its .lock is held); "
+                                  "wait for it, or give this one other seeds") from None
+        if (run_dir / "results.json").exists():  # finished while this process waited for the lock
+            return json.loads((run_dir / "results.json").read_text())
+        if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
+            return train(cfg, resume=run_dir, progress=True)
+        return train(cfg, progress=True, overwrite=True)  # a run that died before its first checkpoint: moved aside
 
 
 def _curve(results: dict[str, Any], start: dict[str, Any] | None) -> list[dict[str, Any]]:

@@ -269,3 +269,40 @@ def test_finetune_gaussian_ppo_from_a_bc_run(tiny_hopper_dataset, tmp_path):
     cfg = load_trained(ft_dir).cfg
     assert cfg.hidden == [16, 16] and cfg.task == "Hopper-v5" and cfg.init_from == str(bc_dir)
     assert AGENTS["ppo"].CONFIG.PRETRAINED_AGENT == "bc"
+
+
+def test_bench_dppo_runs_resumes_and_refuses_a_run_another_process_trains(tiny_hopper_dataset, tmp_path, capsys):
+    """``diffplan bench dppo`` end to end at tiny sizes on real Hopper physics: both pre-trainings, both
+    fine-tunings with their start evaluation, one JSON; run again it trains nothing; a run whose lock another
+    process holds stops the command with one line."""
+    import fcntl
+
+    runs, out = tmp_path / "runs", tmp_path / "dppo.json"
+    data = f"dataset={tiny_hopper_dataset}"
+    online = ["train_envs=2", "subproc_envs=false", "env_steps_per_update=16", "update_epochs=1", "batch_size=8"]
+    args = ["bench", "dppo", "task=Hopper-v5", "seeds=0", "bc_steps=2", "env_steps=32", "evals=2", f"runs={runs}",
+            "minutes=0",
+            *[f"diffusion_bc.{kv}" for kv in (data, "hidden=16", "depth=2", "time_dim=8", "chunk=4", "execute_steps=2",
+                                               "diffusion_steps=6", "sampling_steps=3", "batch_size=8", "eval_envs=1")],
+            *[f"bc.{kv}" for kv in (data, "hidden=[16,16]", "batch_size=8", "eval_envs=1")],
+            *[f"dppo.{kv}" for kv in (*online, "ft_denoising_steps=2", "sampling_steps=3", "critic_hidden=16", "critic_depth=1",
+                                       "eval_envs=1")],
+            *[f"ppo.{kv}" for kv in (*online, "eval_envs=1")],
+            "--episodes", "1", "--out", str(out)]
+    assert main(args) == 0
+    result = json.loads(out.read_text())
+    for agent in ("dppo", "ppo"):
+        (curve,) = result["curves"][agent]
+        assert curve["updates"] == 2 and curve["env_steps"] > 16 and curve["points"][0]["env_steps"] == 0 and len(curve["points"]) >= 2
+    assert [r["seed"] for r in result["pretrained"]["diffusion_bc"]] == [0]
+    stamps = {p: p.stat().st_mtime_ns for p in runs.glob("*/results.json")}
+    assert len(stamps) == 4
+    assert main(args) == 0  # everything finished: read, not trained again
+    assert {p: p.stat().st_mtime_ns for p in runs.glob("*/results.json")} == stamps
+    (runs / "ppo-s0" / "results.json").unlink()
+    capsys.readouterr()
+    with open(runs / "ppo-s0.lock", "w") as lock:  # another process training ppo-s0
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "another process is training this run" in err[0]
