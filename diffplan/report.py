@@ -861,9 +861,8 @@ FASTGEN_GROUP_NOTES: dict[str, str] = {
         "decision latency; in a warm row every decision after an episode's first is a warm replan (the previous "
         "plan shifted one step, re-noised to 0.34 of the way, one solver step). Guidance: ddpm-20 and the ddim-eta1 "
         "rows use Diffuser's std-scaled shift (0.1 std² ∇J, 2 guide steps, t ≥ 2). DDIM with eta 1 over K steps "
-        "is the DDPM posterior between the kept steps; its std is larger than a single step's, so each guide step "
-        "moves the plan further (a likely reason for their higher scores, not isolated here). DPM-Solver++ steps "
-        "have std 0, so its rows guide with the unscaled shift 0.1 ∇J (`scale_grad_by_std=false`)."),
+        "is the DDPM posterior between the kept steps, with a larger std per step than DDPM-20's. DPM-Solver++ "
+        "steps have std 0, so its rows guide with the unscaled shift 0.1 ∇J (`scale_grad_by_std=false`)."),
     "large-hd-vs-flat": (
         "The runs of the hierarchical benchmark (60 CPU-minutes each), one plan per episode, the shipped "
         "execution. Hierarchical settings `a/b`: a solver steps for the subgoals, b for the segments "
