@@ -258,6 +258,28 @@ def _ms_stats(times: list[float], prefix: str) -> dict[str, float]:
     return {f"{prefix}_median": float(np.median(times)), f"{prefix}_p95": float(np.percentile(times, 95))}
 
 
+def _previous_fastgen_rows(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """The settings already in ``--out`` for this run at these ``--repeats`` (none if the file does not exist).
+
+    Raises:
+        CheckpointError: ``--out`` exists but is not a ``bench fastgen`` result of this run at these repeats
+            (so it is never overwritten by an unrelated result).
+    """
+    if not args.out or not Path(args.out).exists():
+        return {}
+    try:
+        data = json.loads(Path(args.out).read_text())
+        same = (data.get("benchmark") == "fastgen" and data.get("run") == str(args.path)
+                and data.get("repeats") == args.repeats)
+        rows = dict(data["settings"]) if same else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        rows = None
+    if rows is None:
+        raise CheckpointError(f"--out {args.out} exists and is not a `bench fastgen` result of {args.path} with "
+                              f"--repeats {args.repeats}; move it away or choose another file")
+    return rows
+
+
 def bench_fastgen(args: argparse.Namespace) -> dict[str, Any]:
     """Samplers side by side on one trained Diffuser: score and batch-1 latency of each setting.
 
@@ -265,6 +287,11 @@ def bench_fastgen(args: argparse.Namespace) -> dict[str, Any]:
     evaluation protocol over ``--episodes``; ``--repeats`` cold plans on evaluation states; for replanning
     settings as many warm replans (the same plan shifted by ``replan_every`` steps as the guess). The plan
     timings go round robin over the settings (``--steps`` is not used).
+
+    Resumable per setting: when ``--out`` already holds this run's results at the same ``--repeats``, a setting
+    whose name, overrides and episodes match is kept as measured (its ``measured`` date and load say when), only
+    the others are measured, and the file's earlier settings not asked for again stay in it; its ``command``
+    lists every setting it holds.
     """
     from diffplan.agent import Planner, Reseedable, WarmPlanner
     from diffplan.config import config_to_dict
@@ -277,7 +304,13 @@ def bench_fastgen(args: argparse.Namespace) -> dict[str, Any]:
         for spec in args.overrides:
             name, _, kvs = spec.partition(":")
             settings[name] = [kv for kv in kvs.split(",") if kv]
-    exps = {name: load_trained(args.path, overrides) for name, overrides in settings.items()}
+    previous = _previous_fastgen_rows(args)
+    kept = {name: row for name, row in previous.items()
+            if settings.get(name) == row.get("overrides") and row.get("episodes") == args.episodes}
+    earlier = {name: row for name, row in previous.items() if name not in settings}
+    if kept:
+        print(f"bench fastgen: kept from {args.out}: {', '.join(kept)}", flush=True)
+    exps = {name: load_trained(args.path, overrides) for name, overrides in settings.items() if name not in kept}
     for name, exp in exps.items():
         if not isinstance(exp.agent.policy, Planner):
             raise CheckpointError(f"{args.path}: agent {exp.cfg.agent!r} is not a planner")
@@ -286,33 +319,35 @@ def bench_fastgen(args: argparse.Namespace) -> dict[str, Any]:
     cold: dict[str, list[float]] = {name: [] for name in exps}
     warm: dict[str, list[float]] = {name: [] for name in exps}
     calls: dict[str, dict[str, int]] = {name: {} for name in exps}
-    env = make_env(next(iter(exps.values())).cfg.task, seed=0)
-    # Round robin over the settings: on a shared machine the load drifts, and interleaving spreads the drift
-    # evenly over the settings instead of favouring whichever ran in a quiet minute.
-    for i in range(args.repeats + 3):
-        obs, _ = env.reset(seed=i)
-        observation, goal = observation_arrays(Batch(obs=as_batch(obs)).obs)
-        for name, exp in exps.items():
-            policy = exp.agent.policy
-            t0 = time.perf_counter()
-            plan_obs, plan_act, _ = policy.plan(observation, goal)
-            if i >= 3:
-                cold[name].append((time.perf_counter() - t0) * 1000)
-            if not isinstance(policy, WarmPlanner):
-                continue
-            calls[name]["cold"] = int(policy.last_plan.get("calls", 0))
-            cfg = config_to_dict(exp.cfg)
-            k = int(cfg.get("replan_every", 0))
-            if k and cfg.get("warm_start_level", 0.0) > 0:
-                init = policy.warm_guess(plan_obs, plan_act, k)
+    if exps:  # settings left to measure
+        env = make_env(next(iter(exps.values())).cfg.task, seed=0)
+        # Round robin over the settings: on a shared machine the load drifts, and interleaving spreads the drift
+        # evenly over the settings instead of favouring whichever ran in a quiet minute.
+        for i in range(args.repeats + 3):
+            obs, _ = env.reset(seed=i)
+            observation, goal = observation_arrays(Batch(obs=as_batch(obs)).obs)
+            for name, exp in exps.items():
+                policy = exp.agent.policy
                 t0 = time.perf_counter()
-                policy.plan(observation, goal, init)
+                plan_obs, plan_act, _ = policy.plan(observation, goal)
                 if i >= 3:
-                    warm[name].append((time.perf_counter() - t0) * 1000)
-                calls[name]["warm"] = int(policy.last_plan.get("calls", 0))
-    env.close()
+                    cold[name].append((time.perf_counter() - t0) * 1000)
+                if not isinstance(policy, WarmPlanner):
+                    continue
+                calls[name]["cold"] = int(policy.last_plan.get("calls", 0))
+                cfg = config_to_dict(exp.cfg)
+                k = int(cfg.get("replan_every", 0))
+                if k and cfg.get("warm_start_level", 0.0) > 0:
+                    init = policy.warm_guess(plan_obs, plan_act, k)
+                    t0 = time.perf_counter()
+                    policy.plan(observation, goal, init)
+                    if i >= 3:
+                        warm[name].append((time.perf_counter() - t0) * 1000)
+                    calls[name]["warm"] = int(policy.last_plan.get("calls", 0))
+        env.close()
     rows: dict[str, dict[str, Any]] = {}
     for name, exp in exps.items():
+        measured = {k: v for k, v in machine_info().items() if k in ("date", "load_avg_1_5_15")}
         result = exp.evaluate(args.episodes).to_dict()
         rows[name] = {
             "overrides": settings[name],
@@ -324,12 +359,15 @@ def bench_fastgen(args: argparse.Namespace) -> dict[str, Any]:
             "success_rate": result["success_rate"],
             "episodes": result["episodes"],
             "eval_plan_ms_median": result.get("plan_ms_median"),
+            "measured": measured,
         }
         print(json.dumps({name: rows[name]}, default=float), flush=True)
+    rows = {**{name: kept.get(name) or rows[name] for name in settings}, **earlier}
     trained = json.loads((Path(args.path) / "results.json").read_text())
+    specs = [f"{name}:{','.join(row['overrides'])}" for name, row in rows.items()]
     out = {
         "benchmark": "fastgen",
-        "command": " ".join(["diffplan bench fastgen", str(args.path), *args.overrides, f"--repeats {args.repeats}",
+        "command": " ".join(["diffplan bench fastgen", str(args.path), *specs, f"--repeats {args.repeats}",
                              f"--episodes {args.episodes}", f"--steps {args.steps}"]
                             + ([f"--out {args.out}"] if args.out else [])),
         "run": str(args.path),

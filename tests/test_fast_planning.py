@@ -168,3 +168,41 @@ def test_deploy_runner_sets_the_planners_latency_budget(tiny_maze_dataset):
         LatencyAwareRunner(env, policy, latency_budget_ms=-5.0)
     LatencyAwareRunner(env, policy, latency_budget_ms=0.0)  # 0: off
     assert policy.budget is None
+
+
+def test_bench_fastgen_measures_each_setting_once_and_keeps_what_it_measured(tiny_maze_dataset, tmp_path, capsys):
+    """``diffplan bench fastgen`` on a trained run: one row per setting (model calls, latency, score); run again
+    with one setting more, only that one is measured and the others are kept exactly; a setting whose overrides
+    changed is measured again; an --out file that is not this run's result is refused in one line, untouched."""
+    import json
+
+    from diffplan.cli import main
+    from diffplan.compose import load_config
+    from diffplan.training import train
+
+    from .conftest import TINY_DIFFUSER
+
+    run = tmp_path / "run"
+    train(load_config(None, [*TINY_DIFFUSER, f"dataset={tiny_maze_dataset}", f"run_dir={run}"]), progress=False)
+    out = tmp_path / "fg.json"
+    common = ["--episodes", "1", "--repeats", "1", "--out", str(out)]
+    assert main(["bench", "fastgen", str(run), "ddim-2:sampler=ddim,sampling_steps=2", *common]) == 0
+    first = json.loads(out.read_text())
+    assert first["agent"] == "diffuser" and first["settings"]["ddim-2"]["model_calls"] == {"cold": 2}
+    assert main(["bench", "fastgen", str(run), "ddim-2:sampler=ddim,sampling_steps=2",
+                 "ddim-3:sampler=ddim,sampling_steps=3", *common]) == 0
+    second = json.loads(out.read_text())
+    assert second["settings"]["ddim-2"] == first["settings"]["ddim-2"]  # kept, not re-measured
+    assert second["settings"]["ddim-3"]["model_calls"] == {"cold": 3}
+    assert "ddim-2:sampler=ddim,sampling_steps=2 ddim-3:sampler=ddim,sampling_steps=3" in second["command"]
+    assert main(["bench", "fastgen", str(run), "ddim-2:sampler=ddim,sampling_steps=4", *common]) == 0
+    third = json.loads(out.read_text())
+    assert third["settings"]["ddim-2"]["model_calls"] == {"cold": 4}  # changed overrides: measured again
+    assert third["settings"]["ddim-3"] == second["settings"]["ddim-3"]  # not asked for: still there
+    other = tmp_path / "other.json"
+    other.write_text('{"benchmark": "maze"}')
+    capsys.readouterr()
+    assert main(["bench", "fastgen", str(run), "ddim-2:sampler=ddim", "--episodes", "1", "--out", str(other)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not a `bench fastgen` result" in err[0]
+    assert other.read_text() == '{"benchmark": "maze"}'

@@ -3,7 +3,8 @@
 # several samplers, on the locomotion-medium suite's trained hopper-medium Diffusers (one per training seed), so
 # the table averages over seeds. Same weights per run, only the sampler changes; 20 protocol episodes per row
 # (the suite's), batch-1 latency over REPEATS plans. One JSON per run in OUT; `diffplan bench report` renders
-# the folder as one table. Resumable: a run whose JSON exists is skipped, a missing trained run is reported.
+# the folder as one table. Resumable: `bench fastgen` keeps the settings a run's JSON already holds and measures
+# only the new ones; a missing trained run is reported.
 #
 #   benchmarks/fastgen/hopper.sh                       # after `diffplan bench suite ... --only 'hopper-medium/diffuser-*'`
 #   SEEDS=0 EPISODES=2 REPEATS=2 OUT=/tmp/fg benchmarks/fastgen/hopper.sh   # a smoke test
@@ -29,12 +30,12 @@ SETTINGS=(
   "ddim-eta1-5:sampler=ddim,ddim_eta=1,sampling_steps=5,replan_every=1,torch_threads=1"
   "ddim-eta1-3:sampler=ddim,ddim_eta=1,sampling_steps=3,replan_every=1,torch_threads=1"
   "ddim-eta1-3-warm:sampler=ddim,ddim_eta=1,sampling_steps=3,replan_every=1,warm_start_level=0.34,torch_threads=1"
+  "ddim-eta1-2:sampler=ddim,ddim_eta=1,sampling_steps=2,replan_every=1,torch_threads=1"
 )
 mkdir -p "$OUT"
 for seed in $SEEDS; do
   run="$RUNS/diffuser-s$seed"
   json="$OUT/diffuser-s$seed.json"
-  if [ -f "$json" ]; then echo "== done: $json"; continue; fi
   if [ ! -f "$run/results.json" ]; then echo "== missing trained run $run (train it with the suite first)"; continue; fi
   echo "== fastgen $run -> $json"
   $DIFFPLAN bench fastgen "$run" "${SETTINGS[@]}" --episodes "$EPISODES" --repeats "$REPEATS" --out "$json"
