@@ -53,7 +53,7 @@ from diffplan.checkpoint import load_checkpoint
 from diffplan.config import ConfigError
 from diffplan.data import Episodes, observation_arrays
 from diffplan.data.conditioning import ConditionEncoder, action_level_data
-from diffplan.diffusion import make_scheduler, sample, step_log_prob
+from diffplan.diffusion import sample, step_log_prob
 from diffplan.nets.critic import ValueNet
 
 LOGPROB_RANGE = (-5.0, 2.0)
@@ -162,12 +162,7 @@ class DPPOPolicy(DiffusionBCPolicy):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         cfg = self.cfg
-        extra = {"eta": cfg.ddim_eta} if cfg.sampler == "ddim" else {}
-        self.chain_scheduler = make_scheduler(
-            cfg.sampler, cfg.diffusion_steps, beta_schedule=cfg.beta_schedule, prediction_type=self.prediction_type,
-            clip_sample=cfg.clip_sample or None, **extra,
-        )
-        self.chain_scheduler.set_timesteps(None if cfg.sampler == "ddpm" else cfg.sampling_steps)
+        self.chain_scheduler = self.make_sampling_scheduler()  # the acting chain: ddpm over all T, else sampling_steps
         ft = self.chain_scheduler.timesteps[-cfg.ft_denoising_steps:].clone()
         self.register_buffer("ft_timesteps", ft, persistent=False)
         """(K,) long: timesteps of the fine-tuned steps, in chain order."""

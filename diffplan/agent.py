@@ -291,10 +291,15 @@ class DiffusionAgentConfig(RunConfig):
             raise ConfigError(f"ddim_eta={self.ddim_eta} must be in [0, 1]")
 
     @property
+    def sampler_kwargs(self) -> dict[str, float]:
+        """The acting scheduler's own settings beyond the shared ones (DDIM: ``eta``)."""
+        return {"eta": self.ddim_eta} if self.sampler == "ddim" else {}
+
+    @property
     def stochastic_steps(self) -> bool:
         """Whether the acting sampler's reverse steps (but the last) add noise: DDPM, and DDIM with ddim_eta > 0.
         Std-scaled value guidance (Diffuser's ``scale_grad_by_std``) needs them."""
-        return not SCHEDULERS[self.sampler].deterministic or (self.sampler == "ddim" and self.ddim_eta > 0)
+        return SCHEDULERS[self.sampler].stochastic(**self.sampler_kwargs)
 
 
 OBJECTIVES: dict[str, str] = {"diffusion": "ddpm", "flow": "euler"}
@@ -350,10 +355,9 @@ class DiffusionPolicy(Policy, Generic[CfgT]):
         ``clip_sample`` 0 turns x0 clipping off (data normalized beyond [-1, 1], e.g. Gaussian normalization).
         """
         cfg = self.cfg
-        extra = {"eta": cfg.ddim_eta} if cfg.sampler == "ddim" else {}
         scheduler = make_scheduler(
             cfg.sampler, cfg.diffusion_steps, beta_schedule=cfg.beta_schedule,
-            prediction_type=self.prediction_type, clip_sample=cfg.clip_sample or None, **extra,
+            prediction_type=self.prediction_type, clip_sample=cfg.clip_sample or None, **cfg.sampler_kwargs,
         )
         if steps is None:
             steps = cfg.sampling_steps if scheduler.strided else None

@@ -564,19 +564,15 @@ def _train_or_resume(cfg: Any, run_dir: Path) -> dict[str, Any]:
     Raises:
         CheckpointError: another process is training this run.
     """
-    import fcntl
-
+    from diffplan.checkpoint import run_lock
     from diffplan.training import train
 
     if (run_dir / "results.json").exists():
         return json.loads((run_dir / "results.json").read_text())
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    with open(run_dir.with_name(run_dir.name + ".lock"), "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when this block or the process ends
-        except BlockingIOError:
+    with run_lock(run_dir) as held:
+        if not held:
             raise CheckpointError(f"{run_dir}: another process is training this run (its .lock is held); "
-                                  "wait for it, or give this one other seeds") from None
+                                  "wait for it, or give this one other seeds")
         if (run_dir / "results.json").exists():  # finished while this process waited for the lock
             return json.loads((run_dir / "results.json").read_text())
         if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):

@@ -21,6 +21,8 @@ import random
 import shutil
 import tempfile
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +96,27 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Atomic text write (see :func:`write_bytes_atomic`)."""
     write_bytes_atomic(path, text.encode())
+
+
+@contextmanager
+def run_lock(run_dir: str | os.PathLike) -> Iterator[bool]:
+    """Hold ``<run_dir>.lock`` (beside the run directory) exclusively for the block: yields True when this process
+    got it, False when another process holds it (the caller skips or refuses the run; nothing waits).
+
+    Benchmarks that train several runs (``bench suite``, ``bench dppo``) take it around each run, so processes
+    side by side never train one run twice. ``flock``: released when the block ends or the process dies.
+    """
+    import fcntl  # POSIX only, like the training machines
+
+    path = Path(run_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
 
 
 def rng_state() -> dict[str, Any]:

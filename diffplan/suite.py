@@ -336,16 +336,12 @@ def _decision_ms(run_dir: Path, task: str, steps: int, threads: int) -> dict[str
 def execute(job: dict[str, Any]) -> dict[str, Any]:
     """The body of one suite run (in a worker process): train or resume it (:func:`diffplan.sweep.run_one`),
     time its decisions, write its JSON. ``job``: plain values (it crosses a process boundary)."""
-    import fcntl
-
+    from diffplan.checkpoint import run_lock
     from diffplan.training import machine_info
 
     run_dir = Path(job["run_dir"])
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    with open(run_dir.with_name(run_dir.name + ".lock"), "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when this process ends, however it ends
-        except BlockingIOError:
+    with run_lock(run_dir) as held:
+        if not held:
             return {"status": "busy"}
         load_start = [round(x, 2) for x in os.getloadavg()]
         started = time.time()

@@ -97,9 +97,14 @@ class NoiseScheduler:
     prediction_types: ClassVar[tuple[str, ...]] = PREDICTION_TYPES
     """Model outputs (``prediction_type``) this scheduler understands."""
     deterministic: ClassVar[bool] = False
-    """Every reverse step has std 0 (so std-scaled value guidance does nothing)."""
+    """Every reverse step has std 0 at the class's default settings (so std-scaled value guidance does nothing)."""
     strided: ClassVar[bool] = True
     """Acting samples over ``sampling_steps`` (True) or over every train step (False: DDPM as in the papers)."""
+
+    @classmethod
+    def stochastic(cls, **kw: object) -> bool:
+        """Whether the reverse steps (but the last) add noise when built with ``kw`` (before building one)."""
+        return not cls.deterministic
 
     def __init__(
         self,
@@ -434,6 +439,11 @@ class DDIMScheduler(NoiseScheduler):
             raise ValueError(f"eta must be in [0, 1], got {eta}")
         self.eta = float(eta)  # needed by set_timesteps, which the base __init__ calls
         super().__init__(num_train_steps, beta_schedule, prediction_type, clip_sample, betas)
+
+    @classmethod
+    def stochastic(cls, **kw: object) -> bool:
+        """eta > 0 adds noise at every step but the last (eta 1: the DDPM posterior over the kept steps)."""
+        return float(kw.get("eta", 0.0)) > 0  # type: ignore[arg-type]
 
     def _extra_repr(self) -> str:
         return f", eta={self.eta}"
