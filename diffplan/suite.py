@@ -5,7 +5,9 @@ budget (CPU minutes of training and/or gradient steps: the same for every run, s
 same budget) and one evaluation (the task's protocol seed, ``eval.episodes`` final episodes over ``eval.envs``
 envs: the same episodes for every run of a table). The suite sets those keys itself; an agent's overrides may
 not (one error line names the key). Where ``configs/experiments/<agent>-<task>.yaml`` exists it is the run's
-config (the agent's per-dataset paper settings).
+config (the agent's per-dataset paper settings). An agent's ``act`` overrides are applied to the trained run for
+the final evaluation and the latency timing only (execution settings such as the sampler): a JSON evaluated with
+other ``act`` settings is evaluated again, on the same episodes, without training the run again.
 
 Each run trains in ``<runs>/<task>/<agent>-s<seed>`` and, when it has finished, writes one JSON,
 ``<out>/<task>/<agent>-s<seed>.json``: agent, task, dataset and its metadata, seed, budget, gradient steps
@@ -50,7 +52,7 @@ from diffplan.sweep import _check_same_config, run_one
 SUITE_KEYS = ("name", "description", "seeds", "budget", "eval", "tasks", "agents", "latency_steps", "torch_threads")
 BUDGET_KEYS = ("train_minutes", "gradient_steps", "clock")
 EVAL_KEYS = ("episodes", "envs", "curve_episodes")
-AGENT_KEYS = ("settings", "overrides", "tasks")
+AGENT_KEYS = ("settings", "overrides", "tasks", "act")
 TASK_KEYS = ("dataset",)
 RESERVED = ("agent", "task", "seed", "run_dir", "dataset", "train_steps", "max_train_minutes", "final_eval_episodes",
             "eval_envs", "eval_episodes", "torch_threads", "budget_clock")
@@ -74,6 +76,10 @@ class AgentSpec:
     """Config overrides for every task."""
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Per-task overrides on top of ``overrides``."""
+    act: dict[str, Any] = field(default_factory=dict)
+    """Execution overrides applied to the trained run only, for the final evaluation and the latency timing
+    (e.g. a few-step sampler): not part of the training config, so changing them re-evaluates finished runs
+    without training them again. The learning curve keeps the training config's execution."""
 
 
 @dataclass
@@ -123,6 +129,8 @@ class SuiteRun:
     config_yaml: str
     run_dir: Path
     json_path: Path
+    act: list[str] = field(default_factory=list)
+    """The agent's ``act`` overrides (``key=value``) for the final evaluation and latency of the trained run."""
 
     def train_command(self) -> str:
         """The ``diffplan train`` command that trains this run by itself."""
@@ -203,12 +211,14 @@ def load_suite(path: str | os.PathLike) -> Suite:
             if task not in tasks:
                 raise SuiteError(f"{path}: agents.{agent}.tasks: {task!r} is not one of the suite's tasks")
             per_task[task] = _mapping(extra, f"{path}: agents.{agent}.tasks.{task}")
-        for where, keys in [("overrides", overrides), *((f"tasks.{t}", e) for t, e in per_task.items())]:
+        act = _mapping(spec.get("act"), f"{path}: agents.{agent}.act")
+        for where, keys in [("overrides", overrides), ("act", act),
+                            *((f"tasks.{t}", e) for t, e in per_task.items())]:
             reserved = sorted(set(keys) & set(RESERVED))
             if reserved:
                 raise SuiteError(f"{path}: agents.{agent}.{where}: {reserved[0]!r} is set by the suite for every "
                                  "run (budget, evaluation, seeds, threads); remove it")
-        agents[agent] = AgentSpec(str(spec.get("settings", "")), overrides, per_task)
+        agents[agent] = AgentSpec(str(spec.get("settings", "")), overrides, per_task, act)
     return Suite(
         path=path, name=str(data.get("name") or path.stem), description=str(data.get("description", "")).strip(),
         seeds=seeds, train_minutes=minutes, clock=clock, gradient_steps=steps, eval_episodes=episodes, eval_envs=envs,
@@ -257,21 +267,24 @@ def plan(suite: Suite, out: str | os.PathLike, runs_dir: str | os.PathLike) -> l
                 ]
                 try:
                     cfg = load_config(source, overrides)
+                    act = _items(spec.act)
+                    if act:  # the trained run with its act overrides must be a valid config too
+                        load_config(source, [*overrides, *act])
                 except ConfigError as exc:
                     raise SuiteError(f"{suite.path}: {agent} on {task}: {exc}") from None
                 text = config_yaml(cfg)
                 _check_same_config(run_dir, text)
                 runs.append(SuiteRun(name=name, task=task, agent=agent, seed=seed, settings=spec.settings,
                                      source=source, overrides=overrides, config_yaml=text, run_dir=run_dir,
-                                     json_path=Path(out) / task / f"{agent}-s{seed}.json"))
+                                     json_path=Path(out) / task / f"{agent}-s{seed}.json", act=act))
     return runs
 
 
-def finished(run: SuiteRun) -> bool:
-    """Whether the run's JSON exists; a file that is not a suite run's JSON stops everything (one error line,
-    the file left as it is) rather than being overwritten or skipped as done."""
+def _written(run: SuiteRun) -> dict[str, Any] | None:
+    """The run's JSON, None when there is none; a file that is not a suite run's JSON stops everything (one
+    error line, the file left as it is) rather than being overwritten or skipped as done."""
     if not run.json_path.exists():
-        return False
+        return None
     try:
         data = json.loads(run.json_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -279,7 +292,14 @@ def finished(run: SuiteRun) -> bool:
     if not isinstance(data, dict) or data.get("kind") != RUN_KIND:
         raise SuiteError(f"{run.json_path}: not a suite run's JSON (no kind: {RUN_KIND}); move it away to run "
                          f"{run.name} again")
-    return True
+    return data
+
+
+def finished(run: SuiteRun) -> bool:
+    """Whether the run's JSON exists and was evaluated with the agent's present ``act`` overrides (a JSON
+    from other ones is re-evaluated, the training kept)."""
+    data = _written(run)
+    return data is not None and list(data.get("act", [])) == run.act
 
 
 # ------------------------------------------------------------------------------------------- one run
@@ -313,17 +333,24 @@ def _dataset_metadata(source: str) -> dict[str, Any]:
     return {k: v for k, v in meta.items() if k not in drop}
 
 
-def _decision_ms(run_dir: Path, task: str, steps: int, threads: int) -> dict[str, float]:
-    import numpy as np
-
+def _trained(run_dir: Path, threads: int, act: list[str]) -> Any:
+    """The trained run with its ``act`` overrides, its policy's sampling reseeded (deterministic evaluation)."""
     from diffplan.agent import Reseedable
-    from diffplan.envs import make_env
-    from diffplan.envs.evaluation import decision_latency
     from diffplan.training import load_trained
 
-    exp = load_trained(run_dir, [f"torch_threads={threads}"])
+    exp = load_trained(run_dir, [f"torch_threads={threads}", *act])
     if isinstance(exp.agent.policy, Reseedable):
         exp.agent.policy.reseed(0)
+    return exp
+
+
+def _decision_ms(run_dir: Path, task: str, steps: int, threads: int, act: list[str]) -> dict[str, float]:
+    import numpy as np
+
+    from diffplan.envs import make_env
+    from diffplan.envs.evaluation import decision_latency
+
+    exp = _trained(run_dir, threads, act)
     env = make_env(task, seed=0)
     try:
         ms = decision_latency(exp.agent.policy, env, steps)
@@ -347,10 +374,14 @@ def execute(job: dict[str, Any]) -> dict[str, Any]:
         started = time.time()
         record = run_one(job["config_yaml"], str(run_dir))
         res = record["results"]
-        latency = _decision_ms(run_dir, job["task"], job["latency_steps"], job["torch_threads"])
+        act = list(job.get("act", []))
+        cfg = yaml.safe_load(job["config_yaml"])
         per_episode = res.get("final_episodes", {})
         final = res["final"]
-        cfg = yaml.safe_load(job["config_yaml"])
+        if act:  # the final evaluation again, on the same protocol episodes, with the act overrides
+            result = _trained(run_dir, job["torch_threads"], act).evaluate(int(cfg["final_eval_episodes"]))
+            per_episode, final = result.per_episode(), result.to_dict()
+        latency = _decision_ms(run_dir, job["task"], job["latency_steps"], job["torch_threads"], act)
         info = machine_info()
         data = {
             "kind": RUN_KIND,
@@ -378,6 +409,10 @@ def execute(job: dict[str, Any]) -> dict[str, Any]:
                 "normalized_score_se": final.get("normalized_score_se"),
             },
             "decision_ms": latency,
+            "act": act,
+            **({"trained_final": {k: res["final"].get(k) for k in ("episodes", "return_mean", "return_se",
+                                                                   "normalized_score", "normalized_score_se")}}
+               if act else {}),
             "curve": [{k: h[k] for k in ("step", "train_time_s", "episodes", "return_mean", "normalized_score",
                                          "normalized_score_se") if k in h} for h in res["history"]],
             "command": job["command"],
@@ -416,6 +451,8 @@ def _status(run: SuiteRun) -> str:
 
     if finished(run):
         return "done"
+    if _written(run) is not None:
+        return "trained (to evaluate again: act changed)"
     if (run.run_dir / "results.json").exists():
         return "trained (JSON to write)"
     try:
@@ -464,7 +501,7 @@ def run_suite(
     statuses = {r.name: _status(r) for r in runs}
     if dry_run:
         for r in runs:
-            say(f"{r.name}: {statuses[r.name]}\n  {r.train_command()}")
+            say(f"{r.name}: {statuses[r.name]}\n  {r.train_command()}" + (f"\n  act: {' '.join(r.act)}" if r.act else ""))
         return {"runs": statuses, "failed": 0, "dry_run": True}
     todo = [r for r in runs if statuses[r.name] != "done"]
     say(f"suite {suite.name}: {len(runs)} runs, {len(runs) - len(todo)} done, {len(todo)} to run "
@@ -475,7 +512,7 @@ def run_suite(
         "config_yaml": r.config_yaml, "run_dir": str(r.run_dir), "json_path": str(r.json_path),
         "budget": suite.budget(), "latency_steps": suite.latency_steps, "torch_threads": suite.torch_threads,
         "parallel": parallel, "command": command or f"diffplan bench suite {path}",
-        "train_command": r.train_command(), "git_commit": commit,
+        "train_command": r.train_command(), "git_commit": commit, "act": r.act,
     } for r in todo}
     results: dict[str, dict[str, Any]] = {}
 

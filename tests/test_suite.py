@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from diffplan.cli import main
-from diffplan.report import ReportError, generate, suite_results, suite_tables
+from diffplan.report import ReportError, _episodes_key, generate, suite_results, suite_tables
 from diffplan.suite import SuiteError, load_suite, run_suite
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -109,6 +109,47 @@ def test_tiny_suite_end_to_end_skip_resume_and_one_json_per_run(tiny_hopper_data
     assert "59.3" in rows[1]  # TD3+BC's paper number beside ours
 
 
+def test_changed_act_overrides_evaluate_a_trained_run_again_without_training_it(tiny_hopper_dataset, tmp_path):
+    """``act``: execution settings for the final evaluation only. Changing them re-evaluates the finished run on
+    the same protocol episodes (its training untouched); the JSON says which settings scored and keeps the
+    training's own final score beside."""
+    from diffplan.suite import RESERVED
+    from diffplan.training import load_trained
+
+    from .conftest import TINY_VALUE_DIFFUSER
+
+    tiny = {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in TINY_VALUE_DIFFUSER) if k not in RESERVED}
+    agents = {"diffuser": {"settings": "tiny", "overrides": {**tiny, "eval_every": 2, "checkpoint_every": 2}}}
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    run_dir, json_path = runs / "hopper-medium/diffuser-s0", out / "hopper-medium/diffuser-s0.json"
+    result, _ = _run(_suite_file(tmp_path, tiny_hopper_dataset, seeds=[0], agents=agents), out, runs)
+    assert result["runs"] == {"hopper-medium/diffuser-s0": "trained"}
+    first = json.loads(json_path.read_text())
+    assert first["act"] == [] and "trained_final" not in first
+    trained = (run_dir / "results.json").read_bytes()
+
+    agents["diffuser"]["act"] = {"sampler": "ddim", "ddim_eta": 1, "sampling_steps": 2}
+    path = _suite_file(tmp_path, tiny_hopper_dataset, seeds=[0], agents=agents)
+    dry, lines = _run(path, out, runs, dry_run=True)
+    assert dry["runs"] == {"hopper-medium/diffuser-s0": "trained (to evaluate again: act changed)"}
+    assert "act: ddim_eta=1 sampler=ddim sampling_steps=2" in "\n".join(lines)
+    result, _ = _run(path, out, runs)
+    assert result["runs"] == {"hopper-medium/diffuser-s0": "skipped"}  # not trained again
+    assert (run_dir / "results.json").read_bytes() == trained
+    second = json.loads(json_path.read_text())
+    assert second["act"] == ["ddim_eta=1", "sampler=ddim", "sampling_steps=2"]
+    assert second["trained_final"]["normalized_score"] == first["eval"]["normalized_score"]
+    assert second["gradient_steps"] == first["gradient_steps"] and second["curve"] == first["curve"]
+    assert _episodes_key(second) == _episodes_key(first) and second["eval"]["returns"] != first["eval"]["returns"]
+    # The score is the trained run's under those settings, on the protocol episodes.
+    exp = load_trained(run_dir, ["torch_threads=1", *second["act"]])
+    exp.agent.policy.reseed(0)
+    assert exp.evaluate(2).per_episode()["returns"] == second["eval"]["returns"]
+    # Unchanged act: done, nothing run.
+    result, _ = _run(path, out, runs)
+    assert result["runs"] == {"hopper-medium/diffuser-s0": "done"}
+
+
 def test_the_committed_fixture_regenerates_its_section():
     """The committed tiny-suite JSON (a real run of the suite above) gives the committed section, byte for byte."""
     runs = suite_results(FIXTURE)["tiny"]
@@ -148,6 +189,9 @@ def test_a_run_another_process_holds_is_left_alone(tiny_hopper_dataset, tmp_path
     ({"agents": {"bc": {"overrides": {"final_eval_episodes": 5}}}}, "'final_eval_episodes' is set by the suite"),
     ({"agents": {"bc": {"overrides": {"lrr": 1}}}}, "lrr"),
     ({"seeds": [0, 0]}, "repeats a seed"),
+    ({"agents": {"bc": {"act": {"seed": 3}}}}, "agents.bc.act: 'seed' is set by the suite"),
+    ({"agents": {"bc": {"act": {"lrr": 1}}}}, "lrr"),
+    ({"agents": {"bc": {"act": [1]}}}, "agents.bc.act: expected a mapping"),
 ])
 def test_a_bad_suite_file_is_one_error_line_and_starts_nothing(tmp_path, capsys, change, message):
     path = _suite_file(tmp_path, "minari:diffplan/hopper-medium-v0", **change)
