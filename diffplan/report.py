@@ -862,11 +862,12 @@ FASTGEN_GROUP_NOTES: dict[str, str] = {
         "plan shifted one step, re-noised to 0.34 of the way, one solver step). Guidance: ddpm-20 and the ddim-eta1 "
         "rows use Diffuser's std-scaled shift (0.1 std² ∇J, 2 guide steps, t ≥ 2). DDIM with eta 1 over K steps "
         "is the DDPM posterior between the kept steps, with a larger std per step than DDPM-20's. DPM-Solver++ "
-        "steps have std 0, so its rows guide with the unscaled shift 0.1 ∇J (`scale_grad_by_std=false`)."),
+        "steps have std 0, so its rows guide with the unscaled shift 0.1 ∇J (`scale_grad_by_std=false`). "
+        "Command: `benchmarks/fastgen/hopper.sh`."),
     "large-hd-vs-flat": (
         "The runs of the hierarchical benchmark (60 CPU-minutes each), one plan per episode, the shipped "
         "execution. Hierarchical settings `a/b`: a solver steps for the subgoals, b for the segments "
-        "(`low_sampling_steps`); its model calls count both levels."),
+        "(`low_sampling_steps`); its model calls count both levels. Command: `benchmarks/fastgen/large.sh`."),
 }
 """Caption under a ``fastgen/<group>/`` table: how the runs were made and what the settings mean."""
 
