@@ -991,11 +991,20 @@ def _suite_run(rel: str, data: dict[str, Any]) -> RunResult:
             episodes=int(ev["episodes"]), variant=str(data.get("settings", "")),
             extra={"gradient_steps": data["gradient_steps"], "train_min": float(data["train_time_s"]) / 60,
                    "return": ev["return_mean"], "decision_median": data["decision_ms"]["median"],
-                   "decision_p95": data["decision_ms"]["p95"], "scored": 1.0 if scored else 0.0},
+                   "decision_p95": data["decision_ms"]["p95"], "scored": 1.0 if scored else 0.0,
+                   **_trained_score(data)},
             command=data.get("train_command", ""),
         )
     except (KeyError, TypeError) as exc:
         raise ReportError(f"{rel}: missing field {exc}") from exc
+
+
+def _trained_score(data: dict[str, Any]) -> dict[str, float]:
+    """A run evaluated with its agent's ``act`` settings: the score its training config's own execution got
+    (``trained_final``, the same episodes), so the table can say what the acting settings changed."""
+    final = data.get("trained_final") or {}
+    score = final.get("normalized_score", final.get("return_mean"))
+    return {"trained_score": float(score)} if data.get("act") and score is not None else {}
 
 
 def _episodes_key(data: dict[str, Any]) -> tuple[Any, ...]:
@@ -1064,6 +1073,13 @@ def suite_tables(runs: list[tuple[str, dict[str, Any]]]) -> list[str]:
                          "raw return", "decision ms (median / p95)", "gradient steps", "training time", "budget", "seeds",
                          "paper (D4RL's file)"], table)
         lines += [""]
+        acting = [r for r in rows if all("trained_score" in x.extra for x in r.runs)]
+        if acting:
+            lines += ["Evaluated with the suite's `act` execution settings after training (the settings' \"acting\" "
+                      "part): " + ", ".join(r.first.agent for r in acting) + ". With the training config's own "
+                      "execution (the learning curve's) the same runs scored "
+                      + "; ".join(f"{r.first.agent} {_mean_se([float(x.extra['trained_score']) for x in r.runs])}"  # type: ignore[arg-type]
+                                  for r in acting) + ".", ""]
     cited = sorted({PUBLISHED[a][0] for a in {d["agent"] for _, d in runs} if a in PUBLISHED})
     if cited:
         lines += ["\"paper\" is the published score on D4RL's own -medium file, from: " + "; ".join(cited) + ". "

@@ -145,6 +145,9 @@ def test_changed_act_overrides_evaluate_a_trained_run_again_without_training_it(
     exp = load_trained(run_dir, ["torch_threads=1", *second["act"]])
     exp.agent.policy.reseed(0)
     assert exp.evaluate(2).per_episode()["returns"] == second["eval"]["returns"]
+    # The table says which rows acted with `act` settings and what the training config's execution scored.
+    note = [ln for ln in suite_tables([("diffuser-s0.json", second)]) if "`act`" in ln]
+    assert len(note) == 1 and f"diffuser {first['eval']['normalized_score']:.1f}." in note[0]
     # Unchanged act: done, nothing run.
     result, _ = _run(path, out, runs)
     assert result["runs"] == {"hopper-medium/diffuser-s0": "done"}
