@@ -8,10 +8,12 @@
 # is reported.
 #
 #   benchmarks/fastgen/large.sh                      # after benchmarks/hierarchical/run.sh (same RUNS)
+#   AGENTS=hierarchical SEEDS=2 benchmarks/fastgen/large.sh   # one agent, one seed (e.g. one process per core)
 #   SEEDS=0 EPISODES=2 REPEATS=2 OUT=/tmp/fg benchmarks/fastgen/large.sh   # a smoke test
 set -euo pipefail
 
 SEEDS=${SEEDS:-"0 1 2"}
+AGENTS=${AGENTS:-"diffuser hierarchical"}
 EPISODES=${EPISODES:-50}
 REPEATS=${REPEATS:-20}
 RUNS=${RUNS:-runs/hier-bench}
@@ -37,7 +39,7 @@ HIERARCHICAL=(
 )
 mkdir -p "$OUT"
 for seed in $SEEDS; do
-  for agent in diffuser hierarchical; do
+  for agent in $AGENTS; do
     run="$RUNS/$agent-large-s$seed"
     json="$OUT/$agent-large-s$seed.json"
     if [ ! -f "$run/results.json" ]; then echo "== missing trained run $run (benchmarks/hierarchical/run.sh first)"; continue; fi
