@@ -344,13 +344,13 @@ def _trained(run_dir: Path, threads: int, act: list[str]) -> Any:
     return exp
 
 
-def _decision_ms(run_dir: Path, task: str, steps: int, threads: int, act: list[str]) -> dict[str, float]:
+def _decision_ms(exp: Any, task: str, steps: int) -> dict[str, float]:
+    """Median / p95 / mean ms of ``steps`` batch-1 decisions of the trained run ``exp`` on ``task``."""
     import numpy as np
 
     from diffplan.envs import make_env
     from diffplan.envs.evaluation import decision_latency
 
-    exp = _trained(run_dir, threads, act)
     env = make_env(task, seed=0)
     try:
         ms = decision_latency(exp.agent.policy, env, steps)
@@ -378,10 +378,11 @@ def execute(job: dict[str, Any]) -> dict[str, Any]:
         cfg = yaml.safe_load(job["config_yaml"])
         per_episode = res.get("final_episodes", {})
         final = res["final"]
+        exp = _trained(run_dir, job["torch_threads"], act)
         if act:  # the final evaluation again, on the same protocol episodes, with the act overrides
-            result = _trained(run_dir, job["torch_threads"], act).evaluate(int(cfg["final_eval_episodes"]))
+            result = exp.evaluate(int(cfg["final_eval_episodes"]))
             per_episode, final = result.per_episode(), result.to_dict()
-        latency = _decision_ms(run_dir, job["task"], job["latency_steps"], job["torch_threads"], act)
+        latency = _decision_ms(exp, job["task"], job["latency_steps"])
         info = machine_info()
         data = {
             "kind": RUN_KIND,
