@@ -465,11 +465,18 @@ def _mean_se(values: Sequence[float]) -> str:
     return f"{statistics.fmean(values):.1f} ± {statistics.stdev(values) / math.sqrt(len(values)):.1f}"
 
 
-def _score_se(values: list[tuple[float, float]]) -> str:
-    """``mean ± s.e.`` of (score, episode s.e.) pairs: the episode s.e. for one seed, over seeds for more."""
+def score_mean_se(values: list[tuple[float, float]]) -> tuple[float, float]:
+    """Mean and s.e. of (score, episode s.e.) pairs: the episode s.e. for one seed, over seeds for more."""
     if len(values) == 1:
-        return f"{values[0][0]:.1f} ± {values[0][1]:.1f}"
-    return _mean_se([v for v, _ in values])
+        return values[0]
+    scores = [v for v, _ in values]
+    return statistics.fmean(scores), statistics.stdev(scores) / math.sqrt(len(scores))
+
+
+def _score_se(values: list[tuple[float, float]]) -> str:
+    """``mean ± s.e.`` of (score, episode s.e.) pairs (:func:`score_mean_se`)."""
+    mean, se = score_mean_se(values)
+    return f"{mean:.1f} ± {se:.1f}"
 
 
 def _hierarchical(root: Path) -> _Section | None:
@@ -872,38 +879,35 @@ FASTGEN_GROUP_NOTES: dict[str, str] = {
 """Caption under a ``fastgen/<group>/`` table: how the runs were made and what the settings mean."""
 
 
-def _fastgen_group(sec: _Section, root: Path, group: Path) -> list[tuple[str, str]]:
-    """One table for a folder ``fastgen/<group>/`` of ``bench fastgen`` results, one JSON per trained run: a
-    row per (agent, setting), latencies and scores averaged over the runs (training seeds) that share them.
+def fastgen_group_rows(group: str, results: list[tuple[str, dict[str, Any]]]) -> tuple[str, list[dict[str, Any]]]:
+    """The rows of a ``fastgen/<group>/`` table from its ``bench fastgen`` results ``[(file, data)]``, one per
+    (agent, setting), averaged over the runs (training seeds) that share them: the task and, per row, ``agent``,
+    ``setting``, ``seeds``, ``gradient_steps``, ``model_calls``, mean plan (and warm replan) ms median / p95,
+    ``scores`` [(score, s.e.)] per seed, ``success`` and ``episodes``. The table and the figure both read these.
 
     Raises:
         ReportError: a file is not a fastgen result naming its agent and seed, the runs are on different tasks,
             or runs of one (agent, setting) differ in overrides or episodes or repeat a seed.
     """
     cells: dict[tuple[str, str], list[tuple[int, dict[str, Any], dict[str, Any]]]] = {}
-    tasks, labelled = set(), []
-    for path in sorted(group.glob("*.json")):
-        rel = str(path.relative_to(root))
-        data = sec.read(rel)
+    tasks = set()
+    for rel, data in results:
         if data.get("benchmark") != "fastgen" or data.get("agent") is None or data.get("seed") is None:
             raise ReportError(f"{rel}: not a `bench fastgen` result naming its agent and seed")
         tasks.add(data["task"])
         for name, r in data["settings"].items():
             cells.setdefault((data["agent"], name), []).append((int(data["seed"]), r, data))
-        labelled.append((rel, _command(data)))
-    if not labelled:  # a folder a benchmark script is still filling: no table yet
-        return []
-    if len(tasks) != 1:
-        raise ReportError(f"fastgen/{group.name}: runs of different tasks {sorted(map(str, tasks))} in one table")
+    if len(tasks) > 1:
+        raise ReportError(f"fastgen/{group}: runs of different tasks {sorted(map(str, tasks))} in one table")
     order = {a: i for i, a in enumerate(AGENT_ORDER)}
     first_seen = {key: i for i, key in enumerate(cells)}
     rows = []
     for (agent, name), runs in sorted(cells.items(), key=lambda kv: (order.get(kv[0][0], len(order)), first_seen[kv[0]])):
         seeds = [seed for seed, _, _ in runs]
         if len(set(seeds)) != len(seeds):
-            raise ReportError(f"fastgen/{group.name}: {agent} {name}: seed repeated {seeds}")
+            raise ReportError(f"fastgen/{group}: {agent} {name}: seed repeated {seeds}")
         if len({(tuple(r["overrides"]), r["episodes"]) for _, r, _ in runs}) != 1:
-            raise ReportError(f"fastgen/{group.name}: {agent} {name}: runs differ in overrides or episodes")
+            raise ReportError(f"fastgen/{group}: {agent} {name}: runs differ in overrides or episodes")
         runs.sort(key=lambda run: run[0])
         res = [r for _, r, _ in runs]
 
@@ -911,25 +915,45 @@ def _fastgen_group(sec: _Section, root: Path, group: Path) -> list[tuple[str, st
             values = [r[key] for r in res if r.get(key) is not None]
             return statistics.fmean(values) if len(values) == len(res) else None
 
-        calls = res[0]["model_calls"]
         scores = [(r["normalized_score"], r["normalized_score_se"]) for r in res if r.get("normalized_score") is not None]
-        warm_ms = mean("warm_plan_ms_median")
-        rows.append([
-            agent, name, ", ".join(map(str, seeds)) + ("" if len(seeds) >= MIN_SEEDS else " ⚠"),
-            _int(statistics.fmean(d["gradient_steps"] for _, _, d in runs)),
-            _calls_cell(calls),
-            f"{mean('plan_ms_median'):.0f} / {mean('plan_ms_p95'):.0f}",
-            "—" if warm_ms is None else f"{warm_ms:.0f} / {mean('warm_plan_ms_p95'):.0f}",
-            _score_se(scores) if len(scores) == len(res) else "—", _num(mean("success_rate"), 2),
-            str(res[0]["episodes"]),
-        ])
-    sec.add(f"### {tasks.pop()}: `{group.name}`, {len(labelled)} trained runs (`fastgen/{group.name}/`)", "",
+        rows.append({
+            "agent": agent, "setting": name, "seeds": sorted(seeds),
+            "gradient_steps": statistics.fmean(d["gradient_steps"] for _, _, d in runs),
+            "model_calls": res[0]["model_calls"],
+            "plan_ms": mean("plan_ms_median"), "plan_ms_p95": mean("plan_ms_p95"),
+            "warm_ms": mean("warm_plan_ms_median"), "warm_ms_p95": mean("warm_plan_ms_p95"),
+            "scores": scores if len(scores) == len(res) else [],
+            "success": mean("success_rate"), "episodes": res[0]["episodes"],
+        })
+    return (tasks.pop() if tasks else ""), rows
+
+
+def _fastgen_group(sec: _Section, root: Path, group: Path) -> list[tuple[str, str]]:
+    """One table for a folder ``fastgen/<group>/`` of ``bench fastgen`` results, one JSON per trained run
+    (:func:`fastgen_group_rows`), with its score-vs-latency figure (``tradeoff.png``, drawn by
+    :func:`diffplan.viz.write_fastgen_figures` from the same rows)."""
+    results = []
+    for path in sorted(group.glob("*.json")):
+        rel = str(path.relative_to(root))
+        results.append((rel, sec.read(rel)))
+    if not results:  # a folder a benchmark script is still filling: no table yet
+        return []
+    task, rows = fastgen_group_rows(group.name, results)
+    table = [[
+        r["agent"], r["setting"], ", ".join(map(str, r["seeds"])) + ("" if len(r["seeds"]) >= MIN_SEEDS else " ⚠"),
+        _int(r["gradient_steps"]), _calls_cell(r["model_calls"]), f"{r['plan_ms']:.0f} / {r['plan_ms_p95']:.0f}",
+        "—" if r["warm_ms"] is None else f"{r['warm_ms']:.0f} / {r['warm_ms_p95']:.0f}",
+        _score_se(r["scores"]) if r["scores"] else "—", _num(r["success"], 2), str(r["episodes"]),
+    ] for r in rows]
+    sec.add(f"### {task}: `{group.name}`, {len(results)} trained runs (`fastgen/{group.name}/`)", "",
             "Latencies: the mean over runs of each run's median / p95; score: mean ± s.e. over the runs (seeds).", "")
     sec.add(*_table(["agent", "setting", "seeds", "gradient steps", "model calls (cold / warm)", "plan ms p50 / p95",
-                     "warm replan ms p50 / p95", "normalized score", "success", "episodes"], rows), "")
+                     "warm replan ms p50 / p95", "normalized score", "success", "episodes"], table), "")
     if group.name in FASTGEN_GROUP_NOTES:
         sec.add(FASTGEN_GROUP_NOTES[group.name], "")
-    return labelled
+    if any(r["scores"] for r in rows):  # the figure (diffplan.viz.write_suite_figures) needs scores
+        sec.add(f"![score vs latency, {group.name}](fastgen/{group.name}/tradeoff.png)", "")
+    return [(rel, _command(data)) for rel, data in results]
 
 
 # ------------------------------------------------------------------------------------------------ suites

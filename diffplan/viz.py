@@ -218,23 +218,78 @@ def plot_suite_curves(runs: Sequence[dict[str, Any]]) -> Any | None:
     return fig
 
 
-def write_suite_figures(root: Any = "benchmarks") -> list[Any]:
-    """Draw every committed suite's curves to ``<root>/suites/<name>/curves.png`` (rewritten only when the
-    image changed, so regenerating an unchanged page leaves the tree clean); returns the paths written."""
+def plot_fastgen_tradeoff(task: str, rows: Sequence[dict[str, Any]]) -> Any | None:
+    """Score vs latency of a ``fastgen/<group>/`` table (:func:`diffplan.report.fastgen_group_rows`): one point
+    per (agent, setting) with its ± s.e. bar over seeds, x the batch-1 plan latency (a warm row: its warm
+    replan's, what each decision after the first costs), log scale; None when no row has a score."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import ScalarFormatter
+
+    from diffplan.report import score_mean_se
+
+    scored = [r for r in rows if r["scores"]]
+    if not scored:
+        return None
+    fig = Figure(figsize=(7.5, 4.2))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    colors: dict[str, str] = {}
+    for i, r in enumerate(scored):
+        mean, se = score_mean_se(r["scores"])
+        x = r["warm_ms"] if r["warm_ms"] is not None else r["plan_ms"]
+        label = None if r["agent"] in colors else r["agent"]  # one legend entry per agent
+        color = colors.setdefault(r["agent"], f"C{len(colors)}")
+        ax.errorbar([x], [mean], yerr=[se], fmt="o", color=color, capsize=3, label=label)
+        # Labels alternate above and below their points: neighbouring settings often sit close together.
+        ax.annotate(r["setting"], (x, mean), textcoords="offset points", xytext=(4, 5 if i % 2 == 0 else -11),
+                    fontsize=7)
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(ScalarFormatter())
+    ax.tick_params(axis="x", which="minor", labelsize=7)
+    seeds = sorted({len(r["seeds"]) for r in scored})
+    ax.set(title=f"{task}: score vs latency ({'/'.join(map(str, seeds))} seed(s) per point, ± s.e.)",
+           xlabel="plan latency at batch 1, ms (median; warm rows: the warm replan)", ylabel="normalized score")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _write_png(fig: Any, path: Any) -> bool:
+    """Save ``fig`` to ``path`` only when the image changed (same bytes again: no version stamp), so that
+    regenerating an unchanged page leaves the tree clean; whether it was written."""
     import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80, metadata={"Software": None})
+    if path.exists() and path.read_bytes() == buf.getvalue():
+        return False
+    path.write_bytes(buf.getvalue())
+    return True
+
+
+def write_suite_figures(root: Any = "benchmarks") -> list[Any]:
+    """Draw every committed suite's curves to ``<root>/suites/<name>/curves.png`` and every fastgen group's
+    score-vs-latency figure to ``<root>/fastgen/<group>/tradeoff.png`` (each rewritten only when the image
+    changed); returns the paths written."""
+    import json
     from pathlib import Path
 
-    from diffplan.report import suite_results
+    from diffplan.report import fastgen_group_rows, suite_results
 
     written = []
     for name, runs in suite_results(root).items():
         fig = plot_suite_curves([data for _, data in runs])
-        if fig is None:
-            continue
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=80, metadata={"Software": None})  # no version stamp: same bytes again
         path = Path(root) / "suites" / name / "curves.png"
-        if not path.exists() or path.read_bytes() != buf.getvalue():
-            path.write_bytes(buf.getvalue())
+        if fig is not None and _write_png(fig, path):
             written.append(path)
+    for group in sorted(p for p in (Path(root) / "fastgen").glob("*") if p.is_dir()):
+        results = [(str(f), json.loads(f.read_text())) for f in sorted(group.glob("*.json"))]
+        if not results:
+            continue
+        fig = plot_fastgen_tradeoff(*fastgen_group_rows(group.name, results))
+        if fig is not None and _write_png(fig, group / "tradeoff.png"):
+            written.append(group / "tradeoff.png")
     return written

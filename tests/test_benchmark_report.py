@@ -245,3 +245,32 @@ def test_a_fastgen_folder_is_one_table_averaged_over_seeds(tmp_path, capsys):
     for path in group.glob("*.json"):
         path.unlink()
     assert "large-sweep" not in generate(root)
+
+
+def test_a_fastgen_folder_gets_its_score_vs_latency_figure(tmp_path):
+    """``bench report`` draws each fastgen folder's rows as score vs latency (``tradeoff.png``, on the page), one
+    point per (agent, setting) at the seeds' mean latency and score, and leaves an unchanged figure untouched."""
+    from diffplan.cli import main
+    from diffplan.report import fastgen_group_rows
+    from diffplan.viz import plot_fastgen_tradeoff
+
+    root = tmp_path / "benchmarks"
+    shutil.copytree(ROOT / "benchmarks", root)
+    group = root / "fastgen" / "large-sweep"
+    group.mkdir()
+    results = {"h0": _fastgen_json("hierarchical", 0, scores=(80.0, 70.0)),
+               "h1": _fastgen_json("hierarchical", 1, scores=(90.0, 60.0)), "d0": _fastgen_json("diffuser", 0)}
+    for name, d in results.items():
+        (group / f"{name}.json").write_text(json.dumps(d))
+    task, rows = fastgen_group_rows("large-sweep", list(results.items()))
+    ax = plot_fastgen_tradeoff(task, rows).axes[0]
+    points = sorted((float(ln.get_xdata()[0]), float(ln.get_ydata()[0])) for ln in ax.lines if ln.get_marker() == "o")
+    assert points == [(40.0, 50.0), (40.0, 60.0), (40.5, 65.0), (40.5, 85.0)]
+    assert sorted(t.get_text() for t in ax.get_legend().get_texts()) == ["diffuser", "hierarchical"]
+
+    assert main(["bench", "report", str(root)]) == 0
+    png = group / "tradeoff.png"
+    assert png.read_bytes().startswith(b"\x89PNG")
+    assert "![score vs latency, large-sweep](fastgen/large-sweep/tradeoff.png)" in (root / "README.md").read_text()
+    before = png.stat().st_mtime_ns
+    assert main(["bench", "report", str(root)]) == 0 and png.stat().st_mtime_ns == before
