@@ -1114,6 +1114,18 @@ def suite_tables(runs: list[tuple[str, dict[str, Any]]]) -> list[str]:
     return lines
 
 
+def _suite_run_command(data: dict[str, Any]) -> str:
+    """A suite run's commands: its training and, when it was scored with ``act`` settings, the evaluation that
+    gives its score (``diffplan eval`` draws the same protocol episodes)."""
+    train = str(data.get("train_command", ""))
+    if not data.get("act"):
+        return train
+    cfg = data.get("execution", {}).get("config", {})
+    evaluate = " ".join(["diffplan eval", str(cfg.get("run_dir", "RUN_DIR")), f"--episodes {data['eval']['episodes']}",
+                         *data["act"], f"torch_threads={cfg.get('torch_threads', 1)}"])
+    return f"{train} && {evaluate}"
+
+
 def _suites(root: Path) -> _Section:
     sec = _Section(root, "Benchmark suites")
     sec.add(
@@ -1144,7 +1156,7 @@ def _suites(root: Path) -> _Section:
         commits = sorted({str(d.get("git_commit")) for _, d in runs})
         sec.add(f"Git commit(s): {', '.join(commits)}.")
         sec.commands([(name, runs[0][1].get("command", ""))]
-                     + [(f"{d['task']} {d['agent']} seed {d['seed']}", d.get("train_command", "")) for _, d in runs])
+                     + [(f"{d['task']} {d['agent']} seed {d['seed']}", _suite_run_command(d)) for _, d in runs])
     return sec
 
 

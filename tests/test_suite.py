@@ -114,7 +114,7 @@ def test_changed_act_overrides_evaluate_a_trained_run_again_without_training_it(
     the same protocol episodes (its training untouched); the JSON says which settings scored and keeps the
     training's own final score beside."""
     from diffplan.suite import RESERVED
-    from diffplan.training import load_trained
+    from diffplan.training import eval_run
 
     from .conftest import TINY_VALUE_DIFFUSER
 
@@ -141,13 +141,19 @@ def test_changed_act_overrides_evaluate_a_trained_run_again_without_training_it(
     assert second["trained_final"]["normalized_score"] == first["eval"]["normalized_score"]
     assert second["gradient_steps"] == first["gradient_steps"] and second["curve"] == first["curve"]
     assert _episodes_key(second) == _episodes_key(first) and second["eval"]["returns"] != first["eval"]["returns"]
-    # The score is the trained run's under those settings, on the protocol episodes.
-    exp = load_trained(run_dir, ["torch_threads=1", *second["act"]])
-    exp.agent.policy.reseed(0)
-    assert exp.evaluate(2).per_episode()["returns"] == second["eval"]["returns"]
+    # The score is the trained run's under those settings, on the protocol episodes: `diffplan eval` with them
+    # (the command the page shows) gives it again.
+    summary = eval_run(run_dir, 2, ["torch_threads=1", *second["act"]])
+    assert summary["return_mean"] == pytest.approx(second["eval"]["return_mean"])
     # The table says which rows acted with `act` settings and what the training config's execution scored.
     note = [ln for ln in suite_tables([("diffuser-s0.json", second)]) if "`act`" in ln]
     assert len(note) == 1 and f"diffuser {first['eval']['normalized_score']:.1f}." in note[0]
+    # ... and the page's command for the row is the training, then the evaluation that scored it.
+    from diffplan.report import _suite_run_command
+
+    command = _suite_run_command(second)
+    assert command.startswith("diffplan train ") and command.endswith(
+        f" && diffplan eval {run_dir.absolute()} --episodes 2 ddim_eta=1 sampler=ddim sampling_steps=2 torch_threads=1")
     # Unchanged act: done, nothing run.
     result, _ = _run(path, out, runs)
     assert result["runs"] == {"hopper-medium/diffuser-s0": "done"}
