@@ -841,20 +841,38 @@ def _fastgen(root: Path) -> _Section:
     deploys = [d for d in deploys if d.get("benchmark") == "robot_deploy"]
     if deploys:
         sec.add("### Through the robot bridge with the fast settings", "",
-                "As the Robot bridge section's table, the planner's execution settings overridden (`overrides`).", "")
-        table = []
+                "As the Robot bridge section's table, the planner's execution settings overridden (`overrides`). "
+                "Results of several trained planners (training seeds: distinct runs) with the same robot and "
+                "overrides share a row: returns are the mean ± s.e. over the planners, the percentage is each "
+                "planner's own bridged vs synchronous return, averaged (per planner in brackets).", "")
+        groups: dict[tuple[str, float, tuple[str, ...]], list[dict[str, Any]]] = {}
         for d in deploys:
-            table.append([
-                f"{d['task']} at {d['control_hz']:.0f} Hz", " ".join(d.get("overrides", [])) or "—",
-                str(d["episodes"]), f"{d['plan_ms']['p50']:.0f} / {d['plan_ms']['p95']:.0f}",
-                str(d["lead_ticks_median"]),
-                f"{d['bridged_return']['mean']:.1f} ± {d['bridged_return']['se']:.1f}",
-                f"{d['in_process_return']['mean']:.1f} ± {d['in_process_return']['se']:.1f}",
-                f"{d['bridged_vs_in_process_pct']:.0f}%", str(d["misses_total"]),
-            ])
+            groups.setdefault((d["task"], float(d["control_hz"]), tuple(d.get("overrides", []))), []).append(d)
             labelled.append((f"{d['control_hz']:.0f} Hz", _command(d)))
-        sec.add(*_table(["robot", "overrides", "episodes", "plan ms p50 / p95", "lead ticks", "bridged return",
-                         "synchronous, in process", "bridged vs synchronous", "missed plans"], table), "")
+        table = []
+        for (task, hz, overrides), runs in groups.items():
+            if len({d["run"] for d in runs}) != len(runs):
+                raise ReportError(f"fastgen: {task} at {hz:.0f} Hz {' '.join(overrides)}: the same trained run twice")
+
+            def returns(key: str, runs: list[dict[str, Any]] = runs) -> str:
+                if len(runs) == 1:
+                    return f"{runs[0][key]['mean']:.1f} ± {runs[0][key]['se']:.1f}"
+                return _mean_se([d[key]["mean"] for d in runs])
+
+            pct = [d["bridged_vs_in_process_pct"] for d in runs]
+            table.append([
+                f"{task} at {hz:.0f} Hz", " ".join(overrides) or "—",
+                str(len(runs)) + ("" if len(runs) >= MIN_SEEDS else " ⚠"), str(runs[0]["episodes"]),
+                (f"{statistics.fmean(d['plan_ms']['p50'] for d in runs):.0f} / "
+                 f"{statistics.fmean(d['plan_ms']['p95'] for d in runs):.0f}"),
+                "/".join(str(d["lead_ticks_median"]) for d in runs),
+                returns("bridged_return"), returns("in_process_return"),
+                f"{statistics.fmean(pct):+.0f}%" + (f" ({', '.join(f'{p:+.0f}' for p in pct)})" if len(pct) > 1 else ""),
+                str(sum(d["misses_total"] for d in runs)),
+            ])
+        sec.add(*_table(["robot", "overrides", "planners (seeds)", "episodes", "plan ms p50 / p95", "lead ticks",
+                         "bridged return", "synchronous, in process", "bridged vs synchronous", "missed plans"],
+                        table), "")
     while sec.lines[-1] == "":
         sec.lines.pop()  # the commands list opens with its own blank line
     sec.commands(labelled)

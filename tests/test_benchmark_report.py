@@ -274,3 +274,26 @@ def test_a_fastgen_folder_gets_its_score_vs_latency_figure(tmp_path):
     assert "![score vs latency, large-sweep](fastgen/large-sweep/tradeoff.png)" in (root / "README.md").read_text()
     before = png.stat().st_mtime_ns
     assert main(["bench", "report", str(root)]) == 0 and png.stat().st_mtime_ns == before
+
+
+def test_bridge_results_of_several_trained_planners_share_a_row(tmp_path):
+    """Fast-setting bridge results of other training seeds (distinct runs, same robot and overrides) are one row:
+    returns averaged over the planners, each planner's own bridged-vs-synchronous percentage kept."""
+    root = tmp_path / "benchmarks"
+    shutil.copytree(ROOT / "benchmarks", root)
+    first = json.loads((root / "fastgen" / "deploy_20hz_dpm3_cold.json").read_text())
+    other = {**first, "run": "runs/fastgen-qs-s1", "bridged_return": {"mean": 100.0, "se": 5.0},
+             "in_process_return": {"mean": 120.0, "se": 4.0}, "bridged_vs_in_process_pct": -20.0}
+    (root / "fastgen" / "deploy_20hz_dpm3_cold_s1.json").write_text(json.dumps(other))
+    section = generate(root).split("### Through the robot bridge with the fast settings")[1].split("\n## ")[0]
+    row = next(ln for ln in section.splitlines()
+               if ln.startswith("| pointmaze-umaze at 20 Hz | sampler=dpmsolver++ sampling_steps=3 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    mean = (first["bridged_return"]["mean"] + 100.0) / 2
+    se = abs(first["bridged_return"]["mean"] - 100.0) / 2  # two values: stdev / sqrt(2) = |a - b| / 2
+    assert cells[2] == "2 ⚠" and cells[6] == f"{mean:.1f} ± {se:.1f}"
+    pct = (first["bridged_vs_in_process_pct"] - 20.0) / 2
+    assert cells[8] == f"{pct:+.0f}% ({first['bridged_vs_in_process_pct']:+.0f}, -20)"
+    (root / "fastgen" / "deploy_20hz_dpm3_cold_s1.json").write_text(json.dumps({**other, "run": first["run"]}))
+    with pytest.raises(ReportError, match="the same trained run twice"):
+        generate(root)
