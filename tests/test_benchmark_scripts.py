@@ -19,11 +19,12 @@ def test_a_benchmark_script_is_valid_bash_and_executable(script):
     subprocess.run(["bash", "-n", str(script)], check=True)
 
 
-def _run(script: str, tmp_path: Path, **env: str) -> tuple[list[list[str]], str]:
-    """Run ``script`` with a stand-in diffplan; returns its calls (one argument list each) and stdout."""
+def _run(script: str, tmp_path: Path, fake_body: str = "", **env: str) -> tuple[list[list[str]], str]:
+    """Run ``script`` with a stand-in diffplan (recording its arguments, then running ``fake_body``); returns its
+    calls (one argument list each) and stdout."""
     log = tmp_path / "calls.txt"
     fake = tmp_path / "diffplan"
-    fake.write_text(f'#!/usr/bin/env bash\nprintf "%s\\x1f" "$@" >> {log}\necho >> {log}\n')
+    fake.write_text(f'#!/usr/bin/env bash\nprintf "%s\\x1f" "$@" >> {log}\necho >> {log}\n{fake_body}\n')
     fake.chmod(0o755)
     out = subprocess.run(["bash", str(ROOT / script)], cwd=ROOT, capture_output=True, text=True, check=True,
                          env={**os.environ, "DIFFPLAN": str(fake), **env}).stdout
@@ -93,3 +94,22 @@ def test_dppo_run_trains_each_seed_then_combines_them(tmp_path):
     assert all("env_steps=400" in c and f"runs={runs}" in c for c in calls)
     assert calls[-1][-2:] == ["--out", str(tmp_path / "hopper.json")] and "seeds=0,1" in calls[-1]
     assert "== seed 0 done" in out and "== seed 1 done" in out
+
+
+def test_fastgen_bridge_trains_a_missing_planner_once_and_deploys_each_missing_setting(tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    out.mkdir()
+    for name in ("deploy_20hz_dpm3_cold.json", "deploy_50hz_dpm3_cold.json", "deploy_50hz_ddim10.json",
+                 "deploy_20hz_dpm3_cold_s1.json"):
+        (out / name).write_text("{}")
+    trains = 'if [ "$1" = quickstart ]; then mkdir -p "${@: -2:1}" && echo {} > "${@: -2:1}/results.json"; fi'
+    calls, _ = _run("benchmarks/fastgen/bridge.sh", tmp_path, trains, RUNS=str(runs), OUT=str(out), SEEDS="0 1",
+                    PYTHON=str(tmp_path / "diffplan"))
+    # seed 0 is complete: nothing; seed 1: its planner trained once, then the two missing deployments
+    assert calls[0][:3] == ["quickstart", "seed=1", "torch_threads=1"]
+    assert calls[0][-3:] == ["--out", str(runs / "fastgen-qs-s1"), "--no-progress"]
+    deploys = [c for c in calls if c[:3] == ["-m", "diffplan.deploy.bench", "deploy"]]
+    assert [(c[4:6], c[c.index("--hz") + 1], c[-1]) for c in deploys] == [
+        (["sampler=dpmsolver++", "sampling_steps=3"], "50", str(out / "deploy_50hz_dpm3_cold_s1.json")),
+        (["sampler=ddim", "sampling_steps=10"], "50", str(out / "deploy_50hz_ddim10_s1.json"))]
+    assert all(c[3] == str(runs / "fastgen-qs-s1") for c in deploys) and len(calls) == 1 + len(deploys)
