@@ -844,7 +844,8 @@ def _fastgen(root: Path) -> _Section:
                 "As the Robot bridge section's table, the planner's execution settings overridden (`overrides`). "
                 "Results of several trained planners (training seeds: distinct runs) with the same robot and "
                 "overrides share a row: returns are the mean ± s.e. over the planners, the percentage is each "
-                "planner's own bridged vs synchronous return, averaged (per planner in brackets).", "")
+                "planner's own bridged vs synchronous return, averaged (per planner in brackets). Command: "
+                "`benchmarks/fastgen/bridge.sh`.", "")
         groups: dict[tuple[str, float, tuple[str, ...]], list[dict[str, Any]]] = {}
         for d in deploys:
             groups.setdefault((d["task"], float(d["control_hz"]), tuple(d.get("overrides", []))), []).append(d)
