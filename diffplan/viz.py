@@ -204,13 +204,15 @@ def plot_suite_curves(runs: Sequence[dict[str, Any]]) -> Any | None:
     fig = Figure(figsize=(11, 3.2 * len(curves)))
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(curves), 2, squeeze=False)
+    # One colour per agent in every panel, so an agent is the same line on every task.
+    colors = {agent: f"C{i}" for i, agent in enumerate(sorted({a for agents in curves.values() for a in agents}))}
     for (task, agents), (ax_steps, ax_min) in zip(curves.items(), axes, strict=True):
         for agent, c in agents.items():
             label = f"{agent} ({int(c['seeds'][0])} seed{'s' if c['seeds'][0] > 1 else ''})"
             for ax, x, key in ((ax_steps, c["steps"], "steps"), (ax_min, c["minutes"], "minutes")):
-                line = ax.plot(x, c[f"{key}_mean"], marker="." if key == "steps" else None, label=label)[0]
+                ax.plot(x, c[f"{key}_mean"], marker="." if key == "steps" else None, label=label, color=colors[agent])
                 ax.fill_between(x, c[f"{key}_mean"] - c[f"{key}_se"], c[f"{key}_mean"] + c[f"{key}_se"],
-                                color=line.get_color(), alpha=0.2)
+                                color=colors[agent], alpha=0.2)
         ax_steps.set(title=f"{task}: vs gradient steps", xlabel="gradient steps", ylabel="D4RL-normalized score")
         ax_min.set(title=f"{task}: vs training minutes", xlabel="training minutes (CPU)")
         ax_steps.legend(fontsize=7)
