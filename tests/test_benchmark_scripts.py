@@ -24,7 +24,8 @@ def _run(script: str, tmp_path: Path, fake_body: str = "", **env: str) -> tuple[
     calls (one argument list each) and stdout."""
     log = tmp_path / "calls.txt"
     fake = tmp_path / "diffplan"
-    fake.write_text(f'#!/usr/bin/env bash\nprintf "%s\\x1f" "$@" >> {log}\necho >> {log}\n{fake_body}\n')
+    # One write per call (an O_APPEND write this small is atomic): scripts run seeds in parallel.
+    fake.write_text(f'#!/usr/bin/env bash\nline=$(printf "%s\\x1f" "$@")\nprintf "%s\\n" "$line" >> {log}\n{fake_body}\n')
     fake.chmod(0o755)
     out = subprocess.run(["bash", str(ROOT / script)], cwd=ROOT, capture_output=True, text=True, check=True,
                          env={**os.environ, "DIFFPLAN": str(fake), **env}).stdout
