@@ -492,14 +492,15 @@ def bench_sweep(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def bench_report(args: argparse.Namespace) -> dict[str, Any]:
-    """Regenerate the benchmark page from the committed JSON results (no training code involved) and each
-    suite's learning-curve figure (``suites/<name>/curves.png``, drawn from the same JSON)."""
+    """Regenerate the benchmark page from the committed JSON results (no training code involved) and its figures,
+    drawn from the same JSON: each suite's learning curves (``suites/<name>/curves.png``) and each fastgen folder's
+    score vs latency (``fastgen/<group>/tradeoff.png``)."""
     from diffplan.report import write
-    from diffplan.viz import write_suite_figures
+    from diffplan.viz import write_report_figures
 
     root = args.path or "benchmarks"
     page = write(root, args.out)
-    figures = write_suite_figures(root)
+    figures = write_report_figures(root)
     return {"benchmark": "report", "page": str(page), "figures": [str(f) for f in figures]}
 
 

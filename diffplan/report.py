@@ -950,7 +950,7 @@ def fastgen_group_rows(group: str, results: list[tuple[str, dict[str, Any]]]) ->
 def _fastgen_group(sec: _Section, root: Path, group: Path) -> list[tuple[str, str]]:
     """One table for a folder ``fastgen/<group>/`` of ``bench fastgen`` results, one JSON per trained run
     (:func:`fastgen_group_rows`), with its score-vs-latency figure (``tradeoff.png``, drawn by
-    :func:`diffplan.viz.write_fastgen_figures` from the same rows)."""
+    :func:`diffplan.viz.write_report_figures` from the same rows)."""
     results = []
     for path in sorted(group.glob("*.json")):
         rel = str(path.relative_to(root))
@@ -970,7 +970,7 @@ def _fastgen_group(sec: _Section, root: Path, group: Path) -> list[tuple[str, st
                      "warm replan ms p50 / p95", "normalized score", "success", "episodes"], table), "")
     if group.name in FASTGEN_GROUP_NOTES:
         sec.add(FASTGEN_GROUP_NOTES[group.name], "")
-    if any(r["scores"] for r in rows):  # the figure (diffplan.viz.write_suite_figures) needs scores
+    if any(r["scores"] for r in rows):  # the figure (diffplan.viz.write_report_figures) needs scores
         sec.add(f"![score vs latency, {group.name}](fastgen/{group.name}/tradeoff.png)", "")
     return [(rel, _command(data)) for rel, data in results]
 

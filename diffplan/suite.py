@@ -295,13 +295,6 @@ def _written(run: SuiteRun) -> dict[str, Any] | None:
     return data
 
 
-def finished(run: SuiteRun) -> bool:
-    """Whether the run's JSON exists and was evaluated with the agent's present ``act`` overrides (a JSON
-    from other ones is re-evaluated, the training kept)."""
-    data = _written(run)
-    return data is not None and list(data.get("act", [])) == run.act
-
-
 # ------------------------------------------------------------------------------------------- one run
 
 
@@ -450,10 +443,9 @@ def _select(runs: list[SuiteRun], only: str | None) -> list[SuiteRun]:
 def _status(run: SuiteRun) -> str:
     from diffplan.checkpoint import CheckpointError, resolve_checkpoint
 
-    if finished(run):
-        return "done"
-    if _written(run) is not None:
-        return "trained (to evaluate again: act changed)"
+    written = _written(run)
+    if written is not None:
+        return "done" if list(written.get("act", [])) == run.act else "trained (to evaluate again: act changed)"
     if (run.run_dir / "results.json").exists():
         return "trained (JSON to write)"
     try:

@@ -264,15 +264,17 @@ def _write_png(fig: Any, path: Any) -> bool:
     regenerating an unchanged page leaves the tree clean; whether it was written."""
     import io
 
+    from diffplan.checkpoint import write_bytes_atomic
+
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80, metadata={"Software": None})
     if path.exists() and path.read_bytes() == buf.getvalue():
         return False
-    path.write_bytes(buf.getvalue())
+    write_bytes_atomic(path, buf.getvalue())
     return True
 
 
-def write_suite_figures(root: Any = "benchmarks") -> list[Any]:
+def write_report_figures(root: Any = "benchmarks") -> list[Any]:
     """Draw every committed suite's curves to ``<root>/suites/<name>/curves.png`` and every fastgen group's
     score-vs-latency figure to ``<root>/fastgen/<group>/tradeoff.png`` (each rewritten only when the image
     changed); returns the paths written."""
