@@ -1179,6 +1179,31 @@ def _suites(root: Path) -> _Section:
     return sec
 
 
+FINETUNE_METHODS = (("dppo", "diffusion_bc"), ("ppo", "bc"))
+"""The fine-tuning methods of ``bench dppo`` and the pre-training each starts from."""
+
+
+def finetune_curve_rows(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The learning curves of a ``bench dppo`` result, per method (``dppo``, ``ppo``): ``pretrained`` (the
+    pre-trained run's own final scores, one per seed) and ``points``, one per evaluation index every seed reached,
+    with the mean ``env_steps`` and training ``minutes`` over seeds and the per-seed ``scores``. Seeds evaluate at
+    the same update counts, so the i-th evaluation of every seed is one point. The table and the figure both read
+    these."""
+    out = {}
+    for agent, pre in FINETUNE_METHODS:
+        curves = data["curves"][agent]
+        points = []
+        for i in range(min((len(c["points"]) for c in curves), default=0)):
+            at = [c["points"][i] for c in curves]
+            points.append({"env_steps": statistics.fmean(p["env_steps"] for p in at),
+                           "minutes": statistics.fmean(p["train_time_s"] for p in at) / 60, "seeds": len(at),
+                           "scores": [p["normalized_score"] for p in at if p.get("normalized_score") is not None]})
+        out[agent] = {"pretrained_from": pre, "points": points,
+                      "pretrained": [r["normalized_score"] for r in data["pretrained"][pre]
+                                     if r.get("normalized_score") is not None]}
+    return out
+
+
 def _finetune(root: Path) -> _Section:
     sec = _Section(root, "Online fine-tuning: DPPO and the Gaussian PPO baseline")
     sec.add(
@@ -1186,7 +1211,8 @@ def _finetune(root: Path) -> _Section:
         "PPO from a Gaussian `bc` run, both pre-trained on the same dataset and fine-tuned for the same env steps",
         "(`diffplan bench dppo`). Each row is one evaluation point of the fine-tuning runs (env steps 0: the",
         "pre-trained policy as the fine-tuning run acts), normalized score mean ± s.e. over the training seeds on the",
-        "evaluation protocol's episodes, with the training wall clock (evaluations excluded) it took.",
+        "evaluation protocol's episodes, with the training wall clock (evaluations excluded) it took. The figure",
+        "(`dppo/<task>.png`) draws the same rows against env steps and against training minutes.",
         "",
     )
     labelled = []
@@ -1197,20 +1223,17 @@ def _finetune(root: Path) -> _Section:
         if data.get("benchmark") != "dppo":
             continue
         sec.add(f"### {data['task']} (`{rel}`)", "")
-        rows = []
-        for agent, pre in (("dppo", "diffusion_bc"), ("ppo", "bc")):
-            pre_scores = [r["normalized_score"] for r in data["pretrained"][pre] if r.get("normalized_score") is not None]
-            rows.append([f"{pre} (pre-training)", "—", "—", _mean_se(pre_scores) if pre_scores else "—",
-                         str(len(pre_scores)) + ("" if len(pre_scores) >= MIN_SEEDS else " ⚠")])
-            curves = data["curves"][agent]
-            for i in range(min((len(c["points"]) for c in curves), default=0)):
-                points = [c["points"][i] for c in curves]
-                scores = [p["normalized_score"] for p in points if p.get("normalized_score") is not None]
-                rows.append([agent, _int(statistics.fmean(p["env_steps"] for p in points)),
-                             _num(statistics.fmean(p["train_time_s"] for p in points) / 60, 1, " min"),
-                             _mean_se(scores) if scores else "—",
-                             str(len(points)) + ("" if len(points) >= MIN_SEEDS else " ⚠")])
+        rows, methods = [], finetune_curve_rows(data)
+        for agent, curve in methods.items():
+            pre = curve["pretrained"]
+            rows.append([f"{curve['pretrained_from']} (pre-training)", "—", "—", _mean_se(pre) if pre else "—",
+                         str(len(pre)) + ("" if len(pre) >= MIN_SEEDS else " ⚠")])
+            rows += [[agent, _int(p["env_steps"]), _num(p["minutes"], 1, " min"),
+                      _mean_se(p["scores"]) if p["scores"] else "—",
+                      str(p["seeds"]) + ("" if p["seeds"] >= MIN_SEEDS else " ⚠")] for p in curve["points"]]
         sec.add(*_table(["agent", "env steps", "training time", "normalized score", "seeds"], rows), "")
+        if any(p["scores"] for c in methods.values() for p in c["points"]):  # drawn by viz.write_report_figures
+            sec.add(f"![fine-tuning curves, {data['task']}](dppo/{path.stem}.png)", "")
         labelled.append((data["task"], _command(data)))
     if not labelled:
         sec.add("No fine-tuning results are committed yet (`diffplan bench dppo` trains them: hours on a 2-core CPU).",

@@ -259,6 +259,37 @@ def plot_fastgen_tradeoff(task: str, rows: Sequence[dict[str, Any]]) -> Any | No
     return fig
 
 
+def plot_finetune_curves(task: str, methods: dict[str, dict[str, Any]]) -> Any | None:
+    """Online fine-tuning curves of a ``bench dppo`` result (:func:`diffplan.report.finetune_curve_rows`):
+    normalized score (mean ± s.e. over seeds) against env steps and against training minutes, one line per method,
+    its pre-trained policy's own score dashed; None when no point has a score."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if not any(p["scores"] for m in methods.values() for p in m["points"]):
+        return None
+    fig = Figure(figsize=(11, 3.6))
+    FigureCanvasAgg(fig)
+    ax_steps, ax_min = fig.subplots(1, 2, sharey=True)
+    for i, (agent, m) in enumerate(methods.items()):
+        points = [p for p in m["points"] if p["scores"]]
+        mean = np.array([np.mean(p["scores"]) for p in points])
+        se = np.array([np.std(p["scores"], ddof=1) / np.sqrt(len(p["scores"])) if len(p["scores"]) > 1 else 0.0
+                       for p in points])
+        seeds = max(p["seeds"] for p in points)
+        label = f"{agent} from {m['pretrained_from']} ({seeds} seed{'s' if seeds > 1 else ''})"
+        for ax, x in ((ax_steps, [p["env_steps"] for p in points]), (ax_min, [p["minutes"] for p in points])):
+            ax.plot(x, mean, marker="o", ms=3, color=f"C{i}", label=label)
+            ax.fill_between(x, mean - se, mean + se, color=f"C{i}", alpha=0.2)
+            if m["pretrained"]:
+                ax.axhline(float(np.mean(m["pretrained"])), color=f"C{i}", lw=0.8, ls="--")
+    ax_steps.set(title=f"{task}: vs env steps", xlabel="env steps", ylabel="D4RL-normalized score")
+    ax_min.set(title=f"{task}: vs training minutes", xlabel="training minutes (evaluations excluded)")
+    ax_steps.legend(fontsize=8, title="dashed: pre-trained run's own score", title_fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def _write_png(fig: Any, path: Any) -> bool:
     """Save ``fig`` to ``path`` only when the image changed (same bytes again: no version stamp), so that
     regenerating an unchanged page leaves the tree clean; whether it was written."""
@@ -276,12 +307,12 @@ def _write_png(fig: Any, path: Any) -> bool:
 
 def write_report_figures(root: Any = "benchmarks") -> list[Any]:
     """Draw every committed suite's curves to ``<root>/suites/<name>/curves.png`` and every fastgen group's
-    score-vs-latency figure to ``<root>/fastgen/<group>/tradeoff.png`` (each rewritten only when the image
-    changed); returns the paths written."""
+    score-vs-latency figure to ``<root>/fastgen/<group>/tradeoff.png`` and every online fine-tuning result's
+    curves to ``<root>/dppo/<task>.png`` (each rewritten only when the image changed); returns the paths written."""
     import json
     from pathlib import Path
 
-    from diffplan.report import fastgen_group_rows, suite_results
+    from diffplan.report import fastgen_group_rows, finetune_curve_rows, suite_results
 
     written = []
     for name, runs in suite_results(root).items():
@@ -296,4 +327,11 @@ def write_report_figures(root: Any = "benchmarks") -> list[Any]:
         fig = plot_fastgen_tradeoff(*fastgen_group_rows(group.name, results))
         if fig is not None and _write_png(fig, group / "tradeoff.png"):
             written.append(group / "tradeoff.png")
+    for result in sorted((Path(root) / "dppo").glob("*.json")):
+        data = json.loads(result.read_text())
+        if data.get("benchmark") != "dppo":  # the throughput file
+            continue
+        fig = plot_finetune_curves(data["task"], finetune_curve_rows(data))
+        if fig is not None and _write_png(fig, result.with_suffix(".png")):
+            written.append(result.with_suffix(".png"))
     return written

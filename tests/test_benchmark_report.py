@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from diffplan.report import ReportError, RunResult, aggregate, format_score, generate
+from diffplan.viz import write_report_figures
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -193,6 +194,11 @@ def test_a_finetuning_result_renders_as_curves_beside_the_baseline(tmp_path):
     assert "| diffusion_bc (pre-training) | — | — | 41.0 ± 0.6 | 3 |" in page
     assert "| dppo | 2000 | 2.0 min | 61.0 ± 0.6 | 3 |" in page
     assert "| ppo | 1000 | 1.0 min | 41.0 ± 0.6 | 3 |" in page
+    # the figure the page shows is drawn from the same rows, once (unchanged data: not rewritten)
+    assert "![fine-tuning curves, walker2d-medium](dppo/walker2d-medium.png)" in page
+    assert write_report_figures(root) == [root / "dppo" / "walker2d-medium.png"]
+    assert (root / "dppo" / "walker2d-medium.png").read_bytes()[:4] == b"\x89PNG"
+    assert write_report_figures(root) == []
 
 
 def _fastgen_json(agent, seed, task="pointmaze-large", scores=(60.0, 50.0), episodes=50):
