@@ -26,6 +26,7 @@ Loading a config that defines a user maze registers it with :func:`diffplan.envs
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +121,19 @@ def method_layer(agent: str, family: str, config_dir: Path | None = None) -> Lay
     return None
 
 
+def finetune_layer(agent: str, config_dir: Path | None = None) -> Layer | None:
+    """``configs/<agent>/finetune.yaml`` as a layer (None: the agent has none): the settings an agent that also
+    trains from scratch uses when it fine-tunes a pre-trained run (e.g. PPO's small exploration noise and clip)."""
+    path = (config_dir or CONFIG_DIR) / agent / "finetune.yaml"
+    if not path.is_file():
+        return None
+    data = read_yaml(path, "fine-tuning file")
+    for key in ("task", "maze", "agent"):
+        if key in data:
+            raise ConfigError(f"{_show(path)}: a fine-tuning file must not set {key!r}")
+    return _show(path), data
+
+
 def _family(task: str, task_data: dict[str, Any] | None) -> str:
     from diffplan.envs import task_family
 
@@ -144,6 +158,7 @@ def load_config(
     *,
     agent: str | None = None,
     base: dict[str, Any] | None = None,
+    presets: Sequence[Layer] = (),
     config_dir: str | os.PathLike | None = None,
 ) -> RunConfig:
     """Build a validated config.
@@ -155,11 +170,12 @@ def load_config(
             over every file. ``agent=`` / ``task=`` here also select a composed config's method / task file.
         agent: agent name when neither the source nor the overrides give one (a flat config).
         base: a flat mapping applied first (a saved run's config when resuming or evaluating).
+        presets: layers above the method and task files and below ``base`` (a fine-tuning file).
         config_dir: where ``task/`` and the method files live (default :data:`CONFIG_DIR`).
     """
     root = Path(config_dir) if config_dir is not None else None
     cli = parse_overrides(overrides or [])
-    flat: list[Layer] = [("saved config", dict(base))] if base else []
+    flat: list[Layer] = [*presets, *([("saved config", dict(base))] if base else [])]
     compose: dict[str, Any] | None = None
     if source is not None and Path(source).is_dir() and not _is_agent(str(source)):
         raise ConfigError(f"{source}: is a directory; give a config or experiment file (.yaml) or an agent name")
@@ -208,9 +224,10 @@ def load_finetune_config(
     source: str | os.PathLike, overrides: list[str] | None, pretrained: dict[str, Any], path: str
 ) -> RunConfig:
     """The config of ``diffplan finetune SOURCE --from PATH``: ``source`` (an agent, experiment or config file)
-    with ``init_from=PATH`` and the fields the agent takes from its pre-trained run (its config class's
-    ``PRETRAINED_KEYS``, from ``pretrained``, that run's saved config) layered above the method and task files
-    and below the experiment file and ``overrides``. The task is the run's unless the command names it; a run
+    with ``init_from=PATH``; above the method and task files and below the experiment file and ``overrides`` lie
+    the agent's fine-tuning file (``configs/<agent>/finetune.yaml``, where it has one) and, above it, the fields
+    the agent takes from its pre-trained run (its config class's ``PRETRAINED_KEYS``, from ``pretrained``, that
+    run's saved config). The task is the run's unless the command names it; a run
     of another agent or task is refused (:class:`ConfigError`)."""
     overrides = list(overrides or [])
     given = parse_overrides(overrides)
@@ -228,7 +245,8 @@ def load_finetune_config(
     if pretrained.get("task") != probe.task:
         raise ConfigError(f"--from {path} was trained on task {pretrained.get('task')!r}, this config is for {probe.task!r}")
     inherited = {k: pretrained[k] for k in cls.PRETRAINED_KEYS if k in pretrained and k not in given}
-    return load_config(source, [*overrides, f"init_from={path}"], base=inherited)
+    preset = finetune_layer(probe.agent)
+    return load_config(source, [*overrides, f"init_from={path}"], base=inherited, presets=[preset] if preset else [])
 
 
 def register_task(cfg: RunConfig) -> None:

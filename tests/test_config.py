@@ -39,7 +39,9 @@ def test_shipped_tree():
     assert len(TASKS) >= 12 and EXPERIMENTS and METHODS
     for path in METHODS:
         assert path.parent.name in AGENTS, path
-        assert path.stem in ("maze", "locomotion", "default"), path
+        # a fine-tuning file only for an agent that can start from a pre-trained run
+        finetunes = bool(getattr(AGENTS[path.parent.name].CONFIG, "PRETRAINED_AGENT", ""))
+        assert path.stem in ("maze", "locomotion", "default", *(("finetune",) if finetunes else ())), path
     # configs/ grows as agents + tasks: no per-(agent, task) files outside experiments/.
     assert len(list(CONFIG_DIR.rglob("*.yaml"))) == len(TASKS) + len(EXPERIMENTS) + len(METHODS)
 

@@ -269,6 +269,26 @@ def test_finetune_gaussian_ppo_from_a_bc_run(tiny_hopper_dataset, tmp_path):
     cfg = load_trained(ft_dir).cfg
     assert cfg.hidden == [16, 16] and cfg.task == "Hopper-v5" and cfg.init_from == str(bc_dir)
     assert AGENTS["ppo"].CONFIG.PRETRAINED_AGENT == "bc"
+    # fine-tuning starts gently (configs/ppo/finetune.yaml: DPPO's Gaussian recipe); the command line still wins
+    # over it, and PPO from scratch keeps its own exploration noise and clip range
+    assert (cfg.init_log_std, cfg.eps_clip, cfg.lr) == (-2.3, 0.01, 1e-4) and cfg.batch_size == 32
+    scratch = load_config("ppo", ["task=Hopper-v5"])
+    assert (scratch.init_log_std, scratch.eps_clip) == (-0.5, 0.2)
+    log_std = load_trained(ft_dir).agent.algorithm.policy.actor.sigma_param  # (A, 1), one update from -2.3
+    assert log_std.numel() == 3 and torch.allclose(log_std, torch.full_like(log_std, -2.3), atol=0.01)
+
+
+def test_a_finetuning_file_is_checked_like_a_method_file(tmp_path):
+    from diffplan.compose import finetune_layer
+
+    assert finetune_layer("dppo") is None  # DPPO only fine-tunes: its method files are its fine-tuning settings
+    (tmp_path / "ppo").mkdir()
+    (tmp_path / "ppo" / "finetune.yaml").write_text("task: hopper-medium\n")
+    with pytest.raises(ConfigError, match="finetune.yaml: a fine-tuning file must not set 'task'"):
+        finetune_layer("ppo", tmp_path)
+    (tmp_path / "ppo" / "finetune.yaml").write_text("[1, 2]\n")
+    with pytest.raises(ConfigError, match="finetune.yaml"):
+        finetune_layer("ppo", tmp_path)
 
 
 def test_bench_dppo_runs_resumes_and_refuses_a_run_another_process_trains(tiny_hopper_dataset, tmp_path, capsys):
