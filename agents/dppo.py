@@ -23,9 +23,9 @@ exact, so PPO's clipped objective applies step by step. As the paper does:
   ``clip_ploss_coef_rate``; per-entry log-probabilities clamped to [-5, 2] and averaged over the chunk
   (DPPO's surrogate ratio); advantages normalized per minibatch; optional BC regularisation (``bc_coef``:
   the log-probability, under the fine-tuned steps, of chains the frozen pre-trained policy samples);
-* rewards are scaled by the running standard deviation of the returns (Tianshou's ``return_scaling``, which
-  plays the part of DPPO's ``RunningRewardScaler``: both divide by a running std, Tianshou's of the GAE
-  returns, DPPO's of a running discounted reward sum).
+* rewards are divided by the running standard deviation of their discounted sums along each env's trajectory,
+  DPPO's ``RunningRewardScaler`` (:class:`~diffplan.agent.RunningRewardScaling`; Tianshou's own return scaling
+  runs away from a pre-trained policy's first returns, see there).
 
 Evaluation and deployment act one env step at a time like ``diffusion_bc`` (receding horizon over the chunk),
 sampling the same split chain with the scheduler's own noise, as DPPO evaluates.
@@ -47,7 +47,7 @@ from tianshou.algorithm.optim import AdamOptimizerFactory
 from tianshou.data import Batch, ReplayBuffer
 from torch import nn
 
-from diffplan.agent import Agent, OnlineConfig, RunningReturnState
+from diffplan.agent import Agent, OnlineConfig, RunningRewardScaling
 from diffplan.agents.diffusion_bc import DiffusionBCConfig, DiffusionBCPolicy, make_denoiser
 from diffplan.checkpoint import load_checkpoint
 from diffplan.config import ConfigError
@@ -109,7 +109,7 @@ class DPPOConfig(DiffusionBCConfig, OnlineConfig):
     """Weight of the BC regularisation (0: off): minus the fine-tuned log-probability of chains sampled by the
     frozen pre-trained policy at the minibatch's observations."""
     return_scaling: bool = True
-    """Scale rewards by the running std of the returns (Tianshou's return scaling; DPPO: reward_scale_running)."""
+    """Divide rewards by the running std of their discounted sums (DPPO's reward_scale_running)."""
     advantage_normalization: bool = True
     """Normalize advantages per minibatch (DPPO's norm_adv)."""
     max_grad_norm: float = 0.0
@@ -289,9 +289,10 @@ class DPPOTrainingStats(TrainingStats):
         return stats
 
 
-class DPPOAlgorithm(RunningReturnState, ActorCriticOnPolicyAlgorithm):
-    """PPO over the denoising chain. Tianshou's actor-critic base computes V, GAE over decisions and the return
-    scaling (``_add_returns_and_advantages``); this class adds the chain's old log-probabilities and the loss."""
+class DPPOAlgorithm(RunningRewardScaling, ActorCriticOnPolicyAlgorithm):
+    """PPO over the denoising chain. Tianshou's actor-critic base computes V and GAE over decisions
+    (``_add_returns_and_advantages``) on rewards scaled as DPPO does (:class:`~diffplan.agent.RunningRewardScaling`);
+    this class adds the chain's old log-probabilities and the loss."""
 
     policy: DPPOPolicy
     critic: ObsCritic
@@ -300,8 +301,9 @@ class DPPOAlgorithm(RunningReturnState, ActorCriticOnPolicyAlgorithm):
         grad_norm = cfg.max_grad_norm or None
         super().__init__(
             policy=policy, critic=critic, optim=AdamOptimizerFactory(lr=cfg.critic_lr), optim_include_actor=False,  # type: ignore[arg-type]
-            max_grad_norm=grad_norm, gae_lambda=cfg.gae_lambda, gamma=cfg.gamma, return_scaling=cfg.return_scaling,
+            max_grad_norm=grad_norm, gae_lambda=cfg.gae_lambda, gamma=cfg.gamma, return_scaling=False,
         )
+        self.init_reward_scaling(cfg.return_scaling)
         self.cfg = cfg
         self.actor_optim = self._create_optimizer(policy.model, AdamOptimizerFactory(lr=cfg.lr), max_grad_norm=grad_norm)
         self.generator = torch.Generator().manual_seed(cfg.seed)
@@ -350,6 +352,7 @@ class DPPOAlgorithm(RunningReturnState, ActorCriticOnPolicyAlgorithm):
 
     # -------------------------------------------------------------------------------------------- update
     def _preprocess_batch(self, batch: Any, buffer: ReplayBuffer, indices: np.ndarray) -> Any:
+        batch = super()._preprocess_batch(batch, buffer, indices)  # the rewards scaled
         batch = self._add_returns_and_advantages(batch, buffer, indices)
         policy = self.policy
         obs, goal = observation_arrays(batch.obs)

@@ -24,7 +24,7 @@ from tianshou.algorithm.modelfree.reinforce import ProbabilisticActorPolicy
 from tianshou.algorithm.optim import AdamOptimizerFactory
 from tianshou.utils.net.continuous import ContinuousActorProbabilistic, ContinuousCritic
 
-from diffplan.agent import Agent, OnlineConfig, RunningReturnState
+from diffplan.agent import Agent, OnlineConfig, RunningRewardScaling
 from diffplan.checkpoint import load_checkpoint
 from diffplan.config import ConfigError
 from diffplan.data import Episodes
@@ -55,7 +55,8 @@ class PPOConfig(OnlineConfig):
     max_grad_norm: float = 0.5
     """Gradient-norm clip of each update."""
     return_scaling: bool = True
-    """Scale returns by their running standard deviation (Tianshou's ``rew_norm``)."""
+    """Divide rewards by the running std of their discounted sums, clipped to +-10
+    (:class:`~diffplan.agent.RunningRewardScaling`: gymnasium's ``NormalizeReward``, DPPO's reward scaler)."""
     advantage_normalization: bool = False
     """Normalize advantages per minibatch."""
     recompute_advantage: bool = True
@@ -86,12 +87,13 @@ def _gaussian(loc_scale: tuple[torch.Tensor, torch.Tensor]) -> torch.distributio
     return torch.distributions.Independent(torch.distributions.Normal(loc, scale), 1)
 
 
-class PPOAlgorithm(RunningReturnState, PPO):
-    """Tianshou's PPO, able to start from a ``bc`` run (:meth:`warm_start`); its return statistics are checkpointed
-    (:class:`~diffplan.agent.RunningReturnState`)."""
+class PPOAlgorithm(RunningRewardScaling, PPO):
+    """Tianshou's PPO, able to start from a ``bc`` run (:meth:`warm_start`), with running reward scaling
+    (:class:`~diffplan.agent.RunningRewardScaling`, checkpointed) in place of Tianshou's return scaling."""
 
-    def __init__(self, *, hidden: list[int], **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, *, hidden: list[int], reward_scaling: bool, **kwargs: Any) -> None:
+        super().__init__(return_scaling=False, **kwargs)
+        self.init_reward_scaling(reward_scaling)
         self.hidden = list(hidden)
         """Hidden layer sizes of the actor (a warm start must match them)."""
 
@@ -155,6 +157,6 @@ def build(
         hidden=cfg.hidden, policy=policy, critic=critic, optim=AdamOptimizerFactory(lr=cfg.lr), eps_clip=cfg.eps_clip,
         advantage_normalization=cfg.advantage_normalization, recompute_advantage=cfg.recompute_advantage,
         vf_coef=cfg.vf_coef, ent_coef=cfg.ent_coef, max_grad_norm=cfg.max_grad_norm, gae_lambda=cfg.gae_lambda,
-        gamma=cfg.gamma, return_scaling=cfg.return_scaling,
+        gamma=cfg.gamma, reward_scaling=cfg.return_scaling,
     ).to(cfg.device)
     return Agent(policy=policy, algorithm=algorithm)

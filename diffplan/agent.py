@@ -481,19 +481,77 @@ class OnlineConfig(RunConfig):
     """Config fields ``diffplan finetune --from RUN`` takes from that run (its network and task)."""
 
 
-class RunningReturnState:
-    """Mixin of a Tianshou actor-critic algorithm with ``return_scaling``: its running return statistics
-    (``ret_rms``, a plain object in Tianshou, not a buffer) travel in the state dict (``get_extra_state``), so a
-    resumed run scales returns exactly as the uninterrupted one. Put it before the Tianshou class in the bases."""
+class RunningRewardScaling:
+    """Mixin of a Tianshou actor-critic algorithm: each update's rewards are divided by the running standard
+    deviation of their discounted sums along each env's trajectory, then clipped to +-10, before GAE (DPPO's
+    ``RunningRewardScaler``, gymnasium's ``NormalizeReward``). Put it before the Tianshou class in the bases and
+    give that class ``return_scaling=False``.
 
-    ret_rms: Any
+    Why not Tianshou's ``return_scaling``: it divides the GAE returns by a running std of those returns, which
+    the critic's own bootstrapped values feed, and its first batch is scaled before any statistics exist (std 1).
+    From a pre-trained policy whose first returns are in the hundreds, the critic learns that scale, the next
+    returns bootstrap from its values times the new std, and the scale runs away: DPPO on hopper-medium had a
+    running return mean of 8e5 after 15 updates, explained variance -8, and no improvement. These statistics
+    depend on rewards only, and the current batch is in them before it is scaled.
+
+    Scaling happens once per update, in ``_preprocess_batch`` (PPO's ``recompute_advantage`` reuses the scaled
+    batch). The statistics and each env's running discounted sum travel in the state dict
+    (``get_extra_state``), so a resumed run scales exactly as the uninterrupted one."""
+
+    REWARD_CLIP: ClassVar[float] = 10.0
+    """Scaled rewards are clipped to +-this (DPPO's ``cliprew``)."""
+
+    reward_scaling: bool
+    gamma: float
+
+    def init_reward_scaling(self, enabled: bool) -> None:
+        """Call after the Tianshou class's ``__init__``."""
+        from tianshou.utils import RunningMeanStd
+
+        self.reward_scaling = enabled
+        self.reward_rms = RunningMeanStd(clip_max=None)
+        """Running mean/var of the per-env discounted reward sums."""
+        self.running_sum: np.ndarray | None = None
+        """Each training env's discounted reward sum so far in its current episode, (E,)."""
+
+    def _preprocess_batch(self, batch: Any, buffer: Any, indices: np.ndarray) -> Any:
+        if self.reward_scaling:
+            batch.rew = self._scaled_rewards(batch, buffer, indices)
+        return super()._preprocess_batch(batch, buffer, indices)  # type: ignore[misc]
+
+    def _scaled_rewards(self, batch: Any, buffer: Any, indices: np.ndarray) -> np.ndarray:
+        """(N,) rewards of the batch divided by the running std, after adding this batch's sums to it. ``indices``
+        list each env's transitions in time order, as GAE assumes; the sub-buffer an index lies in is its env."""
+        edges = np.asarray(buffer.subbuffer_edges)
+        env = np.searchsorted(edges, indices, side="right") - 1
+        if self.running_sum is None or len(self.running_sum) != len(edges) - 1:
+            self.running_sum = np.zeros(len(edges) - 1)
+        rew = np.asarray(batch.rew, dtype=np.float64)
+        done = np.logical_or(batch.terminated, batch.truncated)
+        sums = np.empty_like(rew)
+        # One pass in collection order per env: a few thousand scalars per update, so a Python loop is fine here.
+        for e in np.unique(env):
+            running = self.running_sum[e]
+            for i in np.flatnonzero(env == e):
+                running = running * self.gamma + rew[i]
+                sums[i] = running
+                if done[i]:
+                    running = 0.0
+            self.running_sum[e] = running
+        self.reward_rms.update(sums)
+        scaled = rew / np.sqrt(self.reward_rms.var + 1e-8)
+        return np.clip(scaled, -self.REWARD_CLIP, self.REWARD_CLIP).astype(np.float32)
 
     def get_extra_state(self) -> dict[str, Any]:
-        rms = self.ret_rms
+        rms = self.reward_rms
+        running = self.running_sum if self.running_sum is not None else np.zeros(0)
         return {"mean": torch.as_tensor(rms.mean, dtype=torch.float64),
-                "var": torch.as_tensor(rms.var, dtype=torch.float64), "count": int(rms.count)}
+                "var": torch.as_tensor(rms.var, dtype=torch.float64), "count": int(rms.count),
+                "running_sum": torch.as_tensor(running, dtype=torch.float64)}
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
-        self.ret_rms.mean = state["mean"].numpy().astype(np.float64).reshape(np.shape(self.ret_rms.mean))
-        self.ret_rms.var = state["var"].numpy().astype(np.float64).reshape(np.shape(self.ret_rms.var))
-        self.ret_rms.count = state["count"]
+        self.reward_rms.mean = float(state["mean"])
+        self.reward_rms.var = float(state["var"])
+        self.reward_rms.count = state["count"]
+        running = state.get("running_sum")
+        self.running_sum = running.numpy().copy() if running is not None and running.numel() else None

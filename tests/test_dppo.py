@@ -155,6 +155,56 @@ def test_ppo_ratio_is_one_before_the_first_update_and_only_finetuned_steps_learn
     assert any(not torch.equal(ft[k], v) for k, v in policy.model.state_dict().items())
 
 
+def test_rewards_are_scaled_by_the_running_std_of_their_discounted_sums_per_env():
+    """DPPO's reward scaler on a real Tianshou vector buffer: per env, in time order, a discounted sum that restarts
+    after an episode's end and carries over into the next update; the batch is in the statistics before it is
+    scaled; the statistics and the sums survive a state-dict round trip."""
+    from tianshou.data import Batch
+
+    from diffplan.agent import RunningRewardScaling
+
+    class Base:
+        def _preprocess_batch(self, batch, buffer, indices):
+            return batch
+
+    class Scaled(RunningRewardScaling, Base):
+        gamma = 0.5
+
+    buffer = VectorReplayBuffer(8, 2)
+    rewards = {0: [1.0, 2.0, 4.0], 1: [3.0, 1.0]}
+    ends = {0: [False, True, False], 1: [False, False]}
+    for t in range(3):
+        envs = [e for e in (0, 1) if t < len(rewards[e])]
+        buffer.add(Batch(obs=np.zeros((len(envs), 1)), act=np.zeros((len(envs), 1)),
+                         rew=np.array([rewards[e][t] for e in envs]), terminated=np.array([ends[e][t] for e in envs]),
+                         truncated=np.zeros(len(envs), bool), obs_next=np.zeros((len(envs), 1)), info=Batch()),
+                   buffer_ids=envs)
+    algo = Scaled()
+    algo.init_reward_scaling(True)
+    indices = buffer.sample_indices(0)
+    out = algo._preprocess_batch(buffer[indices], buffer, indices)
+    # env 0: 1, 0.5*1+2 = 2.5 (episode ends), 4; env 1: 3, 0.5*3+1 = 2.5
+    sums = np.array([1.0, 2.5, 4.0, 3.0, 2.5])
+    np.testing.assert_allclose(out.rew, np.array([1, 2, 4, 3, 1]) / np.sqrt(sums.var() + 1e-8), rtol=1e-6)
+    assert algo.running_sum.tolist() == [4.0, 2.5]  # env 0 restarted after its end; env 1 still running
+    state = algo.get_extra_state()
+    again = Scaled()
+    again.init_reward_scaling(True)
+    again.set_extra_state(state)
+    assert again.running_sum.tolist() == [4.0, 2.5] and again.reward_rms.count == 5
+    assert np.isclose(again.reward_rms.var, sums.var())
+    # the next update continues each env's sum: env 1's next reward 2 adds to 0.5 * 2.5
+    buffer.reset()
+    buffer.add(Batch(obs=np.zeros((1, 1)), act=np.zeros((1, 1)), rew=np.array([2.0]), terminated=np.array([False]),
+                     truncated=np.array([False]), obs_next=np.zeros((1, 1)), info=Batch()), buffer_ids=[1])
+    indices = buffer.sample_indices(0)
+    again._preprocess_batch(buffer[indices], buffer, indices)
+    assert again.running_sum.tolist() == [4.0, 3.25]
+    off = Scaled()
+    off.init_reward_scaling(False)
+    assert off._preprocess_batch(buffer[indices], buffer, indices).rew.tolist() == [2.0]
+
+
 def test_decisions_execute_chunks_and_count_env_steps(tmp_path):
     exp = _point_exp(tmp_path)
     batch = _collected_batch(exp, n_step=12)
