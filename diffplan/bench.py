@@ -525,12 +525,14 @@ def bench_suite(args: argparse.Namespace) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------- online fine-tuning
 DPPO_BENCH = {
     "task": "hopper-medium", "seeds": "0,1,2", "bc_steps": "100000", "env_steps": "1000000", "evals": "8",
-    "runs": "runs/bench-dppo", "dataset_steps": "1000000", "minutes": "90",
+    "runs": "runs/bench-dppo", "dataset_steps": "1000000", "minutes": "90", "methods": "dppo,ppo",
 }
 """``diffplan bench dppo`` settings (``key=value`` among its arguments): the task, training seeds, gradient steps of
 both pre-trainings, env steps of each fine-tuning run (DPPO and the Gaussian PPO baseline alike), evaluation points
-along it, where the runs go, the generated dataset's size and each fine-tuning run's training-time cap (minutes, 0:
-none). ``<agent>.<key>=<value>`` (agent: diffusion_bc, bc, dppo, ppo) overrides that agent's config."""
+along it, where the runs go, the generated dataset's size, each fine-tuning run's training-time cap (minutes, 0:
+none) and the fine-tuning methods this process trains (``methods=ppo`` in a second process trains the baseline
+beside the first one's DPPO; the JSON holds the methods trained, and a later run over all methods reads them).
+``<agent>.<key>=<value>`` (agent: diffusion_bc, bc, dppo, ppo) overrides that agent's config."""
 
 
 def _path_as_override(args: argparse.Namespace) -> None:
@@ -597,6 +599,7 @@ def bench_dppo(args: argparse.Namespace) -> dict[str, Any]:
 
     from diffplan.checkpoint import load_checkpoint, parse_saved_config
     from diffplan.compose import load_config, load_finetune_config
+    from diffplan.config import ConfigError
     from diffplan.training import setup
 
     _path_as_override(args)
@@ -608,6 +611,10 @@ def bench_dppo(args: argparse.Namespace) -> dict[str, Any]:
     seeds = [int(s) for s in settings["seeds"].split(",")]
     episodes, env_steps, evals = args.episodes, int(settings["env_steps"]), max(int(settings["evals"]), 1)
     bc_steps = int(settings["bc_steps"])
+    methods = [m for m in ("dppo", "ppo") if m in settings["methods"].split(",")]
+    if not methods or set(settings["methods"].split(",")) - {"dppo", "ppo"}:
+        raise ConfigError(f"bench dppo: methods={settings['methods']!r}: give dppo, ppo or dppo,ppo")
+    pretrain = {"dppo": "diffusion_bc", "ppo": "bc"}
     out = args.out or f"benchmarks/dppo/{task}.json"
     result: dict[str, Any] = {
         "benchmark": "dppo", "task": task, "seeds": seeds, "settings": settings, "episodes": episodes,
@@ -617,7 +624,7 @@ def bench_dppo(args: argparse.Namespace) -> dict[str, Any]:
         "pretrained": {"diffusion_bc": [], "bc": []}, "curves": {"dppo": [], "ppo": []},
     }
     for seed in seeds:
-        for agent in ("diffusion_bc", "bc"):
+        for agent in [pretrain[m] for m in methods]:
             run_dir = root / f"{agent}-s{seed}"
             cfg = load_config(agent, [
                 f"task={task}", f"seed={seed}", f"train_steps={bc_steps}", f"run_dir={run_dir}",
@@ -628,7 +635,7 @@ def bench_dppo(args: argparse.Namespace) -> dict[str, Any]:
             res = _train_or_resume(cfg, run_dir)
             result["pretrained"][agent].append({"seed": seed, "gradient_steps": res["updates"],
                                                 "train_time_s": res["train_time_s"], **res["final"]})
-        for agent, pre in (("dppo", "diffusion_bc"), ("ppo", "bc")):
+        for agent, pre in [(m, pretrain[m]) for m in methods]:
             pre_dir, run_dir = root / f"{pre}-s{seed}", root / f"{agent}-s{seed}"
             state, config_yaml = load_checkpoint(pre_dir)
             saved = parse_saved_config(config_yaml, str(pre_dir))

@@ -359,7 +359,14 @@ def test_bench_dppo_runs_resumes_and_refuses_a_run_another_process_trains(tiny_h
                                        "eval_envs=1")],
             *[f"ppo.{kv}" for kv in (*online, "eval_envs=1")],
             "--episodes", "1", "--out", str(out)]
+    # a second process can train the baseline beside the first one's DPPO; the run over both reads its runs
+    assert main([*args, "methods=ppo"]) == 0
+    only_ppo = json.loads(out.read_text())
+    assert only_ppo["curves"]["dppo"] == [] and len(only_ppo["curves"]["ppo"]) == 1
+    assert sorted(p.parent.name for p in runs.glob("*/results.json")) == ["bc-s0", "ppo-s0"]
+    ppo_stamp = (runs / "ppo-s0" / "results.json").stat().st_mtime_ns
     assert main(args) == 0
+    assert (runs / "ppo-s0" / "results.json").stat().st_mtime_ns == ppo_stamp
     result = json.loads(out.read_text())
     for agent in ("dppo", "ppo"):
         (curve,) = result["curves"][agent]
@@ -376,3 +383,6 @@ def test_bench_dppo_runs_resumes_and_refuses_a_run_another_process_trains(tiny_h
         assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "another process is training this run" in err[0]
+    assert main([*args, "methods=ppo,sac"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "methods='ppo,sac': give dppo, ppo or dppo,ppo" in err[0]

@@ -9,6 +9,7 @@
 #
 #   benchmarks/dppo/run.sh                                        # hopper-medium, seeds 0 1 2, 2 at a time (hours)
 #   TASK=walker2d-medium benchmarks/dppo/run.sh
+#   SEEDS=2 PARALLEL=1 EXTRA=methods=ppo OUT=/tmp/ppo.json benchmarks/dppo/run.sh   # one seed's baseline beside its DPPO
 #   SEEDS=0 EXTRA="bc_steps=20 env_steps=400 evals=2 minutes=2" EPISODES=2 RUNS=/tmp/dppo OUT=/tmp/dppo.json benchmarks/dppo/run.sh   # smoke test
 set -euo pipefail
 
