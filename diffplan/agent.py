@@ -528,16 +528,13 @@ class RunningRewardScaling:
             self.running_sum = np.zeros(len(edges) - 1)
         rew = np.asarray(batch.rew, dtype=np.float64)
         done = np.logical_or(batch.terminated, batch.truncated)
-        sums = np.empty_like(rew)
-        # One pass in collection order per env: a few thousand scalars per update, so a Python loop is fine here.
-        for e in np.unique(env):
-            running = self.running_sum[e]
-            for i in np.flatnonzero(env == e):
-                running = running * self.gamma + rew[i]
-                sums[i] = running
-                if done[i]:
-                    running = 0.0
-            self.running_sum[e] = running
+        sums, running = np.empty_like(rew), self.running_sum
+        # One pass over the batch (a few thousand scalars per update, so a Python loop is fine here).
+        for i, e in enumerate(env):
+            running[e] = running[e] * self.gamma + rew[i]
+            sums[i] = running[e]
+            if done[i]:
+                running[e] = 0.0
         self.reward_rms.update(sums)
         scaled = rew / np.sqrt(self.reward_rms.var + 1e-8)
         return np.clip(scaled, -self.REWARD_CLIP, self.REWARD_CLIP).astype(np.float32)

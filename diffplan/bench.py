@@ -598,7 +598,7 @@ def bench_dppo(args: argparse.Namespace) -> dict[str, Any]:
     import math
 
     from diffplan.checkpoint import load_checkpoint, parse_saved_config
-    from diffplan.compose import load_config, load_finetune_config
+    from diffplan.compose import config_class, load_config, load_finetune_config
     from diffplan.config import ConfigError
     from diffplan.training import setup
 
@@ -614,7 +614,7 @@ def bench_dppo(args: argparse.Namespace) -> dict[str, Any]:
     methods = [m for m in ("dppo", "ppo") if m in settings["methods"].split(",")]
     if not methods or set(settings["methods"].split(",")) - {"dppo", "ppo"}:
         raise ConfigError(f"bench dppo: methods={settings['methods']!r}: give dppo, ppo or dppo,ppo")
-    pretrain = {"dppo": "diffusion_bc", "ppo": "bc"}
+    pretrain = {m: config_class(m).PRETRAINED_AGENT for m in methods}  # dppo: diffusion_bc, ppo: bc
     out = args.out or f"benchmarks/dppo/{task}.json"
     result: dict[str, Any] = {
         "benchmark": "dppo", "task": task, "seeds": seeds, "settings": settings, "episodes": episodes,

@@ -108,16 +108,22 @@ def task_layer(task: str, config_dir: Path | None = None) -> Layer | None:
     return _show(path), data
 
 
+def _agent_file_layer(path: Path, what: str) -> Layer:
+    """A file of an agent's folder (``configs/<agent>/``) as a layer; it holds method settings only (the task
+    file sets the task and maze, the folder names the agent)."""
+    data = read_yaml(path, what)
+    for key in ("task", "maze", "agent"):
+        if key in data:
+            raise ConfigError(f"{_show(path)}: a {what} must not set {key!r} (task files and the folder name do)")
+    return _show(path), data
+
+
 def method_layer(agent: str, family: str, config_dir: Path | None = None) -> Layer | None:
     """``configs/<agent>/<family>.yaml``, else ``configs/<agent>/default.yaml``, as a layer (None: neither)."""
     root = (config_dir or CONFIG_DIR) / agent
     for path in (root / f"{family}.yaml", root / "default.yaml"):
         if path.is_file():
-            data = read_yaml(path, "method file")
-            for key in ("task", "maze"):
-                if key in data:
-                    raise ConfigError(f"{_show(path)}: a method file must not set {key!r} (task files do)")
-            return _show(path), data
+            return _agent_file_layer(path, "method file")
     return None
 
 
@@ -125,13 +131,7 @@ def finetune_layer(agent: str, config_dir: Path | None = None) -> Layer | None:
     """``configs/<agent>/finetune.yaml`` as a layer (None: the agent has none): the settings an agent that also
     trains from scratch uses when it fine-tunes a pre-trained run (e.g. PPO's small exploration noise and clip)."""
     path = (config_dir or CONFIG_DIR) / agent / "finetune.yaml"
-    if not path.is_file():
-        return None
-    data = read_yaml(path, "fine-tuning file")
-    for key in ("task", "maze", "agent"):
-        if key in data:
-            raise ConfigError(f"{_show(path)}: a fine-tuning file must not set {key!r}")
-    return _show(path), data
+    return _agent_file_layer(path, "fine-tuning file") if path.is_file() else None
 
 
 def _family(task: str, task_data: dict[str, Any] | None) -> str:

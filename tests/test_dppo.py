@@ -329,7 +329,7 @@ def test_finetune_gaussian_ppo_from_a_bc_run(tiny_hopper_dataset, tmp_path):
 
 
 def test_a_finetuning_file_is_checked_like_a_method_file(tmp_path):
-    from diffplan.compose import finetune_layer
+    from diffplan.compose import finetune_layer, method_layer
 
     assert finetune_layer("dppo") is None  # DPPO only fine-tunes: its method files are its fine-tuning settings
     (tmp_path / "ppo").mkdir()
@@ -339,6 +339,10 @@ def test_a_finetuning_file_is_checked_like_a_method_file(tmp_path):
     (tmp_path / "ppo" / "finetune.yaml").write_text("[1, 2]\n")
     with pytest.raises(ConfigError, match="finetune.yaml"):
         finetune_layer("ppo", tmp_path)
+    # the method file beside it is read by the same reader, with the same rule
+    (tmp_path / "ppo" / "default.yaml").write_text("agent: bc\nlr: 0.001\n")
+    with pytest.raises(ConfigError, match="default.yaml: a method file must not set 'agent'"):
+        method_layer("ppo", "locomotion", tmp_path)
 
 
 def test_bench_dppo_runs_resumes_and_refuses_a_run_another_process_trains(tiny_hopper_dataset, tmp_path, capsys):
