@@ -705,14 +705,38 @@ def update_ms(n):
         if i:
             times.append(time.perf_counter() - t0)
     return 1000 * sum(times) / len(times)
+def update_gflop():
+    from torch.utils.flop_counter import FlopCounterMode
+    obs, chains = {"state": torch.randn(B, 1, O)}, torch.randn(B, K + 1, C, A)
+    with torch.no_grad():
+        old = model.get_logprobs(obs, chains).reshape(B, K, C, A)
+    with FlopCounterMode(display=False) as counter:
+        pg, ent, v, clipfrac, kl, ratio, bc, eta = model.loss(obs, chains, torch.randn(B), torch.randn(B),
+                                                              torch.randn(B), old)
+        (pg + 0.5 * v).backward()
+    return counter.get_total_flops() / 1e9
 sms, _ = sample_ms(s["repeats"])
-print(json.dumps({"sample_ms": sms, "update_minibatch_ms": update_ms(s["repeats"]),
+print(json.dumps({"sample_ms": sms, "update_minibatch_ms": update_ms(s["repeats"]), "update_minibatch_gflop": update_gflop(),
                   "actor_parameters": sum(p.numel() for p in model.actor_ft.parameters()),
                   "critic_parameters": sum(p.numel() for p in model.critic.parameters())}))
 """
 """Timing of irom-lab/dppo's own model code on synthetic tensors (run in a subprocess with its ``model`` package on
 the path): one exploring chunk sample for the collection envs, one PPO minibatch step (forward, backward, both
 optimizers) on ``decisions`` decisions with all their fine-tuned denoising steps, as its update loop takes them."""
+
+
+def gemm_gflops(rows: int, width: int, repeats: int = 30) -> float:
+    """This core's fp32 matrix-multiply rate (GFLOP/s, the current torch threads) at one layer's shape: a
+    ``(rows, width) @ (width, width)`` product, the hidden layers' GEMM of a minibatch. The ceiling a GEMM-bound
+    update can approach: its FLOPs over this rate is the least time it can take."""
+    import torch
+
+    a, b = torch.randn(rows, width), torch.randn(width, width)
+    a @ b  # warm-up: allocation and the BLAS kernel choice
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * rows * width * width * repeats / (time.perf_counter() - t0) / 1e9
 
 
 REF_OPTIONS = ("ref", "ref_path", "ref_commit")
@@ -790,15 +814,23 @@ def bench_dppo_throughput(args: argparse.Namespace) -> dict[str, Any]:
         algorithm._update_with_batch(batch, batch_size=B * K, repeat=1)
         if i:
             times.append(time.perf_counter() - t0)
+    # FLOPs of one minibatch step (matmuls, forward and backward, counted by torch), in an untimed pass: with the
+    # core's GEMM rate they say how close to its ceiling each implementation's update runs
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        algorithm._update_with_batch(batch, batch_size=B * K, repeat=1)
     minibatches = -(-(cfg.env_steps_per_update // cfg.execute_steps) * K // cfg.batch_size) * cfg.update_epochs
     shapes = {"obs_dim": O, "act_dim": A, "chunk": C, "denoising_steps": cfg.diffusion_steps, "ft_steps": K,
               "decisions": B, "envs": E, "repeats": args.steps}
     ours_model = {"sample_ms": sample_ms, "update_minibatch_ms": 1000 * float(np.mean(times)),
+                  "update_minibatch_gflop": counter.get_total_flops() / 1e9,
                   "actor_parameters": sum(p.numel() for p in policy.model.parameters()),
                   "critic_parameters": sum(p.numel() for p in algorithm.critic.parameters())}
     result: dict[str, Any] = {
         "benchmark": "dppo-throughput", "task": cfg.task, "shapes": shapes, "minibatches_per_iteration": minibatches,
         "ours": {"loop": ours_loop, "model": ours_model},
+        "gemm_gflops": {"rows": B * K, "width": cfg.hidden, "gflops": gemm_gflops(B * K, cfg.hidden)},
         "command": "diffplan bench dppo-throughput " + " ".join([*([args.path] if args.path else []), *args.overrides,
                                                                  f"--repeats {args.repeats}", f"--steps {args.steps}"]),
     }

@@ -1263,7 +1263,23 @@ def _finetune(root: Path) -> _Section:
                  _num(d.get("speedup", {}).get("update_minibatch"), 2, "x")],
                 ["actor / critic parameters", f"{ours['actor_parameters']} / {ours['critic_parameters']}",
                  f"{ref['actor_parameters']} / {ref['critic_parameters']}" if ref else "—", ""]]
+        gemm = d.get("gemm_gflops")
+        if gemm and "update_minibatch_gflop" in ours and "update_minibatch_gflop" in ref:
+            rate = {k: m["update_minibatch_gflop"] / m["update_minibatch_ms"] * 1000 for k, m in (("ours", ours),
+                                                                                                  ("ref", ref))}
+            rows[2:2] = [["PPO minibatch step GFLOP (matmuls, forward + backward)", _num(ours["update_minibatch_gflop"], 2),
+                          _num(ref["update_minibatch_gflop"], 2), ""],
+                         ["PPO minibatch step GFLOP/s", _num(rate["ours"], 1), _num(rate["ref"], 1), ""]]
         sec.add(*_table(["", "diffplan", f"irom-lab/dppo{' @ ' + commit[:8] if commit else ''}", "speed-up"], rows))
+        if gemm and "update_minibatch_gflop" in ours and "update_minibatch_gflop" in ref:
+            needed = ours["update_minibatch_gflop"] / (ref["update_minibatch_ms"] / 1.5) * 1000
+            sec.add(
+                "", f"The update is bound by its matrix products. This core multiplies a {gemm['rows']}x{gemm['width']} "
+                f"by a {gemm['width']}x{gemm['width']} matrix (the hidden layers' product for one minibatch) at "
+                f"{gemm['gflops']:.1f} GFLOP/s: our minibatch step runs at {rate['ours'] / gemm['gflops']:.0%} of that "
+                f"rate, the reference's at {rate['ref'] / gemm['gflops']:.0%}. A step 1.5x faster than the reference's "
+                f"with our FLOPs would need {needed:.1f} GFLOP/s ({needed / gemm['gflops']:.0%} of the GEMM rate).",
+            )
         labelled.append(("throughput", _command(d)))
     while sec.lines[-1] == "":
         sec.lines.pop()

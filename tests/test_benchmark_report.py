@@ -201,6 +201,27 @@ def test_a_finetuning_result_renders_as_curves_beside_the_baseline(tmp_path):
     assert write_report_figures(root) == []
 
 
+
+def test_the_throughput_section_states_each_updates_flop_rate_against_the_cores_gemm_rate(tmp_path):
+    """``bench dppo-throughput`` JSON with FLOP counts: the rate of each minibatch step, its share of the core's
+    GEMM rate and the rate a 1.5x speed-up would need, all computed from the JSON."""
+    root = tmp_path / "benchmarks"
+    shutil.copytree(ROOT / "benchmarks", root)
+    data = json.loads((root / "dppo" / "throughput.json").read_text())
+    data["ours"]["model"].update(update_minibatch_ms=250.0, update_minibatch_gflop=15.0)  # 60 GFLOP/s
+    data["reference"]["model"].update(update_minibatch_ms=300.0, update_minibatch_gflop=15.0)  # 50 GFLOP/s
+    data["gemm_gflops"] = {"rows": 5000, "width": 512, "gflops": 80.0}
+    (root / "dppo" / "throughput.json").write_text(json.dumps(data))
+    section = generate(root).split("### Throughput beside irom-lab/dppo")[1].split("\n## ")[0]
+    assert "| PPO minibatch step GFLOP/s | 60.0 | 50.0 |  |" in section
+    assert "| PPO minibatch step GFLOP (matmuls, forward + backward) | 15.00 | 15.00 |  |" in section
+    # 1.5x the reference: 15 GFLOP in 200 ms, 75 GFLOP/s, 94% of the core's 80
+    assert "our minibatch step runs at 75% of that rate, the reference's at 62%" in section
+    assert "would need 75.0 GFLOP/s (94% of the GEMM rate)" in section
+    del data["gemm_gflops"]  # a file from before the FLOP count: the rows it has, no sentence
+    (root / "dppo" / "throughput.json").write_text(json.dumps(data))
+    assert "GFLOP" not in generate(root).split("### Throughput beside irom-lab/dppo")[1].split("\n## ")[0]
+
 def _fastgen_json(agent, seed, task="pointmaze-large", scores=(60.0, 50.0), episodes=50):
     settings = {}
     for (name, overrides), score in zip([("ddim-10", ["torch_threads=1"]), ("dpm-3", ["sampler=dpmsolver++"])], scores):
