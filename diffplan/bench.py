@@ -688,32 +688,28 @@ def sample_ms(n):
     for _ in range(n):
         out = model(cond, deterministic=False)
     return 1000 * (time.perf_counter() - t0) / n, out.chains
+obs, chains = {"state": torch.randn(B, 1, O)}, torch.randn(B, K + 1, C, A)
+with torch.no_grad():
+    old = model.get_logprobs(obs, chains).reshape(B, K, C, A)
+ret, val, adv = torch.randn(B), torch.randn(B), torch.randn(B)
+def update_step():
+    pg, ent, v, clipfrac, kl, ratio, bc, eta = model.loss(obs, chains, ret, val, adv, old)
+    loss = pg + 0.5 * v
+    actor_opt.zero_grad(); critic_opt.zero_grad()
+    loss.backward()
+    actor_opt.step(); critic_opt.step()
 def update_ms(n):
-    obs = {"state": torch.randn(B, 1, O)}
-    chains = torch.randn(B, K + 1, C, A)
-    with torch.no_grad():
-        old = model.get_logprobs(obs, chains).reshape(B, K, C, A)
-    ret, val, adv = torch.randn(B), torch.randn(B), torch.randn(B)
     times = []
     for i in range(n + 1):
         t0 = time.perf_counter()
-        pg, ent, v, clipfrac, kl, ratio, bc, eta = model.loss(obs, chains, ret, val, adv, old)
-        loss = pg + 0.5 * v
-        actor_opt.zero_grad(); critic_opt.zero_grad()
-        loss.backward()
-        actor_opt.step(); critic_opt.step()
+        update_step()
         if i:
             times.append(time.perf_counter() - t0)
     return 1000 * sum(times) / len(times)
 def update_gflop():
     from torch.utils.flop_counter import FlopCounterMode
-    obs, chains = {"state": torch.randn(B, 1, O)}, torch.randn(B, K + 1, C, A)
-    with torch.no_grad():
-        old = model.get_logprobs(obs, chains).reshape(B, K, C, A)
     with FlopCounterMode(display=False) as counter:
-        pg, ent, v, clipfrac, kl, ratio, bc, eta = model.loss(obs, chains, torch.randn(B), torch.randn(B),
-                                                              torch.randn(B), old)
-        (pg + 0.5 * v).backward()
+        update_step()
     return counter.get_total_flops() / 1e9
 sms, _ = sample_ms(s["repeats"])
 print(json.dumps({"sample_ms": sms, "update_minibatch_ms": update_ms(s["repeats"]), "update_minibatch_gflop": update_gflop(),

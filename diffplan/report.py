@@ -1263,15 +1263,16 @@ def _finetune(root: Path) -> _Section:
                  _num(d.get("speedup", {}).get("update_minibatch"), 2, "x")],
                 ["actor / critic parameters", f"{ours['actor_parameters']} / {ours['critic_parameters']}",
                  f"{ref['actor_parameters']} / {ref['critic_parameters']}" if ref else "—", ""]]
-        gemm = d.get("gemm_gflops")
-        if gemm and "update_minibatch_gflop" in ours and "update_minibatch_gflop" in ref:
-            rate = {k: m["update_minibatch_gflop"] / m["update_minibatch_ms"] * 1000 for k, m in (("ours", ours),
-                                                                                                  ("ref", ref))}
+        # FLOP counts and the core's GEMM rate (files from before them have neither: no rows, no sentence)
+        gemm = d.get("gemm_gflops") if "update_minibatch_gflop" in ours and "update_minibatch_gflop" in ref else None
+        if gemm:
+            rate = {name: m["update_minibatch_gflop"] / m["update_minibatch_ms"] * 1000
+                    for name, m in (("ours", ours), ("ref", ref))}
             rows[2:2] = [["PPO minibatch step GFLOP (matmuls, forward + backward)", _num(ours["update_minibatch_gflop"], 2),
                           _num(ref["update_minibatch_gflop"], 2), ""],
                          ["PPO minibatch step GFLOP/s", _num(rate["ours"], 1), _num(rate["ref"], 1), ""]]
         sec.add(*_table(["", "diffplan", f"irom-lab/dppo{' @ ' + commit[:8] if commit else ''}", "speed-up"], rows))
-        if gemm and "update_minibatch_gflop" in ours and "update_minibatch_gflop" in ref:
+        if gemm:
             needed = ours["update_minibatch_gflop"] / (ref["update_minibatch_ms"] / 1.5) * 1000
             sec.add(
                 "", f"The update is bound by its matrix products. This core multiplies a {gemm['rows']}x{gemm['width']} "

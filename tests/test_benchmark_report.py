@@ -201,7 +201,6 @@ def test_a_finetuning_result_renders_as_curves_beside_the_baseline(tmp_path):
     assert write_report_figures(root) == []
 
 
-
 def test_the_throughput_section_states_each_updates_flop_rate_against_the_cores_gemm_rate(tmp_path):
     """``bench dppo-throughput`` JSON with FLOP counts: the rate of each minibatch step, its share of the core's
     GEMM rate and the rate a 1.5x speed-up would need, all computed from the JSON."""
@@ -221,6 +220,7 @@ def test_the_throughput_section_states_each_updates_flop_rate_against_the_cores_
     del data["gemm_gflops"]  # a file from before the FLOP count: the rows it has, no sentence
     (root / "dppo" / "throughput.json").write_text(json.dumps(data))
     assert "GFLOP" not in generate(root).split("### Throughput beside irom-lab/dppo")[1].split("\n## ")[0]
+
 
 def _fastgen_json(agent, seed, task="pointmaze-large", scores=(60.0, 50.0), episodes=50):
     settings = {}
