@@ -366,6 +366,31 @@ def test_baseline_on_locomotion_data(name):
     assert collector.collect(n_step=20).n_collected_steps == 20
 
 
+def test_td3bc_target_actions_stay_in_the_action_bounds():
+    """TD3+BC's smoothed target action is ``clip(pi'(s') + clip(noise), -1, 1)`` (Fujimoto & Gu's code): a
+    saturated target actor plus noise must not query the critics outside the data's [-1, 1] (Tianshou 2.0's
+    TD3 does not clip, and offline the critics' values there grow unchecked)."""
+    from tianshou.data import Batch
+
+    from diffplan.agents import AGENTS
+    from diffplan.compose import load_config
+
+    from .conftest import tiny_baseline
+
+    dataset_id = L.make_dataset("hopper-medium", steps=300, seed=0, progress=False)
+    episodes = load_episodes(f"minari:{dataset_id}")
+    cfg = load_config(None, [*tiny_baseline("td3bc"), "task=hopper-medium", f"dataset=minari:{dataset_id}"])
+    env = make_env(cfg.task)
+    algorithm = AGENTS["td3bc"].build(cfg, env.observation_space, env.action_space, episodes).algorithm
+    with torch.no_grad():  # saturate the target actor: tanh(+-big) = +-1 on alternate action dims
+        algorithm.actor_old.module.last.model[-1].bias.copy_(torch.tensor([50.0, -50.0, 50.0]))
+    obs = Batch(obs=episodes.obs[:256], info=Batch())
+    act = algorithm._target_q_compute_action(obs).act
+    assert act.abs().max() <= 1.0
+    # the noise is still there, and still clipped at noise_clip: inside the bounds the actions differ from +-1
+    assert (act.abs() < 1.0).float().mean() > 0.3 and (1.0 - act.abs()).max() <= cfg.noise_clip + 1e-6
+
+
 def test_cli_make_and_errors(tmp_path, monkeypatch, capsys):
     from diffplan.cli import main
 
