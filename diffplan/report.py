@@ -1003,6 +1003,35 @@ measured on D4RL's own files; ours are same-level behaviour policies on Gymnasiu
 equal."""
 
 
+DIFFUSION_AGENTS = frozenset({"diffuser", "hierarchical", "decision_diffuser", "diffusion_ql", "idql", "diffusion_bc"})
+"""The agents whose policy or planner is a diffusion model: a suite table's target line compares the best of them
+with :data:`TARGET_BASELINE`."""
+
+TARGET_BASELINE = "td3bc"
+"""The baseline a diffusion agent must beat in a suite table (issue 12: by at least the two rows' combined
+standard error, at the same budget)."""
+
+
+def target_line(rows: list[Row]) -> list[str]:
+    """The table's target: does the best diffusion row beat :data:`TARGET_BASELINE`'s by at least their combined
+    standard error ``sqrt(se_a^2 + se_b^2)``? One sentence, or nothing when either side has no row."""
+    baseline = next((r for r in rows if r.first.agent == TARGET_BASELINE), None)
+    diffusion = [r for r in rows if r.first.agent in DIFFUSION_AGENTS]
+    if baseline is None or not diffusion:
+        return []
+    best = max(diffusion, key=lambda r: r.score_mean)
+    margin = best.score_mean - baseline.score_mean
+    combined = math.hypot(best.score_se, baseline.score_se)
+    verdict = "met" if margin >= combined else "not met"
+    few = min(len(best.runs), len(baseline.runs)) < MIN_SEEDS
+    line = (f"Target (the best diffusion agent beats {TARGET_BASELINE} by at least the combined standard error): "
+            f"**{verdict}**{' (provisional: fewer than ' + str(MIN_SEEDS) + ' seeds)' if few else ''}: "
+            f"{best.first.agent} {best.score_mean:.1f} ± {best.score_se:.1f} against {TARGET_BASELINE} "
+            f"{baseline.score_mean:.1f} ± {baseline.score_se:.1f}, a margin of {margin:+.1f} against a combined "
+            f"standard error of {combined:.1f}.")
+    return [line, ""]
+
+
 def suite_results(root: Path | str = "benchmarks") -> dict[str, list[tuple[str, dict[str, Any]]]]:
     """Every suite's run JSONs under ``<root>/suites/<name>/``: name -> [(file relative to root, data)], sorted.
 
@@ -1115,7 +1144,7 @@ def suite_tables(runs: list[tuple[str, dict[str, Any]]]) -> list[str]:
         lines += _table(["agent", "settings", "D4RL-normalized (mean ± s.e. over seeds)", "per seed",
                          "raw return", "decision ms (median / p95)", "gradient steps", "training time", "budget", "seeds",
                          "paper (D4RL's file)"], table)
-        lines += [""]
+        lines += ["", *target_line(rows)]
         acting = [r for r in rows if all("trained_score" in x.extra for x in r.runs)]
         if acting:
             lines += ["Evaluated with the suite's `act` execution settings after training (the settings' \"acting\" "

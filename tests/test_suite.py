@@ -258,6 +258,31 @@ def test_report_refuses_runs_on_other_episodes_in_one_table(tmp_path):
         suite_results(root)
 
 
+@pytest.mark.parametrize(("diffusion", "verdict", "margin"), [((60.0, 62.0), "met", "+10.0"),
+                                                                ((51.0, 53.0), "not met", "+1.0")])
+def test_a_table_says_whether_the_best_diffusion_agent_beats_td3bc(tmp_path, diffusion, verdict, margin):
+    """The issue-12 target line: best diffusion row against TD3+BC's, the margin against the combined s.e."""
+    root = tmp_path / "bench"
+    shutil.copytree(FIXTURE / "suites", root / "suites")
+    folder = root / "suites" / "tiny" / "hopper-medium"
+    scores = {"bc": diffusion, "td3bc": (50.0, 52.0)}
+    for agent, seeds in scores.items():
+        for seed, score in enumerate(seeds):
+            path = folder / f"{agent}-s{seed}.json"
+            data = json.loads(path.read_text())
+            data["eval"]["normalized_score"] = score
+            data["agent"] = "diffuser" if agent == "bc" else agent
+            path.write_text(json.dumps(data))
+    lines = [ln for ln in suite_tables(suite_results(root)["tiny"]) if ln.startswith("Target")]
+    expected = ("Target (the best diffusion agent beats td3bc by at least the combined standard error): "
+                f"**{verdict}** (provisional: fewer than 3 seeds): diffuser {sum(diffusion) / 2:.1f} ± 1.0 against "
+                f"td3bc 51.0 ± 1.0, a margin of {margin} against a combined standard error of 1.4.")
+    assert lines == [expected]
+    (folder / "td3bc-s0.json").unlink()
+    (folder / "td3bc-s1.json").unlink()
+    assert not [ln for ln in suite_tables(suite_results(root)["tiny"]) if ln.startswith("Target")]
+
+
 def test_the_page_shows_a_committed_suite(tmp_path):
     """A suite folder under benchmarks/suites/ lands on the page with its figure (bench report draws it)."""
     root = tmp_path / "benchmarks"
