@@ -1024,8 +1024,9 @@ def target_line(rows: list[Row]) -> list[str]:
     combined = math.hypot(best.score_se, baseline.score_se)
     verdict = "met" if margin >= combined else "not met"
     few = min(len(best.runs), len(baseline.runs)) < MIN_SEEDS
+    provisional = f" (provisional: fewer than {MIN_SEEDS} seeds)" if few else ""
     line = (f"Target (the best diffusion agent beats {TARGET_BASELINE} by at least the combined standard error): "
-            f"**{verdict}**{' (provisional: fewer than ' + str(MIN_SEEDS) + ' seeds)' if few else ''}: "
+            f"**{verdict}**{provisional}: "
             f"{best.first.agent} {best.score_mean:.1f} ± {best.score_se:.1f} against {TARGET_BASELINE} "
             f"{baseline.score_mean:.1f} ± {baseline.score_se:.1f}, a margin of {margin:+.1f} against a combined "
             f"standard error of {combined:.1f}.")
