@@ -11,7 +11,16 @@ import pytest
 import yaml
 
 from diffplan.cli import main
-from diffplan.report import ReportError, _episodes_key, generate, suite_results, suite_tables
+from diffplan.report import (
+    ReportError,
+    _episodes_key,
+    _suite_run,
+    aggregate,
+    generate,
+    score_target_line,
+    suite_results,
+    suite_tables,
+)
 from diffplan.suite import SuiteError, load_suite, run_suite
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -244,6 +253,21 @@ def test_the_shipped_suite_file_composes_every_run(tmp_path):
     assert len(result["runs"]) == 72 and set(result["runs"].values()) == {"new"}
 
 
+def test_the_hopper_60_minute_suite_trains_the_15_minute_diffuser_four_times_as_long(tmp_path):
+    """benchmarks/suites/hopper-medium-60min.yaml: the locomotion suite's hopper Diffuser (same training settings,
+    same final episodes) at 60 CPU-minutes, its learning curve acting as the final evaluation does."""
+    long = load_suite(ROOT / "benchmarks" / "suites" / "hopper-medium-60min.yaml")
+    short = load_suite(ROOT / "benchmarks" / "suites" / "locomotion-medium.yaml")
+    assert (long.train_minutes, long.clock, long.seeds, list(long.tasks)) == (60, "cpu", [0, 1, 2], ["hopper-medium"])
+    assert (long.eval_episodes, long.eval_envs) == (short.eval_episodes, short.eval_envs)
+    trained, acting = long.agents["diffuser"].overrides, short.agents["diffuser"]
+    for key in ("dim", "dim_mults", "value_dim", "value_dim_mults", "n_candidates", "lr"):
+        assert trained[key] == acting.overrides[key], key
+    assert {k: trained[k] for k in acting.act} == acting.act
+    result = run_suite(long.path, out=tmp_path / "o", runs_dir=tmp_path / "r", dry_run=True, echo=None)
+    assert len(result["runs"]) == 3 and set(result["runs"].values()) == {"new"}
+
+
 def test_report_refuses_runs_on_other_episodes_in_one_table(tmp_path):
     root = tmp_path / "bench"
     shutil.copytree(FIXTURE / "suites", root / "suites")
@@ -281,6 +305,39 @@ def test_a_table_says_whether_the_best_diffusion_agent_beats_td3bc(tmp_path, dif
     (folder / "td3bc-s0.json").unlink()
     (folder / "td3bc-s1.json").unlink()
     assert not [ln for ln in suite_tables(suite_results(root)["tiny"]) if ln.startswith("Target")]
+
+
+@pytest.mark.parametrize(("scores", "budget", "expected"), [
+    ((78.0, 74.0), {"train_minutes": 60, "clock": "cpu"}, "**reached** at 60 CPU-minutes (provisional"),
+    ((78.0, 70.0), {"train_minutes": 15, "clock": "cpu"}, "**not reached** at 15 CPU-minutes (provisional"),
+    ((78.0, 74.0), {"train_minutes": 90, "clock": "cpu"}, None),    # over the target's CPU-minutes
+    ((78.0, 74.0), {"train_minutes": 60, "clock": "wall"}, None),   # wall minutes are not CPU-minutes
+    ((78.0, 74.0), {"train_minutes": 0, "gradient_steps": 4}, None),
+])
+def test_a_hopper_table_says_whether_a_diffusion_agent_reached_75_within_60_cpu_minutes(
+        tmp_path, scores, budget, expected):
+    """Issue 12's second target, under each hopper-medium table of at most 60 CPU-minutes: the best diffusion
+    row's mean over seeds against 75, with that row's per-seed scores."""
+    root = tmp_path / "bench"
+    shutil.copytree(FIXTURE / "suites", root / "suites")
+    folder = root / "suites" / "tiny" / "hopper-medium"
+    for seed, score in enumerate(scores):
+        path = folder / f"bc-s{seed}.json"
+        data = json.loads(path.read_text())
+        data["eval"]["normalized_score"], data["agent"] = score, "diffuser"
+        path.write_text(json.dumps(data))
+    rows = aggregate(_suite_run(rel, d) for rel, d in suite_results(root)["tiny"])
+    lines = score_target_line("hopper-medium", rows, budget)
+    if expected is None:
+        assert lines == []
+        return
+    assert lines[0].startswith("Target (a diffusion agent reaches 75 within 60 CPU-minutes of training, mean over "
+                               "seeds): " + expected)
+    assert lines[0].endswith(f": diffuser {sum(scores) / 2:.1f} ± {abs(scores[0] - scores[1]) / 2:.1f} "
+                             f"(s0 {scores[0]:.1f}, s1 {scores[1]:.1f}).")
+    assert score_target_line("walker2d-medium", rows, budget) == []
+    td3bc_only = [r for r in rows if r.first.agent == "td3bc"]
+    assert score_target_line("hopper-medium", td3bc_only, budget) == []
 
 
 def test_the_page_shows_a_committed_suite(tmp_path):
