@@ -1012,21 +1012,32 @@ TARGET_BASELINE = "td3bc"
 standard error, at the same budget)."""
 
 
+def _best_diffusion(rows: list[Row]) -> Row | None:
+    """The diffusion row (:data:`DIFFUSION_AGENTS`) with the highest mean score, or None."""
+    return max((r for r in rows if r.first.agent in DIFFUSION_AGENTS), key=lambda r: r.score_mean, default=None)
+
+
+def _provisional(*rows: Row) -> str:
+    """The mark of a target verdict resting on a row with fewer than :data:`MIN_SEEDS` seeds ("" otherwise)."""
+    return f" (provisional: fewer than {MIN_SEEDS} seeds)" if min(len(r.runs) for r in rows) < MIN_SEEDS else ""
+
+
+def _per_seed(row: Row) -> str:
+    return ", ".join(f"s{x.seed} {x.score:.1f}" for x in row.runs)
+
+
 def target_line(rows: list[Row]) -> list[str]:
     """The table's target: does the best diffusion row beat :data:`TARGET_BASELINE`'s by at least their combined
     standard error ``sqrt(se_a^2 + se_b^2)``? One sentence, or nothing when either side has no row."""
     baseline = next((r for r in rows if r.first.agent == TARGET_BASELINE), None)
-    diffusion = [r for r in rows if r.first.agent in DIFFUSION_AGENTS]
-    if baseline is None or not diffusion:
+    best = _best_diffusion(rows)
+    if baseline is None or best is None:
         return []
-    best = max(diffusion, key=lambda r: r.score_mean)
     margin = best.score_mean - baseline.score_mean
     combined = math.hypot(best.score_se, baseline.score_se)
     verdict = "met" if margin >= combined else "not met"
-    few = min(len(best.runs), len(baseline.runs)) < MIN_SEEDS
-    provisional = f" (provisional: fewer than {MIN_SEEDS} seeds)" if few else ""
     line = (f"Target (the best diffusion agent beats {TARGET_BASELINE} by at least the combined standard error): "
-            f"**{verdict}**{provisional}: "
+            f"**{verdict}**{_provisional(best, baseline)}: "
             f"{best.first.agent} {best.score_mean:.1f} ± {best.score_se:.1f} against {TARGET_BASELINE} "
             f"{baseline.score_mean:.1f} ± {baseline.score_se:.1f}, a margin of {margin:+.1f} against a combined "
             f"standard error of {combined:.1f}.")
@@ -1047,16 +1058,13 @@ def score_target_line(task: str, rows: list[Row], budget: dict[str, Any]) -> lis
         return []
     score, minutes = SCORE_TARGETS[task]
     trained = float(budget.get("train_minutes") or 0)
-    diffusion = [r for r in rows if r.first.agent in DIFFUSION_AGENTS]
-    if budget.get("clock") != "cpu" or not 0 < trained <= minutes or not diffusion:
+    best = _best_diffusion(rows)
+    if budget.get("clock") != "cpu" or not 0 < trained <= minutes or best is None:
         return []
-    best = max(diffusion, key=lambda r: r.score_mean)
     verdict = "reached" if best.score_mean >= score else "not reached"
-    few = f" (provisional: fewer than {MIN_SEEDS} seeds)" if len(best.runs) < MIN_SEEDS else ""
-    seeds = ", ".join(f"s{x.seed} {x.score:.1f}" for x in best.runs)
     line = (f"Target (a diffusion agent reaches {score:g} within {minutes:g} CPU-minutes of training, mean over "
-            f"seeds): **{verdict}** at {trained:g} CPU-minutes{few}: {best.first.agent} {best.score_mean:.1f} ± "
-            f"{best.score_se:.1f} ({seeds}).")
+            f"seeds): **{verdict}** at {trained:g} CPU-minutes{_provisional(best)}: {best.first.agent} "
+            f"{best.score_mean:.1f} ± {best.score_se:.1f} ({_per_seed(best)}).")
     return [line, ""]
 
 
@@ -1162,7 +1170,7 @@ def suite_tables(runs: list[tuple[str, dict[str, Any]]]) -> list[str]:
             table.append([
                 r.first.agent, r.first.variant or "—",
                 f"{r.score_mean:.1f} ± {r.score_se:.1f}" + ("" if scored else " (return)"),
-                ", ".join(f"s{x.seed} {x.score:.1f}" for x in r.runs),
+                _per_seed(r),
                 _mean_se([float(x.extra["return"]) for x in r.runs]),  # type: ignore[arg-type]
                 f"{_num(r.mean('decision_median'), 1)} / {_num(r.mean('decision_p95'), 1)}",
                 _int(r.mean("gradient_steps")), _num(r.mean("train_min"), 1, " min"), _budget_text(first["budget"]),
