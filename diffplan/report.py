@@ -1160,7 +1160,7 @@ def suite_tables(runs: list[tuple[str, dict[str, Any]]]) -> list[str]:
         first = members[0][1]
         seed, envs, episodes = _episodes_key(first)
         dataset = first.get("dataset", "")
-        lines += [f"### {task}", "",
+        lines += [f"#### {task}", "",
                   (f"Dataset `{_short(dataset)}`; budget {_budget_text(first['budget'])} per run; {episodes} final "
                   f"episodes per run from the protocol seed {seed} over {envs} envs (the same episodes in every row)."),
                   ""]
@@ -1234,6 +1234,8 @@ def _suites(root: Path) -> _Section:
             sec.files.append(rel)
             sec.note_machine({"date": data.get("date"), "machine": data.get("machine"),
                               "load_avg": data.get("load_avg_start")})
+        if sec.lines[-1]:  # the previous suite's command list ends without a blank line
+            sec.add("")
         sec.add(f"### Suite `{name}` (`{runs[0][1].get('suite_file', '')}`)", "")
         sec.add(*suite_tables(runs))
         if any(d.get("curve") for _, d in runs):
