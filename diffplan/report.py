@@ -793,8 +793,8 @@ def _fastgen(root: Path) -> _Section:
     sec = _Section(root, "Fast generation")
     sec.add(
         "One trained planner per table (a folder: several trained runs, one table averaged over them) under",
-        "several samplers (`diffplan bench fastgen`): the same weights, only",
-        "the solver, its steps, and warm-started replanning change (`runs/fastgen-qs-flow` is the quickstart",
+        "several execution settings (`diffplan bench fastgen`): the same weights, only the solver, its steps,",
+        "warm-started replanning or the guidance change (`runs/fastgen-qs-flow` is the quickstart",
         "trained with `objective=flow`). Plan latency is one planning call at batch 1 on",
         "evaluation states (median / p95); a warm replan starts from the previous plan shifted by `replan_every`",
         "steps and runs only the tail of the solver's steps. Scores: the evaluation protocol's episodes.",
@@ -891,6 +891,13 @@ FASTGEN_GROUP_NOTES: dict[str, str] = {
         "is the DDPM posterior between the kept steps, with a larger std per step than DDPM-20's. DPM-Solver++ "
         "steps have std 0, so its rows guide with the unscaled shift 0.1 ∇J (`scale_grad_by_std=false`). "
         "Command: `benchmarks/fastgen/hopper.sh`."),
+    "hopper-medium-60min-guidance": (
+        "The value-guided Diffusers of the `hopper-medium-60min` suite (one per training seed; 60 CPU-minutes, "
+        "U-Net dim 16, horizon 32), acting as that suite does (DDIM eta 1 in 2 steps, replanning at every env "
+        "step). `guided`: Diffuser's value-gradient guidance (0.1 std² ∇J, 2 guide steps, t ≥ 2); `ranked`/"
+        "`unguided`: the gradient off (`guide_scale=0`). `best-of-K`: K plans per decision, the one with the "
+        "highest EMA value network estimate acted on; `1`: a single plan. `guided-best-of-8` is the suite's own "
+        "setting. Command: `benchmarks/fastgen/guidance.sh`."),
     "large-hd-vs-flat": (
         "The runs of the hierarchical benchmark (60 CPU-minutes each), one plan per episode, the shipped "
         "execution. Hierarchical settings `a/b`: a solver steps for the subgoals, b for the segments "

@@ -66,6 +66,24 @@ def test_fastgen_hopper_replans_every_step_in_every_setting(tmp_path):
     assert all(("scale_grad_by_std=false" in s) == s.startswith("dpmsolver++") for s in settings)
 
 
+def test_fastgen_guidance_switches_only_the_gradient_and_the_candidates(tmp_path):
+    runs = tmp_path / "runs"
+    _trained(runs, "diffuser-s0", "diffuser-s2")
+    calls, out = _run("benchmarks/fastgen/guidance.sh", tmp_path, RUNS=str(runs), OUT=str(tmp_path / "out"))
+    assert [c[2] for c in calls] == [str(runs / "diffuser-s0"), str(runs / "diffuser-s2")]
+    assert f"missing trained run {runs}/diffuser-s1" in out
+    settings = dict(a.split(":", 1) for a in calls[0] if ":" in a)
+    assert list(settings) == ["guided-best-of-8", "ranked-best-of-8", "guided-1", "unguided-1",
+                              "guided-best-of-32", "ranked-best-of-32"]
+    suite_act = "sampler=ddim,ddim_eta=1,sampling_steps=2,replan_every=1,torch_threads=1"
+    for name, kvs in settings.items():
+        assert kvs.startswith(suite_act + ",")  # the suite's acting, then only what the row is about
+        rest = set(kvs[len(suite_act) + 1:].split(","))
+        candidates = "1" if name.endswith("-1") else name.rsplit("-", 1)[1]
+        assert rest == {f"n_candidates={candidates}"} | ({"guide_scale=0"} if not name.startswith("guided") else set())
+    assert calls[1][-6:] == ["--episodes", "20", "--repeats", "20", "--out", str(tmp_path / "out" / "diffuser-s2.json")]
+
+
 def test_hierarchical_run_trains_new_runs_resumes_started_ones_and_skips_finished(tmp_path):
     runs, out = tmp_path / "runs", tmp_path / "out"
     (runs / "diffuser-medium-s0" / "checkpoints").mkdir(parents=True)

@@ -32,11 +32,5 @@ SETTINGS=(
   "ddim-eta1-3-warm:sampler=ddim,ddim_eta=1,sampling_steps=3,replan_every=1,warm_start_level=0.34,torch_threads=1"
   "ddim-eta1-2:sampler=ddim,ddim_eta=1,sampling_steps=2,replan_every=1,torch_threads=1"
 )
-mkdir -p "$OUT"
-for seed in $SEEDS; do
-  run="$RUNS/diffuser-s$seed"
-  json="$OUT/diffuser-s$seed.json"
-  if [ ! -f "$run/results.json" ]; then echo "== missing trained run $run (train it with the suite first)"; continue; fi
-  echo "== fastgen $run -> $json"
-  $DIFFPLAN bench fastgen "$run" "${SETTINGS[@]}" --episodes "$EPISODES" --repeats "$REPEATS" --out "$json"
-done
+source "$(dirname "$0")/each_run.sh"
+fastgen_each_run
