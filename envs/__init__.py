@@ -10,6 +10,7 @@ map to Gymnasium's v5 MuJoCo envs with D4RL's 1000-step limit; any other name is
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -78,6 +79,24 @@ def locomotion_gym_id(env: str) -> str:
     return LOCOMOTION_ENVS[env]
 
 
+def _warn_mujoco(message: str) -> None:
+    warnings.warn(f"MuJoCo: {message}", RuntimeWarning, stacklevel=2)
+
+
+@functools.cache
+def route_mujoco_warnings() -> None:
+    """Send MuJoCo's warnings to Python's ``warnings`` (once per process, unless a handler is already set).
+
+    Why: MuJoCo prints its warnings itself, on every model build. MuJoCo 4 warns that Gymnasium's
+    ``half_cheetah.xml`` uses a deprecated compiler attribute, so every HalfCheetah env printed the same two lines
+    (twenty times per 20-env evaluation). As Python warnings, they show once per place and users can filter them.
+    """
+    import mujoco
+
+    if mujoco.get_mju_user_warning() is None:  # keep a handler the user installed
+        mujoco.set_mju_user_warning(_warn_mujoco)
+
+
 def make_locomotion_env(
     env: str, seed: int | None = 0, render_mode: str | None = None, render_size: int = 160
 ) -> gym.Env:
@@ -85,6 +104,7 @@ def make_locomotion_env(
 
     ``render_size``: square frame side when ``render_mode`` is set (small: software GL renders every pixel).
     """
+    route_mujoco_warnings()
     extra = {"render_mode": render_mode, "width": render_size, "height": render_size} if render_mode else {}
     e = gym.make(locomotion_gym_id(env), max_episode_steps=LOCOMOTION_MAX_STEPS, **extra)
     if seed is not None:

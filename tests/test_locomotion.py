@@ -234,6 +234,17 @@ def test_tasks_map_to_v5_envs_with_d4rl_limit():
     assert split_locomotion_task("hopper-mediocre") is None and split_locomotion_task("ant-medium") is None
 
 
+def test_mujoco_warnings_become_python_warnings_shown_once(capfd):
+    import mujoco
+
+    for _ in range(2):  # MuJoCo 4 warns on every build of Gymnasium's half_cheetah.xml (settotalmass)
+        make_env("halfcheetah-medium").close()
+    out, err = capfd.readouterr()
+    assert "WARNING: compiler" not in out + err  # MuJoCo's own printing is replaced
+    with pytest.warns(RuntimeWarning, match="^MuJoCo: a test message$"):
+        mujoco.get_mju_user_warning()("a test message")
+
+
 def test_recipe_ids_resolve_for_locomotion():
     assert recipes.dataset_id("hopper-medium-replay", 5000) == "diffplan/hopper-medium-replay-5k-v0"
     assert recipes.parse("minari:diffplan/hopper-medium-replay-5k-v0") == recipes.DatasetId(
