@@ -886,7 +886,8 @@ _GUIDANCE_ROWS = (
     "value-gradient guidance (0.1 std² ∇J, 2 guide steps, t ≥ 2); `ranked`/`unguided`: the gradient off "
     "(`guide_scale=0`). `best-of-K`: K plans per decision, the one with the highest EMA value estimate acted on; "
     "`1`: a single plan. `guided-best-of-8` is the suite's own setting (its score is the suite table's). Command: "
-    "`benchmarks/fastgen/guidance.sh` (the halfcheetah runs: with `RUNS` and `OUT` set to their folders).")
+    "`benchmarks/fastgen/guidance.sh` (the halfcheetah runs: with `RUNS` and `OUT` set to their folders, and "
+    "`AGENT=hierarchical` for the HD rows).")
 """How the rows of a guidance ablation (``benchmarks/fastgen/guidance.sh``) differ: its caption's second half."""
 
 FASTGEN_GROUP_NOTES: dict[str, str] = {
@@ -903,8 +904,9 @@ FASTGEN_GROUP_NOTES: dict[str, str] = {
         "The value-guided Diffusers of the `hopper-medium-60min` suite (one per training seed; 60 CPU-minutes, "
         "U-Net dim 16, horizon 32). " + _GUIDANCE_ROWS),
     "halfcheetah-medium-guidance": (
-        "The value-guided Diffusers of the `locomotion-medium` suite's halfcheetah-medium table (one per training "
-        "seed; 15 CPU-minutes, U-Net dim 16, horizon 32). " + _GUIDANCE_ROWS),
+        "The value-guided Diffusers and Hierarchical Diffusers (HD-DA, jump 4: guidance and ranking act on the "
+        "subgoal plan) of the `locomotion-medium` suite's halfcheetah-medium table (one per training seed; 15 "
+        "CPU-minutes, U-Nets dim 16). " + _GUIDANCE_ROWS),
     "large-hd-vs-flat": (
         "The runs of the hierarchical benchmark (60 CPU-minutes each), one plan per episode, the shipped "
         "execution. Hierarchical settings `a/b`: a solver steps for the subgoals, b for the segments "

@@ -82,6 +82,11 @@ def test_fastgen_guidance_switches_only_the_gradient_and_the_candidates(tmp_path
         candidates = "1" if name.endswith("-1") else name.rsplit("-", 1)[1]
         assert rest == {f"n_candidates={candidates}"} | ({"guide_scale=0"} if not name.startswith("guided") else set())
     assert calls[1][-6:] == ["--episodes", "20", "--repeats", "20", "--out", str(tmp_path / "out" / "diffuser-s2.json")]
+    # the same rows on the hierarchical planners of a folder
+    _trained(runs, "hierarchical-s1")
+    calls, _ = _run("benchmarks/fastgen/guidance.sh", tmp_path / "runs", RUNS=str(runs), OUT=str(tmp_path / "hd"),
+                    AGENT="hierarchical")
+    assert [(c[2], c[-1]) for c in calls] == [(str(runs / "hierarchical-s1"), str(tmp_path / "hd" / "hierarchical-s1.json"))]
 
 
 def test_hierarchical_run_trains_new_runs_resumes_started_ones_and_skips_finished(tmp_path):

@@ -9,7 +9,7 @@
 #   benchmarks/fastgen/guidance.sh        # after `diffplan bench suite benchmarks/suites/hopper-medium-60min.yaml`
 #   SEEDS=0 EPISODES=2 REPEATS=2 OUT=/tmp/fg benchmarks/fastgen/guidance.sh   # a smoke test
 #   RUNS=runs/suites/locomotion-medium/halfcheetah-medium OUT=benchmarks/fastgen/halfcheetah-medium-guidance \
-#     benchmarks/fastgen/guidance.sh     # the same rows on another suite's Diffusers
+#     benchmarks/fastgen/guidance.sh     # the same rows on another suite's Diffusers (AGENT=hierarchical: its HDs)
 set -euo pipefail
 
 SEEDS=${SEEDS:-"0 1 2"}
