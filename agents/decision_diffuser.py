@@ -70,8 +70,8 @@ class DecisionDiffuserConfig(DiffusionAgentConfig):
     activation: str = "silu"
     """U-Net activation: silu | mish | gelu (SiLU is faster on CPU)."""
     normalizer: str = "limits"
-    """Per-dimension normalizer of states and actions: limits (to [-1, 1]) | gaussian (public: a CDF one, also
-    to [-1, 1])."""
+    """Per-dimension normalizer of states and actions: limits (min-max to [-1, 1]) | cdf (the public config's:
+    the empirical CDF to [-1, 1]) | gaussian."""
     clip_sample: float = 1.0
     """Clamp x0 estimates to +-clip_sample while sampling (public config: clip_denoised); 0: off."""
     use_padding: bool = True

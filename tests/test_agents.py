@@ -62,6 +62,7 @@ VARIANTS = {
     ),
     "diffuser-dpmsolver": ([*TINY_DIFFUSER, "sampler=dpmsolver++", "latency_budget_ms=1000"], "tiny_maze_dataset"),
     "decision_diffuser-dpmsolver": ([*TINY_DECISION_DIFFUSER, "sampler=dpmsolver++"], "tiny_hopper_dataset"),
+    "decision_diffuser-cdf": ([*TINY_DECISION_DIFFUSER, "normalizer=cdf"], "tiny_hopper_dataset"),
     "diffusion_ql-flow": ([*TINY_DIFFUSION_QL, "objective=flow", "sampler=euler", "sampling_steps=3"], "tiny_maze_dataset"),
     "idql-flow-heun": ([*TINY_IDQL, "objective=flow", "sampler=heun", "sampling_steps=3"], "tiny_maze_dataset"),
     "dppo-ddim": ([*TINY_DPPO, "sampler=ddim", "sampling_steps=3", "ft_denoising_steps=2", "bc_coef=0.1"], None),

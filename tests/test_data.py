@@ -22,6 +22,7 @@ from minari.data_collector import EpisodeBuffer
 
 from diffplan.data import (
     NORMALIZERS,
+    CDFNormalizer,
     DatasetError,
     Episodes,
     GaussianNormalizer,
@@ -594,16 +595,19 @@ def test_normalizer_round_trip_numpy_and_torch(kind):
     np.testing.assert_allclose(zt.reshape(500, 3).numpy(), z, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(norm.unnormalize(zt), x, rtol=1e-5, atol=1e-5)
     assert norm.normalize(x.double()).dtype == torch.float64
-    if kind == "limits":
+    if kind in ("limits", "cdf"):
         assert z.min() >= -1 - 1e-6 and z.max() <= 1 + 1e-6
         np.testing.assert_allclose(z[:, :2].min(axis=0), -1, atol=1e-6)
         np.testing.assert_allclose(z[:, :2].max(axis=0), 1, atol=1e-6)
-    else:
+    if kind == "cdf":  # the data come out uniform on [-1, 1]: its quantiles are evenly spaced
+        levels = np.linspace(0, 1, 11)
+        np.testing.assert_allclose(np.quantile(z[:, :2], levels, axis=0), np.repeat(2 * levels[:, None] - 1, 2, 1), atol=0.01)
+    elif kind == "gaussian":
         np.testing.assert_allclose(z[:, :2].mean(axis=0), 0, atol=1e-5)
         np.testing.assert_allclose(z[:, :2].std(axis=0), 1, atol=1e-4)
 
 
-@pytest.mark.parametrize("cls", [GaussianNormalizer, LimitsNormalizer])
+@pytest.mark.parametrize("cls", [GaussianNormalizer, LimitsNormalizer, CDFNormalizer])
 def test_normalizer_state_dict_weights_only(tmp_path, cls):
     data = np.random.default_rng(12).uniform(-3, 5, size=(100, 4))
     norm = cls().fit(data)
@@ -621,6 +625,33 @@ def test_normalizer_state_dict_weights_only(tmp_path, cls):
         norm.normalize(data[:, :3])
     with pytest.raises(ValueError, match="unknown normalizer"):
         make_normalizer("minmax", data)
+
+
+def test_cdf_normalizer_spreads_heavy_tails_clamps_outside_and_survives_ties():
+    rng = np.random.default_rng(13)
+    data = rng.standard_t(2, size=(20_000, 2)).astype(np.float32)  # heavy tails, as velocities in locomotion data
+    data[:8_000, 1] = 0.0  # 40% ties at one value
+    cdf, limits = make_normalizer("cdf", data), make_normalizer("limits", data)
+
+    def middle_half(z: np.ndarray) -> np.ndarray:
+        return np.percentile(z, 75, axis=0) - np.percentile(z, 25, axis=0)
+
+    # the middle half of the data spans half of [-1, 1] (a CDF is uniform); min-max squeezes it near 0
+    np.testing.assert_allclose(middle_half(cdf.normalize(data))[0], 1.0, atol=0.01)
+    assert middle_half(limits.normalize(data))[0] < 0.05
+    # every tied value maps to one point and back
+    z_tie = cdf.normalize(data[:8_000])[:, 1]
+    assert np.ptp(z_tie) == 0 and np.all(cdf.unnormalize(cdf.normalize(data[:8_000]))[:, 1] == 0.0)
+    # outside the data's range: clamped to +-1 and back to the range's ends, as the public normalizer
+    far = np.array([[1e6, -1e6]], np.float32)
+    np.testing.assert_array_equal(cdf.normalize(far), [[1.0, -1.0]])
+    np.testing.assert_allclose(cdf.unnormalize(cdf.normalize(far)), [[data[:, 0].max(), data[:, 1].min()]])
+    knots = cdf.state_dict()["knots"]
+    assert knots.shape == (1001, 2) and bool((knots.diff(dim=0) > 0).all())
+    with pytest.raises(ValueError, match="strictly increasing"):
+        CDFNormalizer().load_state_dict({"knots": torch.zeros(5, 2)})
+    with pytest.raises(ValueError, match=r"missing keys \['knots'\], unexpected keys \['min'\]"):
+        CDFNormalizer().load_state_dict({"min": torch.zeros(2)})
 
 
 # ====================================================================== SequenceDataset

@@ -5,6 +5,7 @@ from diffplan.data.d4rl_refs import D4RL_REF_SCORES, d4rl_ref_scores
 from diffplan.data.episodes import DatasetError, Episodes
 from diffplan.data.normalizer import (
     NORMALIZERS,
+    CDFNormalizer,
     GaussianNormalizer,
     LimitsNormalizer,
     Normalizer,
@@ -19,6 +20,7 @@ from diffplan.data.transitions import TransitionDataset
 __all__ = [
     "D4RL_REF_SCORES",
     "NORMALIZERS",
+    "CDFNormalizer",
     "DatasetError",
     "Episodes",
     "GaussianNormalizer",

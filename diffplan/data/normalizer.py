@@ -1,7 +1,8 @@
-"""Per-dimension affine normalizers fitted on the dataset and saved inside the policy.
+"""Per-dimension normalizers fitted on the dataset and saved inside the policy.
 
-Every normalizer is ``normalize(x) = (x - shift) / scale`` with per-dimension ``shift``/``scale`` (D,), so
-one implementation serves numpy arrays and torch tensors of any leading shape (..., D). The statistics
+The affine ones are ``normalize(x) = (x - shift) / scale`` with per-dimension ``shift``/``scale`` (D,), so
+one implementation serves numpy arrays and torch tensors of any leading shape (..., D); the CDF normalizer
+(the Decision Diffuser's) overrides the transforms with a per-dimension piecewise-linear CDF. The statistics
 are plain float32 tensors in :meth:`Normalizer.state_dict`, so a checkpoint holding them still loads with
 ``torch.load(weights_only=True)``.
 """
@@ -172,11 +173,108 @@ class LimitsNormalizer(Normalizer):
         return (hi + lo) / 2.0, np.where(half_range > self.eps, half_range, 1.0)
 
 
-NORMALIZERS: dict[str, type[Normalizer]] = {"gaussian": GaussianNormalizer, "limits": LimitsNormalizer}
+def _interp(x: torch.Tensor, xp: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
+    """Piecewise-linear interpolation per dimension, clamped at the ends (``np.interp`` per column).
+
+    x (..., D); xp (K, D) strictly increasing down each column; fp (K, D). Returns (..., D).
+    (torch has no batched interp; numpy's works on one column at a time and on the CPU only.)
+    """
+    shape, K = x.shape, xp.shape[0]
+    flat = x.reshape(-1, shape[-1]).T.contiguous()  # (D, N)
+    xp_t, fp_t = xp.T.contiguous(), fp.T.contiguous()  # (D, K)
+    hi = torch.searchsorted(xp_t, flat).clamp(1, K - 1)
+    x0, x1 = xp_t.gather(1, hi - 1), xp_t.gather(1, hi)
+    f0, f1 = fp_t.gather(1, hi - 1), fp_t.gather(1, hi)
+    w = ((flat - x0) / (x1 - x0)).clamp(0.0, 1.0)
+    return (f0 + w * (f1 - f0)).T.reshape(shape)
+
+
+class CDFNormalizer(Normalizer):
+    """Maps each dimension through the data's empirical CDF to [-1, 1] (the Decision Diffuser's public
+    ``CDFNormalizer``): the fitted data come out uniform on [-1, 1], so heavy-tailed dimensions keep their
+    resolution where the data are, instead of being squeezed near the middle by their extremes.
+
+    The CDF is piecewise linear between ``n_knots`` quantiles (K, D), so :meth:`unnormalize` inverts
+    :meth:`normalize` exactly inside the data's range. Outside it values are clamped to the range (to +-1), as
+    the public normalizer does. A constant dimension maps ``x -> x - c`` (0 at its value), like ``limits``.
+    Not affine: it overrides the transforms; the knots are one float32 (K, D) tensor in :meth:`state_dict`.
+    """
+
+    kind = "cdf"
+    state_keys = ("knots",)
+
+    def __init__(self, n_knots: int = 1001, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.n_knots, self.eps = n_knots, eps
+        self._knots: np.ndarray | None = None
+        self._knot_cache: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _compute_stats(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        levels = np.linspace(0.0, 1.0, self.n_knots)
+        knots = np.quantile(x, levels, axis=0)  # (K, D), non-decreasing down each column
+        constant = knots[-1] - knots[0] <= self.eps
+        knots[:, constant] = knots[0, constant] + (2.0 * levels[:, None] - 1.0)  # x -> x - c on [c-1, c+1]
+        # Ties (repeated values) give flat CDF steps: nudge each knot to at least the next float32 above the
+        # one before, so the knots are strictly increasing as stored and both directions stay single-valued.
+        knots = knots.astype(np.float32)
+        for k in range(1, len(knots)):
+            knots[k] = np.maximum(knots[k], np.nextafter(knots[k - 1], np.float32(np.inf)))
+        return {"knots": knots}
+
+    def _set_stats(self, stats: dict[str, np.ndarray]) -> None:
+        knots = np.asarray(stats["knots"], dtype=np.float32)
+        if knots.ndim != 2 or len(knots) < 2 or not (np.diff(knots, axis=0) > 0).all():
+            raise ValueError(f"{type(self).__name__}: knots must be (K >= 2, D), strictly increasing per column")
+        self._stats, self._knots = {"knots": knots}, knots
+        self._shift, self._scale = knots[0], np.ones(knots.shape[1], np.float32)  # marks fitted; dim
+        self._knot_cache.clear()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor | np.ndarray]) -> None:
+        """Restore the (K, D) knots saved by :meth:`state_dict`."""
+        if set(state) != {"knots"}:
+            raise ValueError(
+                f"{type(self).__name__}.load_state_dict: missing keys {[k for k in ('knots',) if k not in state]}, "
+                f"unexpected keys {[k for k in state if k != 'knots']}"
+            )
+        knots = state["knots"]
+        self._set_stats({"knots": knots.detach().cpu().numpy() if isinstance(knots, torch.Tensor) else knots})
+
+    def _tables(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(knots, levels in [-1, 1]), both (K, D), on x's device in x's float dtype."""
+        self._params_like(x)  # fitted and the last dim matches, else one clear error
+        dtype = x.dtype if x.is_floating_point() else torch.float32
+        key = (x.device, dtype)
+        if key not in self._knot_cache:
+            assert self._knots is not None
+            knots = torch.as_tensor(self._knots, dtype=dtype, device=x.device)
+            levels = torch.linspace(-1.0, 1.0, len(knots), dtype=dtype, device=x.device)[:, None].expand_as(knots)
+            self._knot_cache[key] = (knots, levels.contiguous())
+        return self._knot_cache[key]
+
+    def _apply(self, x: ArrayT, inverse: bool) -> ArrayT:
+        t = torch.tensor(x) if isinstance(x, np.ndarray) else x  # a copy: read-only arrays (memory maps) too
+        if not t.is_floating_point():
+            t = t.float()
+        knots, levels = self._tables(t)
+        out = _interp(t, levels, knots) if inverse else _interp(t, knots, levels)
+        return out.numpy() if isinstance(x, np.ndarray) else out  # type: ignore[return-value]
+
+    def normalize(self, x: ArrayT) -> ArrayT:
+        """The empirical CDF mapped to [-1, 1], for x (..., D), numpy or torch; clamped outside the data."""
+        return self._apply(x, inverse=False)
+
+    def unnormalize(self, x: ArrayT) -> ArrayT:
+        """Inverse of :meth:`normalize` for x (..., D) in [-1, 1] (clamped to it)."""
+        return self._apply(x, inverse=True)
+
+
+NORMALIZERS: dict[str, type[Normalizer]] = {
+    "gaussian": GaussianNormalizer, "limits": LimitsNormalizer, "cdf": CDFNormalizer,
+}
 
 
 def make_normalizer(kind: str, data: np.ndarray | torch.Tensor) -> Normalizer:
-    """A ``kind`` normalizer (``'gaussian'`` or ``'limits'``) fitted on data (N, D)."""
+    """A ``kind`` normalizer (``'gaussian'``, ``'limits'`` or ``'cdf'``) fitted on data (N, D)."""
     if kind not in NORMALIZERS:
         raise ValueError(f"unknown normalizer {kind!r}; valid: {sorted(NORMALIZERS)}")
     return NORMALIZERS[kind]().fit(data)
