@@ -120,7 +120,8 @@ class DiffuserConfig(DiffusionAgentConfig):
     activation: str = "silu"
     """U-Net activation: silu | mish (Diffuser's) | gelu. SiLU is ~28% faster per step on CPU."""
     normalizer: str = "limits"
-    """Per-dimension normalizer of states and actions: limits (to [-1, 1]) | gaussian."""
+    """Per-dimension normalizer of states and actions: limits (to [-1, 1]) | gaussian | cdf (empirical CDF to
+    [-1, 1])."""
     use_padding: bool = True
     """Let training windows run past an episode's end (the last state repeated, actions zero)."""
     loss_on_padding: bool = True

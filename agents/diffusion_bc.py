@@ -71,7 +71,7 @@ class DiffusionBCConfig(DiffusionAgentConfig):
     unet_dim_mults: list[int] = field(default_factory=lambda: [1, 2])
     """U-Net channel multipliers per level; chunk must be divisible by 2**(len-1)."""
     normalizer: str = "limits"
-    """Normalizer of observations, goals and actions: limits (to [-1, 1]) | gaussian."""
+    """Normalizer of observations, goals and actions: limits (to [-1, 1]) | gaussian | cdf (empirical CDF)."""
     loss_on_padding: bool = True
     """Train on chunk steps past an episode's end (zero action): teaches "arrive, then stop"."""
     ema_every: int = 1

@@ -86,10 +86,10 @@ class DiffusionQLConfig(DiffusionAgentConfig):
     """MLP activation: silu | mish (the paper's) | gelu. PyTorch's CPU Mish made a training step ~2x slower."""
     normalizer: str = "limits"
     """Normalizer of actions, and of observations and goals unless ``obs_normalizer`` is set: limits (to
-    [-1, 1]) | gaussian."""
+    [-1, 1]) | gaussian | cdf (empirical CDF to [-1, 1])."""
     obs_normalizer: str = ""
     """Normalizer of observations and goals (the actor's and critics' condition) when it should differ from
-    ``normalizer``: '' (the same) | limits | gaussian. gaussian with limits actions is closest to the paper's code
+    ``normalizer``: '' (the same) | limits | gaussian | cdf. gaussian with limits actions is closest to the paper's code
     (raw states, actions clamped to the action bounds): min-max scaling squeezes states whose dimensions have
     rare extremes (Hopper's velocities) into a fraction of [-1, 1], while standardised states keep their spread;
     ``clip_sample`` still bounds the sampled actions to the data's range."""
