@@ -268,6 +268,21 @@ def test_the_hopper_60_minute_suite_trains_the_15_minute_diffuser_four_times_as_
     assert len(result["runs"]) == 3 and set(result["runs"].values()) == {"new"}
 
 
+def test_the_cdf_suite_is_the_locomotion_decision_diffuser_row_but_for_the_normalizer(tmp_path):
+    """benchmarks/suites/decision-diffuser-cdf.yaml: the locomotion suite's halfcheetah Decision Diffuser with
+    the CDF normalizer; budget, seeds, episodes and every other setting the same, so the rows compare."""
+    cdf = load_suite(ROOT / "benchmarks" / "suites" / "decision-diffuser-cdf.yaml")
+    base = load_suite(ROOT / "benchmarks" / "suites" / "locomotion-medium.yaml")
+    assert list(cdf.tasks) == ["halfcheetah-medium"] and list(cdf.agents) == ["decision_diffuser"]
+    for key in ("train_minutes", "clock", "gradient_steps", "seeds", "eval_episodes", "eval_envs", "torch_threads"):
+        assert getattr(cdf, key) == getattr(base, key), key
+    changed = cdf.agents["decision_diffuser"].overrides
+    unchanged = base.agents["decision_diffuser"].overrides
+    assert changed == {**unchanged, "normalizer": "cdf"} and "normalizer" not in unchanged
+    result = run_suite(cdf.path, out=tmp_path / "o", runs_dir=tmp_path / "r", dry_run=True, echo=None)
+    assert len(result["runs"]) == 3 and set(result["runs"].values()) == {"new"}
+
+
 def test_report_refuses_runs_on_other_episodes_in_one_table(tmp_path):
     root = tmp_path / "bench"
     shutil.copytree(FIXTURE / "suites", root / "suites")
