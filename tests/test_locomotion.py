@@ -234,7 +234,7 @@ def test_tasks_map_to_v5_envs_with_d4rl_limit():
     assert split_locomotion_task("hopper-mediocre") is None and split_locomotion_task("ant-medium") is None
 
 
-def test_mujoco_warnings_become_python_warnings_shown_once(capfd):
+def test_mujoco_warnings_go_through_python_warnings(capfd):
     import mujoco
 
     for _ in range(2):  # MuJoCo 4 warns on every build of Gymnasium's half_cheetah.xml (settotalmass)

@@ -206,7 +206,6 @@ class CDFNormalizer(Normalizer):
     def __init__(self, n_knots: int = 1001, eps: float = 1e-6) -> None:
         super().__init__()
         self.n_knots, self.eps = n_knots, eps
-        self._knots: np.ndarray | None = None
         self._knot_cache: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _compute_stats(self, x: np.ndarray) -> dict[str, np.ndarray]:
@@ -225,7 +224,7 @@ class CDFNormalizer(Normalizer):
         knots = np.asarray(stats["knots"], dtype=np.float32)
         if knots.ndim != 2 or len(knots) < 2 or not (np.diff(knots, axis=0) > 0).all():
             raise ValueError(f"{type(self).__name__}: knots must be (K >= 2, D), strictly increasing per column")
-        self._stats, self._knots = {"knots": knots}, knots
+        self._stats = {"knots": knots}
         self._shift, self._scale = knots[0], np.ones(knots.shape[1], np.float32)  # marks fitted; dim
         self._knot_cache.clear()
 
@@ -245,8 +244,7 @@ class CDFNormalizer(Normalizer):
         dtype = x.dtype if x.is_floating_point() else torch.float32
         key = (x.device, dtype)
         if key not in self._knot_cache:
-            assert self._knots is not None
-            knots = torch.as_tensor(self._knots, dtype=dtype, device=x.device)
+            knots = torch.as_tensor(self._stats["knots"], dtype=dtype, device=x.device)
             levels = torch.linspace(-1.0, 1.0, len(knots), dtype=dtype, device=x.device)[:, None].expand_as(knots)
             self._knot_cache[key] = (knots, levels.contiguous())
         return self._knot_cache[key]
